@@ -1,0 +1,72 @@
+"""The one settings model, read from the environment (``UCLOUD_*``) and a ``.env`` file.
+
+The file is ``$UCLOUD_ENV_FILE`` if set, else ``/etc/ucloud/ucloud.env`` and ``./.env`` (later
+files win, the environment wins over both).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env_files() -> tuple[str, ...]:
+    explicit = os.environ.get("UCLOUD_ENV_FILE")
+    if explicit:
+        return (explicit,)
+    return ("/etc/ucloud/ucloud.env", ".env")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UCLOUD_", extra="ignore")
+
+    # etcd
+    etcd_host: str = "127.0.0.1"
+    etcd_port: int = 2379
+    etcd_prefix: str = "/v1"
+    etcd_timeout: float = Field(5.0, description="seconds for one etcd request")
+
+    # logging
+    log_level: str = "INFO"
+
+    # API
+    api_bind: str = "127.0.0.1:5000"
+    api_workers: int = 2
+    api_threads: int = 4
+    api_max_body: int = Field(64 * 1024, description="largest request body in bytes")
+    admin_realm: str = "ucloud-admin"
+    totp_valid_window: int = Field(
+        1, description="how many 30 s steps before and after now a token may be from"
+    )
+
+    # scheduler
+    cpu_allocation_ratio: float = 4.0
+    ram_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0
+    scheduler_lease_ttl: int = Field(5, description="seconds before a dead leader is replaced")
+    scheduler_resync: float = Field(30.0, description="seconds between full reconciles")
+    scheduled_deadline: float = Field(
+        120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
+    )
+    schedule_attempts: int = Field(3, description="placements tried before a VM goes to ERROR")
+    dead_host_grace: float = Field(
+        10.0, description="seconds between a host's lease expiring and its VMs being moved"
+    )
+
+    # host agent
+    hostname: str = Field(default_factory=socket.gethostname)
+    host_lease_ttl: int = 10
+
+    def key(self, *parts: str) -> str:
+        """The etcd key for ``parts`` under the configured prefix."""
+        return "/".join((self.etcd_prefix.rstrip("/"), *parts))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and .env files; ``overrides`` win (tests use them)."""
+    files = tuple(f for f in _env_files() if Path(f).is_file())
+    return Settings(_env_file=files or None, **overrides)  # type: ignore[call-arg]

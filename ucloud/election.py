@@ -1,0 +1,70 @@
+"""Leader election on an etcd lease: one active daemon, the others on standby.
+
+The leader's key is created in a transaction only if absent, bound to the leader's lease. When
+the leader dies its lease expires, the key goes, and a standby's next attempt wins. The leader
+hands every write a Guard on its key's create revision, so a leader that was deposed without
+knowing it (a long pause) cannot write anymore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+
+from ucloud.store import UNAVAILABLE, Guard, KeepAlive, Store
+
+log = logging.getLogger(__name__)
+
+
+class Election:
+    def __init__(self, store: Store, name: str, ttl: int) -> None:
+        self.store = store
+        self.key = f"{store.prefix}/election/{name}"
+        self.ttl = ttl
+        self.identity = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+        self.lost = threading.Event()
+        self._keepalive: KeepAlive | None = None
+
+    def campaign(self, stop: threading.Event) -> Guard | None:
+        """Block until this process leads (returning the Guard for its writes) or ``stop``."""
+        announced = False
+        while not stop.is_set():
+            try:
+                lease = self.store.lease(self.ttl)
+                t = self.store.client.transactions
+                won, _ = self.store.client.transaction(
+                    compare=[t.version(self.key) == 0],
+                    success=[t.put(self.key, self.identity, lease=lease)],
+                    failure=[],
+                )
+                if won:
+                    _, meta = self.store.client.get(self.key)
+                    self.lost.clear()
+                    self._keepalive = KeepAlive(self.store, lease, self._on_lost).start()
+                    log.info("leading (%s)", self.key)
+                    return Guard(self.key, meta.create_revision)
+                lease.revoke()
+                if not announced:
+                    leader, _ = self.store.client.get(self.key)
+                    log.info("standing by; leader is %s", (leader or b"?").decode())
+                    announced = True
+                # The key disappears within the leader's lease TTL after it dies.
+                self.store.client.watch_once(self.key, timeout=self.ttl)
+            except UNAVAILABLE:
+                stop.wait(1.0)
+            except Exception as e:  # watch_once times out by raising
+                if type(e).__name__ != "WatchTimedOut":
+                    raise
+        return None
+
+    def resign(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop(revoke=True)
+            self._keepalive = None
+
+    def _on_lost(self) -> None:
+        log.error("lost leadership (%s): lease expired", self.key)
+        self.lost.set()

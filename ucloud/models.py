@@ -1,0 +1,369 @@
+"""Typed objects stored in etcd, and the VM state machine.
+
+Every object is one JSON value under ``<prefix>/<kind>/<id>``. ``desired`` fields are written
+only by the API (what the user asked); ``status`` fields only by the scheduler and host agents
+(what is true). See docs/design-decisions.md for the transitions.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EVENT_LOG_LENGTH = 20
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Stored(BaseModel):
+    """Base of every stored object: ``kind`` names its etcd folder, ``id`` its key in it."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    kind: ClassVar[str]
+
+    @property
+    def id(self) -> str:
+        raise NotImplementedError
+
+
+# --- VMs --------------------------------------------------------------------------------------
+
+
+class Desired(StrEnum):
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"  # wants a host, has none
+    SCHEDULED = "SCHEDULED"  # placed on a host, not yet created there
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    STOPPED = "STOPPED"
+    KILLED = "KILLED"  # should run, does not: its QEMU or its host died
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+
+
+class Action(StrEnum):
+    START = "start"
+    STOP = "stop"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    REBOOT = "reboot"
+    DELETE = "delete"
+
+
+# Which statuses each action applies to. Anything else is a 409 that names the status.
+ACTION_ALLOWED: dict[Action, frozenset[Status]] = {
+    Action.START: frozenset({Status.STOPPED, Status.ERROR}),
+    Action.STOP: frozenset(
+        {
+            Status.PENDING,
+            Status.SCHEDULED,
+            Status.CREATING,
+            Status.RUNNING,
+            Status.SUSPENDED,
+            Status.KILLED,
+            Status.ERROR,
+        }
+    ),
+    Action.SUSPEND: frozenset({Status.RUNNING}),
+    Action.RESUME: frozenset({Status.SUSPENDED}),
+    Action.REBOOT: frozenset({Status.RUNNING}),
+    Action.DELETE: frozenset(set(Status) - {Status.DELETING}),
+}
+
+# What each action asks for. Reboot keeps ``desired`` and bumps ``reboot_seq`` instead.
+ACTION_DESIRED: dict[Action, Desired] = {
+    Action.START: Desired.RUNNING,
+    Action.STOP: Desired.STOPPED,
+    Action.SUSPEND: Desired.SUSPENDED,
+    Action.RESUME: Desired.RUNNING,
+    Action.DELETE: Desired.DELETED,
+}
+
+# The desired state an action must not contradict while it is still being carried out:
+# e.g. suspending a VM that is being stopped is refused rather than silently reordered.
+ACTION_CONFLICTS: dict[Action, frozenset[Desired]] = {
+    Action.START: frozenset({Desired.DELETED}),
+    Action.STOP: frozenset({Desired.DELETED}),
+    Action.SUSPEND: frozenset({Desired.STOPPED, Desired.DELETED}),
+    Action.RESUME: frozenset({Desired.STOPPED, Desired.DELETED}),
+    Action.REBOOT: frozenset({Desired.STOPPED, Desired.SUSPENDED, Desired.DELETED}),
+    Action.DELETE: frozenset(),
+}
+
+
+class TransitionError(Exception):
+    """An action that cannot apply to a VM in its current state (the API answers 409)."""
+
+
+class Specs(BaseModel):
+    """A VM's size, or a host's capacity. ``ram``, ``hdd`` and ``ssd`` are in GiB."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu: int = Field(ge=0, le=4096)
+    ram: float = Field(ge=0, le=1 << 20)
+    hdd: float = Field(0, ge=0, le=1 << 30)
+    ssd: float = Field(0, ge=0, le=1 << 30)
+
+    @property
+    def disk(self) -> float:
+        return self.hdd + self.ssd
+
+    def __add__(self, other: Specs) -> Specs:
+        return Specs(
+            cpu=self.cpu + other.cpu,
+            ram=self.ram + other.ram,
+            hdd=self.hdd + other.hdd,
+            ssd=self.ssd + other.ssd,
+        )
+
+    def __sub__(self, other: Specs) -> Specs:
+        return Specs.model_construct(
+            cpu=self.cpu - other.cpu,
+            ram=self.ram - other.ram,
+            hdd=self.hdd - other.hdd,
+            ssd=self.ssd - other.ssd,
+        )
+
+
+ZERO = Specs(cpu=0, ram=0)
+
+
+class Event(BaseModel):
+    time: float = Field(default_factory=now)
+    by: str
+    message: str
+
+
+class VM(Stored):
+    kind: ClassVar[str] = "vm"
+
+    uuid: str = Field(default_factory=new_id)
+    name: str
+    owner: str
+    owner_realm: str
+    specs: Specs
+    image: str  # image uuid
+    networks: list[str] = Field(default_factory=list)
+    created: float = Field(default_factory=now)
+
+    # Written by the API.
+    desired: Desired = Desired.RUNNING
+    generation: int = 0  # bumped by every accepted action
+    reboot_seq: int = 0
+
+    # Written by the scheduler and the host agents.
+    status: Status = Status.PENDING
+    status_since: float = Field(default_factory=now)
+    reason: str = ""  # why PENDING or ERROR, for the user
+    hostname: str = ""  # the host's name; empty when not placed
+    observed_generation: int = 0  # the generation an ERROR or final status answers
+    reboot_done: int = 0
+    attempts: int = 0  # placements tried since the last success
+    disk: str = ""  # the VM's disk once created (storage driver's name for it)
+    log: list[Event] = Field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.uuid
+
+    @property
+    def owner_key(self) -> str:
+        return f"{self.owner_realm}/{self.owner}"
+
+    def record(self, by: str, message: str) -> None:
+        """Append to the VM's short event log."""
+        self.log = [*self.log, Event(by=by, message=message)][-EVENT_LOG_LENGTH:]
+
+    def set_status(self, status: Status, by: str, reason: str = "") -> None:
+        if status != self.status:
+            self.status_since = now()
+        message = f"{self.status} -> {status}" + (f": {reason}" if reason else "")
+        self.status = status
+        self.reason = reason
+        self.record(by, message)
+
+    @property
+    def wants_host(self) -> bool:
+        """True when the scheduler should find this VM a host."""
+        if self.hostname or self.desired not in (Desired.RUNNING, Desired.SUSPENDED):
+            return False
+        if self.status == Status.ERROR:
+            return self.generation > self.observed_generation  # the user asked for a retry
+        return self.status in (Status.PENDING, Status.STOPPED, Status.KILLED)
+
+    def apply(self, action: Action, by: str) -> None:
+        """Apply a user's action to ``desired``, or raise TransitionError saying why not."""
+        if self.status not in ACTION_ALLOWED[action] or self.desired in ACTION_CONFLICTS[action]:
+            doing = "" if self.desired == _settled(self.status) else f", being {self.desired}"
+            raise TransitionError(f"cannot {action} VM {self.uuid}: it is {self.status}{doing}")
+        if action == Action.REBOOT:
+            self.reboot_seq += 1
+        else:
+            self.desired = ACTION_DESIRED[action]
+        self.generation += 1
+        self.record(by, f"{action} requested")
+
+
+def _settled(status: Status) -> Desired | None:
+    return {
+        Status.RUNNING: Desired.RUNNING,
+        Status.SUSPENDED: Desired.SUSPENDED,
+        Status.STOPPED: Desired.STOPPED,
+        Status.PENDING: Desired.RUNNING,
+        Status.SCHEDULED: Desired.RUNNING,
+        Status.CREATING: Desired.RUNNING,
+        Status.KILLED: Desired.RUNNING,
+        Status.ERROR: Desired.RUNNING,
+    }.get(status)
+
+
+# --- hosts ------------------------------------------------------------------------------------
+
+
+class AdminState(StrEnum):
+    UP = "UP"
+    MAINTENANCE = "MAINTENANCE"
+
+
+class HostStatus(StrEnum):
+    UP = "UP"
+    DEAD = "DEAD"
+
+
+class Host(Stored):
+    kind: ClassVar[str] = "host"
+
+    name: str
+    capacity: Specs
+    admin_state: AdminState = AdminState.UP  # written by administrators
+    status: HostStatus = HostStatus.DEAD  # written by the scheduler, from the alive key
+    status_since: float = Field(default_factory=now)
+    addresses: list[str] = Field(default_factory=list)  # written by the host agent
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+class Alive(Stored):
+    """A host agent's liveness: exists only while the agent renews its lease."""
+
+    kind: ClassVar[str] = "alive"
+
+    name: str
+    since: float = Field(default_factory=now)
+    pid: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+# --- images, files, networks, users ---------------------------------------------------------
+
+
+class ImageStatus(StrEnum):
+    TO_BE_CREATED = "TO_BE_CREATED"
+    CREATING = "CREATING"
+    CREATED = "CREATED"
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+
+
+class Image(Stored):
+    kind: ClassVar[str] = "image"
+
+    uuid: str = Field(default_factory=new_id)
+    name: str
+    owner: str
+    owner_realm: str
+    public: bool = False
+    store: str = "images"  # the image store (pool) that holds it
+    file: str = ""  # uuid of the uploaded file it is made from
+    status: ImageStatus = ImageStatus.TO_BE_CREATED
+    reason: str = ""
+    size: int = 0  # bytes
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return self.uuid
+
+
+class File(Stored):
+    kind: ClassVar[str] = "file"
+
+    uuid: str = Field(default_factory=new_id)
+    owner: str
+    name: str
+    size: int
+    sha512: str
+    mtime: float
+    removed: bool = False
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return self.uuid
+
+
+class Network(Stored):
+    kind: ClassVar[str] = "network"
+
+    uuid: str = Field(default_factory=new_id)
+    name: str
+    owner: str
+    owner_realm: str
+    type: str = "vxlan"
+    vni: int = 0
+    ipv6_prefix: str = ""
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return self.uuid
+
+
+class User(Stored):
+    kind: ClassVar[str] = "user"
+
+    name: str
+    realm: str
+    totp_secret: str
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return f"{self.realm}/{self.name}"
+
+    @field_validator("name", "realm")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_name(v)
+
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(value: str) -> str:
+    """Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters."""
+    if not 1 <= len(value) <= 64 or not set(value) <= NAME_CHARS or value.startswith("."):
+        raise ValueError("must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+    return value

@@ -1,0 +1,375 @@
+"""The one etcd access layer: typed reads, compare-and-swap writes, leases and resilient watches.
+
+Every read-modify-write is a transaction that compares the key's ``mod_revision`` with the one
+read, and retries on conflict; nothing here writes a key blindly except keys bound to a lease
+that only their owner writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import etcd3
+import etcd3.exceptions
+import grpc
+from etcd3.events import DeleteEvent
+from pydantic import ValidationError
+
+from ucloud.config import Settings
+from ucloud.models import Stored
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Stored)
+
+# What a lost or restarting etcd looks like through python-etcd3.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    etcd3.exceptions.ConnectionFailedError,
+    etcd3.exceptions.ConnectionTimeoutError,
+    etcd3.exceptions.InternalServerError,
+    etcd3.exceptions.WatchTimedOut,
+    grpc.RpcError,
+)
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure list
+
+
+class Conflict(Exception):
+    """A compare-and-swap lost to another writer too many times, or a create found the key."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[M]):
+    """An object as read from etcd, with the revision a compare-and-swap must compare against."""
+
+    value: M
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Snapshot(Generic[M]):
+    """Every object of a kind at ``revision``: where a follower starts, and restarts after a
+    compaction made its position unreachable."""
+
+    kind: type[M]
+    items: dict[str, Versioned[M]]
+    revision: int
+
+
+@dataclass(frozen=True)
+class Change(Generic[M]):
+    """One object put or deleted at ``revision`` (``value`` is None for a delete)."""
+
+    kind: type[M]
+    id: str
+    value: M | None
+    revision: int
+
+
+class Store:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prefix = settings.etcd_prefix.rstrip("/")
+        self.client = etcd3.client(
+            host=settings.etcd_host, port=settings.etcd_port, timeout=settings.etcd_timeout
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- keys --------------------------------------------------------------------------------
+
+    def folder(self, kind: type[Stored]) -> str:
+        return f"{self.prefix}/{kind.kind}/"
+
+    def key(self, kind: type[Stored], id: str) -> str:
+        return self.folder(kind) + id
+
+    def key_of(self, obj: Stored) -> str:
+        return self.key(type(obj), obj.id)
+
+    def _id_from_key(self, kind: type[Stored], key: bytes) -> str:
+        return key.decode()[len(self.folder(kind)) :]
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, kind: type[M], id: str) -> Versioned[M] | None:
+        value, meta = self.client.get(self.key(kind, id))
+        if value is None:
+            return None
+        return Versioned(kind.model_validate_json(value), meta.mod_revision)
+
+    def list(self, kind: type[M], under: str = "") -> tuple[dict[str, Versioned[M]], int]:
+        """Every object of ``kind`` (whose id starts with ``under``), and the store revision
+        the list was read at: watch from revision + 1 to miss nothing."""
+        response = self.client.get_prefix_response(self.folder(kind) + under)
+        items: dict[str, Versioned[M]] = {}
+        for kv in response.kvs:
+            id = self._id_from_key(kind, kv.key)
+            try:
+                items[id] = Versioned(kind.model_validate_json(kv.value), kv.mod_revision)
+            except ValidationError as e:
+                log.error("skipping unreadable %s %s: %s", kind.kind, id, e)
+        return items, response.header.revision
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def create(self, obj: Stored, lease: etcd3.Lease | None = None) -> int:
+        """Write ``obj`` if its key does not exist; return the new revision, or raise Conflict."""
+        key = self.key_of(obj)
+        ok, responses = self.client.transaction(
+            compare=[self.client.transactions.version(key) == 0],
+            success=[self.client.transactions.put(key, obj.model_dump_json(), lease=lease)],
+            failure=[],
+        )
+        if not ok:
+            raise Conflict(f"{obj.kind} {obj.id} already exists")
+        return responses[0].response_put.header.revision
+
+    def put_owned(self, obj: Stored, lease: etcd3.Lease) -> None:
+        """Write a lease-bound key that only its lease holder ever writes (an alive key)."""
+        self.client.put(self.key_of(obj), obj.model_dump_json(), lease=lease)
+
+    def swap(self, obj: Stored, mod_revision: int) -> int | None:
+        """Write ``obj`` if its key is still at ``mod_revision``; the new revision, or None."""
+        return self.swap_many([(obj, mod_revision)])
+
+    def swap_many(
+        self, writes: Sequence[tuple[Stored, int]], guard: Guard | None = None
+    ) -> int | None:
+        """Write all of ``writes`` in one transaction if every key is still at its revision (and
+        ``guard`` holds); return the new revision, or None if anything changed meanwhile."""
+        if not writes:
+            return None
+        t = self.client.transactions
+        compare = [t.mod(self.key_of(obj)) == rev for obj, rev in writes]
+        if guard is not None:
+            compare.append(guard.compare(t))
+        success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in writes]
+        assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
+        return responses[0].response_put.header.revision if ok else None
+
+    def delete(self, kind: type[Stored], id: str, mod_revision: int) -> bool:
+        """Delete the key if it is still at ``mod_revision``."""
+        key = self.key(kind, id)
+        t = self.client.transactions
+        ok, _ = self.client.transaction(
+            compare=[t.mod(key) == mod_revision], success=[t.delete(key)], failure=[]
+        )
+        return ok
+
+    def update(
+        self,
+        kind: type[M],
+        id: str,
+        change: Callable[[M], bool | None],
+        *,
+        attempts: int = 20,
+    ) -> Versioned[M] | None:
+        """Read-modify-write with compare-and-swap: ``change`` edits the object in place and
+        returns False to leave it unwritten. Retries on conflict; returns the object as written
+        (or as found, when not written), or None if there is no such object."""
+        for _ in range(attempts):
+            current = self.get(kind, id)
+            if current is None:
+                return None
+            obj = current.value
+            if change(obj) is False:
+                return current
+            revision = self.swap(obj, current.mod_revision)
+            if revision is not None:
+                return Versioned(obj, revision)
+        raise Conflict(f"{kind.kind} {id} kept changing; gave up after {attempts} attempts")
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def lease(self, ttl: int) -> etcd3.Lease:
+        return self.client.lease(ttl)
+
+    # --- watches -----------------------------------------------------------------------------
+
+    def follow(
+        self, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
+    ) -> Follower[M]:
+        """Deliver a Snapshot of every ``kind`` object, then each Change after it, forever:
+        across broken streams and etcd restarts (resuming after the last revision seen) and
+        compactions (with a fresh Snapshot). See Follower."""
+        follower = Follower(self, kind, deliver)
+        follower.start()
+        return follower
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A condition a transaction also checks: here, that a key was created at a revision (the
+    scheduler's leadership key), so a deposed leader's writes fail."""
+
+    key: str
+    create_revision: int
+
+    def compare(self, t: Any) -> Any:
+        return t.create(self.key) == self.create_revision
+
+
+class Follower(Generic[M]):
+    """List-then-watch of one kind of object that does not lose events.
+
+    python-etcd3's watches end for good when their stream breaks; this one starts again from
+    the revision after the last event it delivered, and lists again if etcd compacted that
+    revision away. Deliveries happen on the watch's thread, in revision order.
+    """
+
+    def __init__(
+        self, store: Store, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
+    ) -> None:
+        self.store = store
+        self.kind = kind
+        self.deliver = deliver
+        self.next_revision = 0  # 0: list first
+        self._watch_id: int | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._restarting = False
+
+    def start(self) -> None:
+        self._restart(initial=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            watch_id, self._watch_id = self._watch_id, None
+        if watch_id is not None:
+            with suppress(UNAVAILABLE):
+                self.store.client.cancel_watch(watch_id)
+
+    def _restart(self, initial: bool = False) -> None:
+        """(Re)establish the watch, retrying until etcd answers. On first start this runs in
+        the caller's thread so the first Snapshot is delivered before start() returns."""
+        if initial:
+            self._establish()
+            return
+        with self._lock:
+            if self._restarting:
+                return
+            self._restarting = True
+        threading.Thread(
+            target=self._establish, name=f"follow-{self.kind.kind}", daemon=True
+        ).start()
+
+    def _establish(self) -> None:
+        delay = 0.2
+        while not self._stopped.is_set():
+            try:
+                if self.next_revision == 0:
+                    items, revision = self.store.list(self.kind)
+                    self.deliver(Snapshot(self.kind, items, revision))
+                    self.next_revision = revision + 1
+                watch_id = self.store.client.add_watch_prefix_callback(
+                    self.store.folder(self.kind),
+                    self._on_response,
+                    start_revision=self.next_revision,
+                )
+                with self._lock:
+                    self._watch_id = watch_id
+                    self._restarting = False
+                if delay > 0.2:
+                    log.info(
+                        "watch on %s resumed at revision %d", self.kind.kind, self.next_revision
+                    )
+                return
+            except etcd3.exceptions.RevisionCompactedError:
+                log.warning("%s watch position was compacted; listing again", self.kind.kind)
+                self.next_revision = 0
+            except UNAVAILABLE as e:
+                if delay == 0.2:
+                    log.warning(
+                        "etcd unavailable for %s watch (%s); retrying", self.kind.kind, _brief(e)
+                    )
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _on_response(self, response: Any) -> None:
+        if self._stopped.is_set():
+            return
+        if isinstance(response, Exception):
+            if isinstance(response, etcd3.exceptions.RevisionCompactedError):
+                self.next_revision = 0
+            log.info("watch on %s broke (%s); re-watching", self.kind.kind, _brief(response))
+            with self._lock:
+                self._watch_id = None
+            self._restart()
+            return
+        for event in response.events:
+            id = self.store._id_from_key(self.kind, event.key)
+            value: M | None = None
+            if not isinstance(event, DeleteEvent):
+                try:
+                    value = self.kind.model_validate_json(event.value)
+                except ValidationError as e:
+                    log.error("ignoring unreadable %s %s: %s", self.kind.kind, id, e)
+                    continue
+            self.deliver(Change(self.kind, id, value, event.mod_revision))
+            self.next_revision = event.mod_revision + 1
+
+
+def _brief(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError):
+        code = e.code() if hasattr(e, "code") else None
+        return f"grpc {getattr(code, 'name', code)}"
+    return type(e).__name__ + (f": {e}" if str(e) else "")
+
+
+@contextmanager
+def retrying(what: str, stop: threading.Event | None = None) -> Iterator[None]:
+    """Not a retry loop itself: logs an unavailable etcd once and sleeps a little, so a
+    daemon's loop can simply go round again."""
+    try:
+        yield
+    except UNAVAILABLE as e:
+        log.warning("%s: etcd unavailable (%s); will retry", what, _brief(e))
+        (stop or threading.Event()).wait(1.0)
+
+
+class KeepAlive:
+    """Renews a lease in the background; calls ``on_lost`` once if it cannot before it expires."""
+
+    def __init__(self, store: Store, lease: etcd3.Lease, on_lost: Callable[[], None]) -> None:
+        self.store = store
+        self.lease = lease
+        self.on_lost = on_lost
+        self.ttl = lease.ttl
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
+
+    def start(self) -> KeepAlive:
+        self._thread.start()
+        return self
+
+    def stop(self, revoke: bool = False) -> None:
+        self._stopped.set()
+        if revoke:
+            with suppress(UNAVAILABLE):
+                self.lease.revoke()
+
+    def _run(self) -> None:
+        expires = time.monotonic() + self.ttl
+        while not self._stopped.wait(max(self.ttl / 3, 0.2)):
+            try:
+                ttl = next(iter(self.store.client.refresh_lease(self.lease.id))).TTL
+            except UNAVAILABLE as e:
+                log.warning("could not renew lease %x (%s)", self.lease.id, _brief(e))
+                ttl = None
+            if ttl is not None and ttl > 0:
+                expires = time.monotonic() + ttl
+            elif ttl is not None or time.monotonic() >= expires:
+                log.error("lease %x is lost", self.lease.id)
+                self._stopped.set()
+                self.on_lost()
+                return
