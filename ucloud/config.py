@@ -25,8 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UCLOUD_", extra="ignore")
 
     # etcd
-    etcd_host: str = "127.0.0.1"
-    etcd_port: int = 2379
+    etcd_endpoints: str = Field(
+        "127.0.0.1:2379", description="comma-separated host:port of the etcd cluster's members"
+    )
     etcd_prefix: str = "/v1"
     etcd_timeout: float = Field(5.0, description="seconds for one etcd request")
 
@@ -61,9 +62,12 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=socket.gethostname)
     host_lease_ttl: int = 10
 
-    def key(self, *parts: str) -> str:
-        """The etcd key for ``parts`` under the configured prefix."""
-        return "/".join((self.etcd_prefix.rstrip("/"), *parts))
+    def etcd_members(self) -> list[tuple[str, int]]:
+        members = []
+        for item in self.etcd_endpoints.split(","):
+            host, _, port = item.strip().rpartition(":")
+            members.append((host or "127.0.0.1", int(port)))
+        return members
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -34,6 +34,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     etcd3.exceptions.ConnectionTimeoutError,
     etcd3.exceptions.InternalServerError,
     etcd3.exceptions.WatchTimedOut,
+    etcd3.exceptions.NoServerAvailableError,
     grpc.RpcError,
 )
 
@@ -76,8 +77,15 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.prefix = settings.etcd_prefix.rstrip("/")
-        self.client = etcd3.client(
-            host=settings.etcd_host, port=settings.etcd_port, timeout=settings.etcd_timeout
+        # python-etcd3 shuns an endpoint for time_retry seconds after one failed call (300 by
+        # default: a daemon would be deaf for five minutes after an etcd restart). Shun it
+        # briefly, and fail over to another member meanwhile.
+        endpoints = [
+            etcd3.Endpoint(host, port, secure=False, time_retry=1.0)
+            for host, port in settings.etcd_members()
+        ]
+        self.client = etcd3.MultiEndpointEtcd3Client(
+            endpoints, timeout=settings.etcd_timeout, failover=True
         )
 
     def close(self) -> None:

@@ -1,0 +1,116 @@
+"""Fixtures: a real etcd for the session, and a fresh key prefix for each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Etcd
+from ucloud import auth
+from ucloud.config import Settings, load_settings
+from ucloud.models import Image, ImageStatus
+from ucloud.store import Store
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    server = Etcd(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(etcd: Etcd) -> Settings:
+    # A prefix of its own isolates each test from the others on one etcd.
+    return load_settings(
+        etcd_endpoints=f"127.0.0.1:{etcd.port}",
+        etcd_prefix=f"/test-{uuid.uuid4().hex[:8]}/v1",
+        dead_host_grace=0.5,
+        scheduler_lease_ttl=2,
+        host_lease_ttl=2,
+        scheduler_resync=2,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store(settings)
+    yield s
+    s.close()
+
+
+class Account:
+    """A user in etcd, able to sign requests with a current token."""
+
+    def __init__(self, name: str, realm: str, secret: str) -> None:
+        self.name, self.realm, self.secret = name, realm, secret
+
+    def creds(self, **fields: object) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "realm": self.realm,
+            "token": auth.current_token(self.secret),
+            **fields,
+        }
+
+
+def make_account(store: Store, name: str, realm: str = "users") -> Account:
+    from ucloud.api.users import create_user
+
+    user = create_user(store, name, realm)
+    return Account(user.name, user.realm, user.totp_secret)
+
+
+def make_image(
+    store: Store, name: str = "debian", owner: Account | None = None, public: bool = True
+) -> Image:
+    image = Image(
+        name=name,
+        owner=owner.name if owner else "admin",
+        owner_realm=owner.realm if owner else "ucloud-admin",
+        public=public,
+        status=ImageStatus.CREATED,
+    )
+    store.create(image)
+    return image
+
+
+@pytest.fixture
+def app(settings: Settings, store: Store):
+    from ucloud.api import create_app
+
+    return create_app(settings, store)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def admin(store: Store, settings: Settings) -> Account:
+    return make_account(store, "root", settings.admin_realm)
+
+
+@pytest.fixture
+def alice(store: Store) -> Account:
+    return make_account(store, "alice")
+
+
+@pytest.fixture
+def bob(store: Store) -> Account:
+    return make_account(store, "bob")
+
+
+@pytest.fixture
+def image(store: Store) -> Image:
+    return make_image(store)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

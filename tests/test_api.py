@@ -1,0 +1,329 @@
+"""The API on a real etcd: authentication, ownership, transitions, and bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pyotp
+import pytest
+
+from tests.conftest import Account, make_image
+from ucloud.models import VM, Action, Desired, Image, Status
+from ucloud.store import Store
+
+SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
+
+
+def create_vm(client, account: Account, image: Image, **extra) -> str:
+    body = account.creds(vm_name="web", specs=SPECS, image=image.uuid, **extra)
+    r = client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return r.json["uuid"]
+
+
+def all_vms(store: Store) -> dict:
+    return store.list(VM)[0]
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+def test_round_trip(client, alice, image, store):
+    vmid = create_vm(client, alice, image)
+    r = client.get("/vm/status", json=alice.creds(id=vmid))
+    assert r.status_code == 200
+    vm = r.json
+    assert (vm["uuid"], vm["name"], vm["owner"], vm["owner_realm"]) == (
+        vmid,
+        "web",
+        "alice",
+        "users",
+    )
+    assert (vm["desired"], vm["status"], vm["hostname"]) == ("running", "PENDING", "")
+    assert vm["specs"] == {"cpu": 1, "ram": 1.0, "hdd": 0.0, "ssd": 4.0}
+    assert vm["log"][0]["message"] == "created by users/alice"
+    assert [v["uuid"] for v in client.get("/vm/list", json=alice.creds()).json["vms"]] == [vmid]
+    # Query parameters work as well as a JSON body for GET requests.
+    assert client.get("/vm/status", query_string=alice.creds(id=vmid)).json["uuid"] == vmid
+
+
+def test_original_field_names_and_sizes(client, alice, image):
+    body = {
+        "name": alice.name,
+        "realm": alice.realm,
+        "seed": pyotp.TOTP(alice.secret).now(),
+        "vm_name": "old-script",
+        "specs": {"cpu": 2, "ram": "2 GB", "os-ssd": "512 MiB", "hdd": "1T"},
+        "image": image.name,
+    }
+    r = client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    assert r.json["vm"]["specs"] == {"cpu": 2, "ram": 2.0, "hdd": 1024.0, "ssd": 0.5}
+
+
+def test_wrong_token_is_refused(client, alice, image, store):
+    wrong = f"{(int(pyotp.TOTP(alice.secret).now()) + 1) % 1000000:06d}"
+    r = client.post(
+        "/vm/create",
+        json={**alice.creds(vm_name="x", specs=SPECS, image=image.uuid), "token": wrong},
+    )
+    assert r.status_code == 401
+    assert "token" in r.json["error"]
+    assert all_vms(store) == {}
+
+
+def test_token_replayed_too_late_is_refused(client, alice):
+    totp = pyotp.TOTP(alice.secret)
+    late = totp.at(time.time() - 300)  # five minutes old
+    r = client.get("/vm/list", json={**alice.creds(), "token": late})
+    assert r.status_code == 401
+    # One step old is within the configured window (clock drift between client and server).
+    recent = totp.at(time.time() - 30)
+    assert client.get("/vm/list", json={**alice.creds(), "token": recent}).status_code == 200
+
+
+def test_unknown_user_and_realm_are_refused(client, alice):
+    for fields in ({"name": "mallory"}, {"realm": "other"}, {"name": "../users/alice"}):
+        r = client.get("/vm/list", json={**alice.creds(), **fields})
+        assert r.status_code == 401, fields
+
+
+# --- ownership --------------------------------------------------------------------------------
+
+
+def test_users_see_and_change_only_their_own_vms(client, alice, bob, admin, image, store):
+    vmid = create_vm(client, alice, image)
+    before = store.get(VM, vmid)
+
+    assert client.get("/vm/status", json=bob.creds(id=vmid)).status_code == 404
+    assert client.get("/vm/list", json=bob.creds()).json["vms"] == []
+    for action in Action:
+        if action == Action.DELETE:
+            r = client.post("/vm/delete", json=bob.creds(vmid=vmid))
+        else:
+            r = client.post("/vm/action", json=bob.creds(vmid=vmid, action=action.value))
+        assert r.status_code == 404, action
+        assert r.json["error"] == f"no VM {vmid}"
+    assert store.get(VM, vmid) == before
+
+    # An administrator sees and may change everything.
+    assert client.get("/vm/status", json=admin.creds(id=vmid)).json["owner"] == "alice"
+    assert [v["uuid"] for v in client.get("/vm/list", json=admin.creds()).json["vms"]] == [vmid]
+    assert client.post("/vm/action", json=admin.creds(vmid=vmid, action="stop")).status_code == 202
+
+
+def test_private_images_are_their_owners(client, alice, bob, store):
+    private = make_image(store, "alices-image", owner=alice, public=False)
+    create_vm(client, alice, private)
+    r = client.post("/vm/create", json=bob.creds(vm_name="x", specs=SPECS, image=private.uuid))
+    assert r.status_code == 400
+    assert "unknown image" in r.json["error"]
+    r = client.post("/vm/create", json=bob.creds(vm_name="x", specs=SPECS, image="alices-image"))
+    assert r.status_code == 400
+
+
+def test_admin_endpoints_refuse_users(client, alice, store):
+    calls = [
+        ("post", "/host/create", {"hostname": "h1", "specs": {"cpu": 4, "ram": 8}}),
+        ("get", "/host/list", {}),
+        ("post", "/host/maintenance", {"hostname": "h1", "maintenance": True}),
+        ("post", "/user/create", {"user": "eve", "user_realm": "users"}),
+    ]
+    for method, path, fields in calls:
+        r = getattr(client, method)(path, json=alice.creds(**fields))
+        assert r.status_code == 403, path
+        assert r.json["error"] == "only administrators may do this"
+    from ucloud.models import Host, User
+
+    assert store.get(Host, "h1") is None
+    assert store.get(User, "users/eve") is None
+
+
+def test_admin_creates_users_who_can_log_in(client, admin):
+    r = client.post("/user/create", json=admin.creds(user="carol", user_realm="users"))
+    assert r.status_code == 201
+    carol = Account("carol", "users", r.json["seed"])
+    assert client.get("/vm/list", json=carol.creds()).status_code == 200
+    again = client.post("/user/create", json=admin.creds(user="carol", user_realm="users"))
+    assert again.status_code == 409
+    assert "already exists" in again.json["error"]
+
+
+# --- transitions ------------------------------------------------------------------------------
+
+
+def set_status(store: Store, vmid: str, status: Status, desired: Desired | None = None) -> int:
+    """Move a VM as the scheduler or a host agent would."""
+
+    def change(vm: VM) -> None:
+        vm.set_status(status, by="test")
+        if desired is not None:
+            vm.desired = desired
+
+    return store.update(VM, vmid, change).mod_revision
+
+
+SETTLED = {
+    Status.RUNNING: Desired.RUNNING,
+    Status.SUSPENDED: Desired.SUSPENDED,
+    Status.STOPPED: Desired.STOPPED,
+    Status.DELETING: Desired.DELETED,
+}
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_every_refused_transition_is_409_and_changes_nothing(client, alice, image, store, action):
+    from ucloud.models import ACTION_ALLOWED
+
+    vmid = create_vm(client, alice, image)
+    refused = [s for s in Status if s not in ACTION_ALLOWED[action]]
+    assert refused or action in (Action.STOP,), "every action but stop has a refused status"
+    for status in refused:
+        revision = set_status(store, vmid, status, SETTLED.get(status, Desired.RUNNING))
+        if action == Action.DELETE:
+            r = client.post("/vm/delete", json=alice.creds(vmid=vmid))
+        else:
+            r = client.post("/vm/action", json=alice.creds(vmid=vmid, action=action.value))
+        assert r.status_code == 409, (action, status)
+        assert status.value in r.json["error"]
+        assert store.get(VM, vmid).mod_revision == revision
+
+
+def test_accepted_transitions_set_desired(client, alice, image, store):
+    vmid = create_vm(client, alice, image)
+    set_status(store, vmid, Status.RUNNING)
+    steps = [
+        ("suspend", Desired.SUSPENDED, Status.SUSPENDED),
+        ("resume", Desired.RUNNING, Status.RUNNING),
+        ("stop", Desired.STOPPED, Status.STOPPED),
+        ("start", Desired.RUNNING, Status.RUNNING),
+    ]
+    for action, desired, reached in steps:
+        r = client.post("/vm/action", json=alice.creds(vmid=vmid, action=action))
+        assert r.status_code == 202, r.json
+        assert store.get(VM, vmid).value.desired == desired
+        set_status(store, vmid, reached)
+    r = client.post("/vm/action", json=alice.creds(vmid=vmid, action="reboot"))
+    assert r.status_code == 202
+    assert store.get(VM, vmid).value.reboot_seq == 1
+    assert client.post("/vm/delete", json=alice.creds(vmid=vmid)).status_code == 202
+    vm = store.get(VM, vmid).value
+    assert vm.desired == Desired.DELETED
+    assert [e.message for e in vm.log][-1] == "delete requested"
+
+
+def test_action_contradicting_a_pending_request_is_refused(client, alice, image, store):
+    vmid = create_vm(client, alice, image)
+    set_status(store, vmid, Status.RUNNING)
+    assert client.post("/vm/action", json=alice.creds(vmid=vmid, action="stop")).status_code == 202
+    r = client.post("/vm/action", json=alice.creds(vmid=vmid, action="suspend"))
+    assert r.status_code == 409
+    assert r.json["error"].endswith("it is RUNNING, being stopped")
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+BAD_CREATES = [
+    ({"specs": {"ram": 1}}, "specs.cpu: Field required"),
+    ({"specs": {"cpu": "two", "ram": 1}}, "specs.cpu"),
+    ({"specs": {"cpu": True, "ram": 1}}, "specs.cpu"),
+    ({"specs": {"cpu": 1, "ram": -1}}, "specs.ram"),
+    ({"specs": {"cpu": 1, "ram": 1, "hdd": "-5 GB"}}, "specs.hdd"),
+    ({"specs": {"cpu": 1, "ram": "lots"}}, "not a size"),
+    ({"specs": {"cpu": 0, "ram": 1}}, "specs.cpu"),
+    ({"specs": {"cpu": 1, "ram": 1, "gpu": 1}}, "specs.gpu"),
+    ({"image": "no-such-image"}, "unknown image 'no-such-image'"),
+    ({"vm_name": ""}, "vm_name"),
+    ({"surprise": 1}, "surprise"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_CREATES)
+def test_bad_create_is_400_and_creates_nothing(client, alice, image, store, fields, message):
+    body = alice.creds(vm_name="web", specs=SPECS, image=image.uuid)
+    body.update(fields)
+    r = client.post("/vm/create", json=body)
+    assert r.status_code == 400, r.json
+    assert message in r.json["error"]
+    assert all_vms(store) == {}
+
+
+def test_missing_credentials_malformed_and_oversized_bodies(client, alice, image, store, settings):
+    r = client.post("/vm/create", json={"vm_name": "x"})
+    assert r.status_code == 400
+    assert "name: Field required" in r.json["error"]
+    r = client.post("/vm/create", data="{not json", content_type="application/json")
+    assert (r.status_code, r.json["error"]) == (400, "the request body is not valid JSON")
+    r = client.post("/vm/create", data="[1, 2]", content_type="application/json")
+    assert (r.status_code, r.json["error"]) == (400, "the request body must be a JSON object")
+    big = alice.creds(vm_name="x" * (settings.api_max_body + 1), specs=SPECS, image=image.uuid)
+    r = client.post("/vm/create", json=big)
+    assert r.status_code == 413
+    assert "error" in r.json
+    r = client.post("/vm/action", json=alice.creds(vmid="nope", action="explode"))
+    assert r.status_code == 400
+    assert "action" in r.json["error"]
+    assert client.get("/vm/status", json=alice.creds(id="../../x")).status_code == 404
+    assert client.get("/no/such/endpoint").status_code == 404
+    assert client.put("/vm/create").status_code == 405
+    assert all_vms(store) == {}
+
+
+def test_image_not_ready_is_409(client, alice, store):
+    from ucloud.models import ImageStatus
+
+    img = Image(name="half", owner="x", owner_realm="y", public=True, status=ImageStatus.CREATING)
+    store.create(img)
+    r = client.post("/vm/create", json=alice.creds(vm_name="x", specs=SPECS, image="half"))
+    assert r.status_code == 409
+    assert "CREATING" in r.json["error"]
+
+
+# --- hosts and the API description ------------------------------------------------------------
+
+
+def test_hosts_for_administrators(client, admin):
+    r = client.post(
+        "/host/create",
+        json=admin.creds(hostname="h1", specs={"cpu": 8, "ram": "16 GiB", "ssd": 100}),
+    )
+    assert r.status_code == 201, r.json
+    assert (
+        client.post(
+            "/host/create", json=admin.creds(hostname="h1", specs={"cpu": 8, "ram": 16})
+        ).status_code
+        == 409
+    )
+    bad = client.post("/host/create", json=admin.creds(hostname="a/b", specs={"cpu": 8, "ram": 16}))
+    assert bad.status_code == 400
+    r = client.post("/host/maintenance", json=admin.creds(hostname="h1", maintenance=True))
+    assert r.json["host"]["admin_state"] == "MAINTENANCE"
+    hosts = client.get("/host/list", json=admin.creds()).json["hosts"]
+    assert [(h["name"], h["admin_state"], h["capacity"]["ram"]) for h in hosts] == [
+        ("h1", "MAINTENANCE", 16.0)
+    ]
+    assert (
+        client.post(
+            "/host/maintenance", json=admin.creds(hostname="h9", maintenance=True)
+        ).status_code
+        == 404
+    )
+
+
+def test_openapi_describes_every_route(client, app):
+    doc = client.get("/openapi.json").json
+    routes = {
+        (rule.rule, m.lower())
+        for rule in app.url_map.iter_rules()
+        for m in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    described = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert described == routes - {("/openapi.json", "get"), ("/static/<path:filename>", "get")}
+    schemas = doc["components"]["schemas"]
+    create = doc["paths"]["/vm/create"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert create["$ref"].rsplit("/", 1)[1] in schemas
+    assert "specs" in schemas["VMCreate"]["required"]
+    status_params = {p["name"] for p in doc["paths"]["/vm/status"]["get"]["parameters"]}
+    assert {"name", "realm", "token", "vmid"} <= status_params

@@ -1,0 +1,124 @@
+"""One way to declare an endpoint: its body model, who may call it, and its handler.
+
+A handler is ``def handler(body: SomeModel, user: Principal) -> Reply``. The decorator parses
+and validates the request into ``SomeModel`` (taken from the handler's annotation), checks the
+user's token, and records the route for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from pydantic import BaseModel
+
+from ucloud import auth
+from ucloud.api.errors import BadRequest, Forbidden, Unauthorized
+from ucloud.api.schemas import Credentials
+from ucloud.config import Settings
+from ucloud.models import User
+from ucloud.store import Store
+
+Reply = tuple[dict[str, Any], int]
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    realm: str
+    admin: bool
+
+    def owns(self, obj: Any) -> bool:
+        """Whether this user may see and change ``obj`` (administrators may touch anything)."""
+        return self.admin or (obj.owner == self.name and obj.owner_realm == self.realm)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    store: Store
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    method: str
+    body: type[BaseModel]
+    summary: str
+    admin: bool
+    responses: dict[int, str]
+
+
+ROUTES: list[Route] = []
+
+
+def context() -> Context:
+    return current_app.extensions["ucloud"]
+
+
+def install(app: Flask, settings: Settings, store: Store) -> None:
+    app.extensions["ucloud"] = Context(settings, store)
+
+
+def endpoint(
+    bp: Blueprint,
+    path: str,
+    method: str = "POST",
+    *,
+    summary: str,
+    admin: bool = False,
+    responses: dict[int, str] | None = None,
+) -> Callable[[Callable[..., Reply]], Callable[[], Any]]:
+    def decorate(handler: Callable[..., Reply]) -> Callable[[], Any]:
+        body_model = next(iter(typing.get_type_hints(handler).values()))
+        ROUTES.append(Route(path, method, body_model, summary, admin, responses or {200: "done"}))
+
+        def view() -> Any:
+            body = body_model.model_validate(_request_data())
+            user = authenticate(body) if isinstance(body, Credentials) else None
+            if admin and (user is None or not user.admin):
+                raise Forbidden("only administrators may do this")
+            payload, status = handler(body, user)
+            return jsonify(payload), status
+
+        view.__name__ = handler.__name__
+        bp.add_url_rule(path, endpoint=handler.__name__, view_func=view, methods=[method])
+        return view
+
+    return decorate
+
+
+def _request_data() -> dict[str, Any]:
+    """The request's fields: its JSON object body, with query parameters for GET requests
+    (the original clients send GET requests with a JSON body)."""
+    data: dict[str, Any] = {}
+    if request.method == "GET":
+        data.update(request.args.to_dict())
+    if request.content_length or request.data:
+        parsed = request.get_json(force=True, silent=True)
+        if parsed is None:
+            raise BadRequest("the request body is not valid JSON")
+        if not isinstance(parsed, dict):
+            raise BadRequest("the request body must be a JSON object")
+        data.update(parsed)
+    return data
+
+
+def authenticate(body: Credentials) -> Principal:
+    ctx = context()
+    found = None
+    if _plain(body.name) and _plain(body.realm):
+        found = ctx.store.get(User, f"{body.realm}/{body.name}")
+    if found is None or not auth.verify(
+        found.value.totp_secret, body.token, ctx.settings.totp_valid_window
+    ):
+        # One message for both: do not tell a guesser which user names exist.
+        raise Unauthorized("unknown user, or the token is wrong or expired")
+    return Principal(body.name, body.realm, admin=body.realm == ctx.settings.admin_realm)
+
+
+def _plain(part: str) -> bool:
+    return 0 < len(part) <= 64 and "/" not in part

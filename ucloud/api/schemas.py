@@ -1,0 +1,117 @@
+"""Request bodies, as pydantic models: they validate every request and make the OpenAPI document.
+
+Field names keep the original ucloud API's (``seed`` for ``token``, ``vm_name``, ``os-ssd``,
+sizes such as ``"10 GB"``), so existing users' scripts keep working.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+from ucloud.models import Action, check_name
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNIT_GIB = {"k": 1 / (1 << 20), "m": 1 / 1024, "g": 1.0, "t": 1024.0, "": 1.0}
+
+
+def parse_size(value: object) -> float:
+    """A size in GiB, from a number (GiB) or a string such as ``"10 GB"`` or ``"512MiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size in GiB, not a boolean")
+    if isinstance(value, int | float):
+        gib = float(value)
+    elif isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a size (examples: 10, '10 GB', '512 MiB')")
+        gib = float(match.group(1)) * _UNIT_GIB[match.group(2).lower()]
+    else:
+        raise ValueError("must be a size in GiB (a number) or a string such as '10 GB'")
+    if gib < 0:
+        raise ValueError("must not be negative")
+    return gib
+
+
+Size = Annotated[float, BeforeValidator(parse_size)]
+Name = Annotated[str, BeforeValidator(lambda v: check_name(v) if isinstance(v, str) else v)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Credentials(Body):
+    """Every request names its user and carries a current TOTP token."""
+
+    name: str = Field(description="the user's name")
+    realm: str = Field(description="the user's realm")
+    token: str = Field(
+        validation_alias=AliasChoices("token", "seed"),
+        description="the current TOTP one-time password (RFC 6238); 'seed' is accepted too",
+    )
+
+
+class VMSpecs(Body):
+    cpu: StrictInt = Field(ge=1, le=256, description="virtual CPUs")
+    ram: Size = Field(gt=0, le=4096, description="memory in GiB")
+    ssd: Size = Field(
+        10,
+        gt=0,
+        le=65536,
+        validation_alias=AliasChoices("ssd", "os-ssd"),
+        description="system disk in GiB ('os-ssd' accepted too)",
+    )
+    hdd: Size = Field(0, ge=0, le=65536, description="extra disk space in GiB")
+
+
+class VMCreate(Credentials):
+    vm_name: str = Field(min_length=1, max_length=64, description="a name for the VM")
+    specs: VMSpecs
+    image: str = Field(min_length=1, description="an image's uuid or name")
+    networks: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("networks", "network"),
+        description="network uuids to attach",
+    )
+
+
+class VMRef(Credentials):
+    vmid: str = Field(
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("vmid", "id", "uuid"),
+        description="the VM's uuid ('id' accepted too)",
+    )
+
+
+class VMAction(VMRef):
+    action: Action
+
+
+class Listing(Credentials):
+    pass
+
+
+class HostSpecs(Body):
+    cpu: StrictInt = Field(ge=1, le=4096)
+    ram: Size = Field(gt=0)
+    hdd: Size = Field(0, ge=0)
+    ssd: Size = Field(0, ge=0)
+
+
+class HostCreate(Credentials):
+    hostname: Name = Field(description="the host's name, as its agent is configured")
+    specs: HostSpecs
+
+
+class HostMaintenance(Credentials):
+    hostname: Name
+    maintenance: bool = Field(description="true: place no new VMs on the host")
+
+
+class UserCreate(Credentials):
+    user: Name = Field(description="the new user's name")
+    user_realm: Name = Field(description="the new user's realm")

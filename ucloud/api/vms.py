@@ -1,0 +1,112 @@
+"""VM endpoints: create, status, list, actions, delete."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from ucloud.api import errors
+from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
+from ucloud.models import VM, Action, Image, ImageStatus, Specs, TransitionError
+from ucloud.store import Versioned
+
+bp = Blueprint("vm", __name__)
+
+
+@endpoint(bp, "/vm/create", summary="Create a VM", responses={202: "queued"})
+def create(body: VMCreate, user: Principal) -> Reply:
+    image = find_image(body.image, user)
+    specs = Specs(cpu=body.specs.cpu, ram=body.specs.ram, ssd=body.specs.ssd, hdd=body.specs.hdd)
+    vm = VM(
+        name=body.vm_name,
+        owner=user.name,
+        owner_realm=user.realm,
+        specs=specs,
+        image=image.uuid,
+        networks=body.networks,
+    )
+    vm.record("api", f"created by {user.realm}/{user.name}")
+    context().store.create(vm)
+    return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
+
+
+@endpoint(bp, "/vm/status", "GET", summary="A VM's state and recent events")
+def status(body: VMRef, user: Principal) -> Reply:
+    return public(owned_vm(body.vmid, user).value), 200
+
+
+@endpoint(bp, "/vm/list", "GET", summary="The caller's VMs (every VM for administrators)")
+def list_vms(body: Listing, user: Principal) -> Reply:
+    items, _ = context().store.list(VM)
+    vms = sorted((v.value for v in items.values() if user.owns(v.value)), key=lambda v: v.created)
+    return {"vms": [public(vm) for vm in vms]}, 200
+
+
+@endpoint(
+    bp,
+    "/vm/action",
+    summary="start, stop, suspend, resume or reboot a VM",
+    responses={202: "queued", 409: "not now"},
+)
+def action(body: VMAction, user: Principal) -> Reply:
+    vm = apply(body.vmid, body.action, user)
+    return {"message": f"{body.action} queued", "vm": public(vm)}, 202
+
+
+@endpoint(bp, "/vm/delete", summary="Delete a VM and its disk", responses={202: "queued"})
+def delete(body: VMRef, user: Principal) -> Reply:
+    vm = apply(body.vmid, Action.DELETE, user)
+    return {"message": "deletion queued", "vm": public(vm)}, 202
+
+
+def apply(vmid: str, action: Action, user: Principal) -> VM:
+    owned_vm(vmid, user)
+    refused: list[str] = []
+
+    def change(vm: VM) -> bool:
+        try:
+            vm.apply(action, by=f"api ({user.realm}/{user.name})")
+        except TransitionError as e:
+            refused.append(str(e))
+            return False
+        return True
+
+    written = context().store.update(VM, vmid, change)
+    if written is None:
+        raise errors.NotFound(f"no VM {vmid}")
+    if refused:
+        raise errors.Conflict(refused[0])
+    return written.value
+
+
+def owned_vm(vmid: str, user: Principal) -> Versioned[VM]:
+    found = context().store.get(VM, vmid) if "/" not in vmid else None
+    if found is None or not user.owns(found.value):
+        # Another user's VM is as invisible as a missing one.
+        raise errors.NotFound(f"no VM {vmid}")
+    return found
+
+
+def find_image(ref: str, user: Principal) -> Image:
+    """The image named by uuid or by name among the user's own and the public images."""
+    store = context().store
+    found = store.get(Image, ref) if "/" not in ref else None
+    if found is not None and (found.value.public or user.owns(found.value)):
+        image = found.value
+    else:
+        items, _ = store.list(Image)
+        named = [v.value for v in items.values() if v.value.name == ref]
+        own = [i for i in named if user.owns(i)]
+        candidates = own or [i for i in named if i.public]
+        if not candidates:
+            raise errors.BadRequest(f"unknown image {ref!r}: see /image/list")
+        if len(candidates) > 1:
+            raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
+        image = candidates[0]
+    if image.status != ImageStatus.CREATED:
+        raise errors.Conflict(f"image {ref!r} is not ready: it is {image.status}")
+    return image
+
+
+def public(vm: VM) -> dict:
+    return vm.model_dump(mode="json")
