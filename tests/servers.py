@@ -43,22 +43,23 @@ class Etcd:
         self.workdir.mkdir(parents=True, exist_ok=True)
         url = f"http://127.0.0.1:{self.port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
-        self.proc = subprocess.Popen(
-            [
-                "etcd",
-                "--name=test",
-                f"--data-dir={self.workdir / 'data'}",
-                f"--listen-client-urls={url}",
-                f"--advertise-client-urls={url}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=test={peer}",
-                "--log-level=error",
-                "--logger=zap",
-            ],
-            stdout=open(self.workdir / "etcd.log", "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.workdir / "etcd.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "etcd",
+                    "--name=test",
+                    f"--data-dir={self.workdir / 'data'}",
+                    f"--listen-client-urls={url}",
+                    f"--advertise-client-urls={url}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=test={peer}",
+                    "--log-level=error",
+                    "--logger=zap",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(lambda: _answers(self.port), 20, "etcd to answer", interval=0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -85,13 +86,14 @@ class Daemon:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
