@@ -47,17 +47,16 @@ class Election:
                     log.info("leading (%s)", self.key)
                     return Guard(self.key, meta.create_revision)
                 lease.revoke()
+                leader, meta = self.store.client.get(self.key)
+                if meta is None:
+                    continue  # the leader just left
                 if not announced:
-                    leader, _ = self.store.client.get(self.key)
-                    log.info("standing by; leader is %s", (leader or b"?").decode())
+                    log.info("standing by; leader is %s", leader.decode())
                     announced = True
                 # The key disappears within the leader's lease TTL after it dies.
-                self.store.client.watch_once(self.key, timeout=self.ttl)
+                self.store.wait_deleted(self.key, meta.mod_revision, timeout=self.ttl)
             except UNAVAILABLE:
                 stop.wait(1.0)
-            except Exception as e:  # watch_once times out by raising
-                if type(e).__name__ != "WatchTimedOut":
-                    raise
         return None
 
     def resign(self) -> None:

@@ -17,8 +17,10 @@ from typing import Any, Generic, TypeVar
 
 import etcd3
 import etcd3.exceptions
+import etcd3.utils
 import grpc
-from etcd3.events import DeleteEvent
+from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
 from pydantic import ValidationError
 
 from ucloud.config import Settings
@@ -164,13 +166,16 @@ class Store:
         ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
         return responses[0].response_put.header.revision if ok else None
 
-    def delete(self, kind: type[Stored], id: str, mod_revision: int) -> bool:
-        """Delete the key if it is still at ``mod_revision``."""
+    def delete(
+        self, kind: type[Stored], id: str, mod_revision: int, guard: Guard | None = None
+    ) -> bool:
+        """Delete the key if it is still at ``mod_revision`` (and ``guard`` holds)."""
         key = self.key(kind, id)
         t = self.client.transactions
-        ok, _ = self.client.transaction(
-            compare=[t.mod(key) == mod_revision], success=[t.delete(key)], failure=[]
-        )
+        compare = [t.mod(key) == mod_revision]
+        if guard is not None:
+            compare.append(guard.compare(t))
+        ok, _ = self.client.transaction(compare=compare, success=[t.delete(key)], failure=[])
         return ok
 
     def update(
@@ -203,6 +208,33 @@ class Store:
 
     # --- watches -----------------------------------------------------------------------------
 
+    def wait_deleted(self, key: str, after_revision: int, timeout: float) -> None:
+        """Return when ``key`` is deleted after ``after_revision``, or after ``timeout``."""
+
+        stop = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(
+                create_request=etcdrpc.WatchCreateRequest(
+                    key=key.encode(), start_revision=after_revision + 1
+                )
+            )
+            stop.wait()
+
+        call = etcdrpc.WatchStub(self.client.channel).Watch(
+            requests(), timeout=timeout, metadata=self.client.metadata
+        )
+        try:
+            for response in call:
+                if response.canceled or any(e.type == kv_pb2.Event.DELETE for e in response.events):
+                    return
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        finally:
+            stop.set()
+            call.cancel()
+
     def follow(
         self, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
     ) -> Follower[M]:
@@ -229,9 +261,11 @@ class Guard:
 class Follower(Generic[M]):
     """List-then-watch of one kind of object that does not lose events.
 
-    python-etcd3's watches end for good when their stream breaks; this one starts again from
-    the revision after the last event it delivered, and lists again if etcd compacted that
-    revision away. Deliveries happen on the watch's thread, in revision order.
+    It owns its gRPC watch stream (python-etcd3 0.13's watcher thread dies with a NameError
+    when a stream breaks, without telling anyone), in a thread of its own: when the stream
+    breaks it watches again from the revision after the last event delivered; when etcd has
+    compacted that revision away it lists again and delivers a fresh Snapshot. Deliveries are
+    in revision order, on the follower's thread.
     """
 
     def __init__(
@@ -241,90 +275,107 @@ class Follower(Generic[M]):
         self.kind = kind
         self.deliver = deliver
         self.next_revision = 0  # 0: list first
-        self._watch_id: int | None = None
         self._stopped = threading.Event()
-        self._lock = threading.Lock()
-        self._restarting = False
+        self._call: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"follow-{kind.kind}", daemon=True)
 
     def start(self) -> None:
-        self._restart(initial=True)
+        """List (retrying until etcd answers) and deliver the first Snapshot before returning,
+        then watch in the background."""
+        self._list_until_done()
+        self._thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
-        with self._lock:
-            watch_id, self._watch_id = self._watch_id, None
-        if watch_id is not None:
-            with suppress(UNAVAILABLE):
-                self.store.client.cancel_watch(watch_id)
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
-    def _restart(self, initial: bool = False) -> None:
-        """(Re)establish the watch, retrying until etcd answers. On first start this runs in
-        the caller's thread so the first Snapshot is delivered before start() returns."""
-        if initial:
-            self._establish()
-            return
-        with self._lock:
-            if self._restarting:
-                return
-            self._restarting = True
-        threading.Thread(
-            target=self._establish, name=f"follow-{self.kind.kind}", daemon=True
-        ).start()
-
-    def _establish(self) -> None:
+    def _list_until_done(self) -> None:
         delay = 0.2
         while not self._stopped.is_set():
             try:
-                if self.next_revision == 0:
-                    items, revision = self.store.list(self.kind)
-                    self.deliver(Snapshot(self.kind, items, revision))
-                    self.next_revision = revision + 1
-                watch_id = self.store.client.add_watch_prefix_callback(
-                    self.store.folder(self.kind),
-                    self._on_response,
-                    start_revision=self.next_revision,
-                )
-                with self._lock:
-                    self._watch_id = watch_id
-                    self._restarting = False
-                if delay > 0.2:
-                    log.info(
-                        "watch on %s resumed at revision %d", self.kind.kind, self.next_revision
-                    )
-                return
-            except etcd3.exceptions.RevisionCompactedError:
-                log.warning("%s watch position was compacted; listing again", self.kind.kind)
-                self.next_revision = 0
+                items, revision = self.store.list(self.kind)
             except UNAVAILABLE as e:
-                if delay == 0.2:
-                    log.warning(
-                        "etcd unavailable for %s watch (%s); retrying", self.kind.kind, _brief(e)
-                    )
+                log.warning(
+                    "listing %s: etcd unavailable (%s); retrying", self.kind.kind, _brief(e)
+                )
                 self._stopped.wait(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            self.deliver(Snapshot(self.kind, items, revision))
+            self.next_revision = revision + 1
+            return
 
-    def _on_response(self, response: Any) -> None:
-        if self._stopped.is_set():
-            return
-        if isinstance(response, Exception):
-            if isinstance(response, etcd3.exceptions.RevisionCompactedError):
+    def _run(self) -> None:
+        delay = 0.2
+        while not self._stopped.is_set():
+            if self.next_revision == 0:
+                self._list_until_done()
+                continue
+            try:
+                if self._watch():
+                    delay = 0.2  # the stream worked for a while: start backing off afresh
+            except (*UNAVAILABLE, ValueError) as e:
+                if self._stopped.is_set():
+                    return
+                log.warning(
+                    "watch on %s broke (%s); resuming at revision %d",
+                    self.kind.kind,
+                    _brief(e),
+                    self.next_revision,
+                )
+            self._stopped.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _watch(self) -> bool:
+        """Stream events until the stream ends; True if it delivered anything."""
+        prefix = self.store.folder(self.kind)
+        request = etcdrpc.WatchRequest(
+            create_request=etcdrpc.WatchCreateRequest(
+                key=prefix.encode(),
+                range_end=etcd3.utils.prefix_range_end(prefix.encode()),
+                start_revision=self.next_revision,
+            )
+        )
+
+        def requests() -> Iterator[Any]:
+            yield request
+            self._stopped.wait()  # closing our side would end the watch
+
+        client = self.store.client
+        self._call = etcdrpc.WatchStub(client.channel).Watch(
+            requests(), credentials=client.call_credentials, metadata=client.metadata
+        )
+        delivered = False
+        for response in self._call:
+            if response.compact_revision:
+                log.warning("%s watch position was compacted; listing again", self.kind.kind)
                 self.next_revision = 0
-            log.info("watch on %s broke (%s); re-watching", self.kind.kind, _brief(response))
-            with self._lock:
-                self._watch_id = None
-            self._restart()
-            return
-        for event in response.events:
-            id = self.store._id_from_key(self.kind, event.key)
-            value: M | None = None
-            if not isinstance(event, DeleteEvent):
-                try:
-                    value = self.kind.model_validate_json(event.value)
-                except ValidationError as e:
-                    log.error("ignoring unreadable %s %s: %s", self.kind.kind, id, e)
-                    continue
-            self.deliver(Change(self.kind, id, value, event.mod_revision))
-            self.next_revision = event.mod_revision + 1
+                self._call.cancel()
+                return delivered
+            if response.canceled:
+                return delivered
+            for event in response.events:
+                self._deliver_event(event)
+                delivered = True
+        return delivered
+
+    def _deliver_event(self, event: Any) -> None:
+        id = self.store._id_from_key(self.kind, event.kv.key)
+        revision = event.kv.mod_revision
+        value: M | None = None
+        if event.type != kv_pb2.Event.DELETE:
+            try:
+                value = self.kind.model_validate_json(event.kv.value)
+            except ValidationError as e:
+                log.error("ignoring unreadable %s %s: %s", self.kind.kind, id, e)
+                self.next_revision = revision + 1
+                return
+        self.deliver(Change(self.kind, id, value, revision))
+        self.next_revision = revision + 1
 
 
 def _brief(e: BaseException) -> str:
@@ -371,7 +422,7 @@ class KeepAlive:
         while not self._stopped.wait(max(self.ttl / 3, 0.2)):
             try:
                 ttl = next(iter(self.store.client.refresh_lease(self.lease.id))).TTL
-            except UNAVAILABLE as e:
+            except (*UNAVAILABLE, ValueError) as e:  # ValueError: the store was closed
                 log.warning("could not renew lease %x (%s)", self.lease.id, _brief(e))
                 ttl = None
             if ttl is not None and ttl > 0:

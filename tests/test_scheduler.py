@@ -1,0 +1,273 @@
+"""The scheduler on a real etcd: placement, capacity, liveness, deadlines, failover."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import make_image
+from tests.servers import Daemon, Etcd, wait_for
+from ucloud.config import Settings
+from ucloud.models import VM, AdminState, Alive, Desired, Host, HostStatus, Specs, Status
+from ucloud.scheduler.daemon import Scheduler
+from ucloud.store import KeepAlive, Store
+
+
+class FakeAgent:
+    """What a host agent does for liveness: a host record, and an alive key on a lease.
+    (The real agent is ucloud-host; these tests drive the scheduler alone.)"""
+
+    def __init__(
+        self, store: Store, name: str, cpu: int = 4, ram: float = 8, register: bool = True
+    ):
+        self.store, self.name = store, name
+        if register:
+            store.create(Host(name=name, capacity=Specs(cpu=cpu, ram=ram)))
+        self.lease = store.lease(store.settings.host_lease_ttl)
+        store.put_owned(Alive(name=name), self.lease)
+        self.keepalive = KeepAlive(store, self.lease, lambda: None).start()
+
+    def die(self) -> None:
+        """Stop renewing: the alive key goes when the lease expires."""
+        self.keepalive.stop()
+
+
+@pytest.fixture
+def scheduler(store: Store, settings: Settings) -> Iterator[Scheduler]:
+    s = Scheduler(Store(settings), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    yield s
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def new_vm(store: Store, cpu: int = 1, ram: float = 1, name: str = "vm") -> VM:
+    vm = VM(
+        name=name, owner="alice", owner_realm="users", specs=Specs(cpu=cpu, ram=ram), image="img"
+    )
+    store.create(vm)
+    return vm
+
+
+def vm_of(store: Store, vm: VM) -> VM:
+    return store.get(VM, vm.uuid).value
+
+
+def wait_status(store: Store, vm: VM, status: Status, timeout: float = 10) -> VM:
+    return wait_for(
+        lambda: (v := vm_of(store, vm)).status == status and v,
+        timeout,
+        f"VM {vm.name} to be {status}",
+    )
+
+
+def test_places_a_new_vm_on_a_live_host(store, scheduler):
+    FakeAgent(store, "h1")
+    vm = new_vm(store)
+    placed = wait_status(store, vm, Status.SCHEDULED)
+    assert placed.hostname == "h1"
+    assert placed.log[-1].by == "scheduler"
+    assert placed.log[-1].message == "PENDING -> SCHEDULED: placed on h1"
+    assert store.get(Host, "h1").value.status == HostStatus.UP
+
+
+def test_vm_created_through_the_api_is_placed(client, alice, store, scheduler):
+    FakeAgent(store, "h1")
+    image = make_image(store)
+    r = client.post(
+        "/vm/create", json=alice.creds(vm_name="web", specs={"cpu": 1, "ram": 1}, image=image.uuid)
+    )
+    vmid = r.json["uuid"]
+    wait_for(
+        lambda: client.get("/vm/status", json=alice.creds(id=vmid)).json["hostname"] == "h1",
+        10,
+        "placement",
+    )
+
+
+def test_capacity_is_never_exceeded_and_waiting_vms_truly_fit_nowhere(store, settings, scheduler):
+    rng = random.Random(7)
+    hosts = {f"h{i}": (rng.choice([2, 4, 8]), rng.choice([4, 8, 16])) for i in range(6)}
+    for name, (cpu, ram) in hosts.items():
+        FakeAgent(store, name, cpu=cpu, ram=ram)
+    vms = [
+        new_vm(store, cpu=rng.choice([1, 2, 4]), ram=rng.choice([0.5, 1, 2, 4]), name=f"vm{i}")
+        for i in range(120)
+    ]
+
+    def settled() -> dict[str, VM] | None:
+        now = {v.uuid: v for v in (vm_of(store, vm) for vm in vms)}
+        if any(v.status == Status.PENDING and not v.reason for v in now.values()):
+            return None
+        return now
+
+    def all_decided() -> dict[str, VM] | None:
+        now = settled()
+        if now is None or any(
+            v.status not in (Status.SCHEDULED, Status.PENDING) for v in now.values()
+        ):
+            return None
+        return now
+
+    final = wait_for(all_decided, 20, "every VM placed or refused with a reason")
+    used = {name: [0, 0.0] for name in hosts}
+    for v in final.values():
+        if v.status == Status.SCHEDULED:
+            used[v.hostname][0] += v.specs.cpu
+            used[v.hostname][1] += v.specs.ram
+    for name, (cpu, ram) in hosts.items():
+        assert used[name][0] <= cpu * settings.cpu_allocation_ratio, name
+        assert used[name][1] <= ram * settings.ram_allocation_ratio, name
+    waiting = [v for v in final.values() if v.status == Status.PENDING]
+    assert 0 < len(waiting) < len(vms), "the test should fill the hosts, not more, not less"
+    for v in waiting:
+        assert v.reason.startswith("no host fits")
+        for name, (cpu, ram) in hosts.items():
+            cpu_free = cpu * settings.cpu_allocation_ratio - used[name][0]
+            ram_free = ram * settings.ram_allocation_ratio - used[name][1]
+            assert v.specs.cpu > cpu_free or v.specs.ram > ram_free, (v.name, name)
+
+
+def test_spreads_over_equal_hosts_and_skips_maintenance(store, scheduler):
+    for name in ("a", "b", "c", "m"):
+        FakeAgent(store, name)
+    store.update(Host, "m", lambda h: setattr(h, "admin_state", AdminState.MAINTENANCE))
+    vms = [new_vm(store, name=f"vm{i}") for i in range(3)]
+    placed = sorted(wait_status(store, vm, Status.SCHEDULED).hostname for vm in vms)
+    assert placed == ["a", "b", "c"]
+
+
+def test_pending_with_reason_then_placed_when_a_host_is_added(store, scheduler):
+    vm = new_vm(store, cpu=2, ram=4)
+    waiting = wait_for(lambda: (v := vm_of(store, vm)).reason and v, 10, "a reason")
+    assert (waiting.status, waiting.reason) == (Status.PENDING, "no hosts are registered")
+    FakeAgent(store, "small", cpu=1, ram=2)  # 4 CPUs with the ratio, but only 2 GiB RAM
+    wait_for(lambda: "short of RAM" in vm_of(store, vm).reason, 10, "the reason to name RAM")
+    assert vm_of(store, vm).reason == "no host fits 2 CPU, 4 GiB RAM, 0 GiB disk: 1 short of RAM"
+    FakeAgent(store, "big", cpu=8, ram=32)
+    assert wait_status(store, vm, Status.SCHEDULED).hostname == "big"
+
+
+def test_a_host_whose_lease_expires_has_its_vms_placed_elsewhere(store, scheduler):
+    doomed = FakeAgent(store, "doomed", cpu=8, ram=32)
+    vms = [new_vm(store, name=f"vm{i}") for i in range(4)]
+    for vm in vms:
+        assert wait_status(store, vm, Status.SCHEDULED).hostname == "doomed"
+    FakeAgent(store, "spare", cpu=8, ram=32)
+    doomed.die()
+    wait_for(lambda: store.get(Host, "doomed").value.status == HostStatus.DEAD, 15, "host DEAD")
+    for vm in vms:
+        moved = wait_for(
+            lambda vm=vm: (v := vm_of(store, vm)).hostname == "spare" and v, 15, "VM moved to spare"
+        )
+        messages = [e.message for e in moved.log]
+        assert "SCHEDULED -> KILLED: host doomed died" in messages
+        assert messages[-1] == "KILLED -> SCHEDULED: placed on spare"
+
+
+def test_vm_without_host_is_stopped_and_deleted_by_the_scheduler(store, scheduler):
+    vm = new_vm(store)  # no hosts: it stays PENDING
+    wait_for(lambda: vm_of(store, vm).reason, 10, "a reason")
+    store.update(VM, vm.uuid, lambda v: setattr(v, "desired", Desired.STOPPED))
+    wait_status(store, vm, Status.STOPPED)
+    store.update(VM, vm.uuid, lambda v: setattr(v, "desired", Desired.DELETED))
+    wait_for(lambda: store.get(VM, vm.uuid) is None, 10, "the VM to be deleted")
+
+
+def test_scheduled_too_long_is_placed_again_then_errors(store, etcd):
+    from tests.conftest import load_settings
+
+    settings = load_settings(
+        etcd_endpoints=store.settings.etcd_endpoints,
+        etcd_prefix=store.settings.etcd_prefix,
+        scheduled_deadline=0.5,
+        schedule_attempts=2,
+    )
+    s = Scheduler(Store(settings), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        FakeAgent(store, "lazy")  # alive, but never creates anything
+        vm = new_vm(store)
+        failed = wait_status(store, vm, Status.ERROR, timeout=15)
+        assert failed.reason == "host lazy did not start it within 0.5 s, after 2 attempts"
+        assert failed.hostname == ""
+        assert sum("placing it again" in e.message for e in failed.log) == 1
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+# --- separate processes: election and etcd restarts ----------------------------------------
+
+
+def scheduler_process(settings: Settings, log) -> Daemon:
+    env = {
+        "UCLOUD_ETCD_ENDPOINTS": settings.etcd_endpoints,
+        "UCLOUD_ETCD_PREFIX": settings.etcd_prefix,
+        "UCLOUD_SCHEDULER_LEASE_TTL": "2",
+        "UCLOUD_SCHEDULER_RESYNC": "5",
+        "UCLOUD_ENV_FILE": "/dev/null",
+    }
+    return Daemon([sys.executable, "-m", "ucloud.scheduler.main"], env, log)
+
+
+def leader_pid(store: Store) -> int | None:
+    value, _ = store.client.get(f"{store.prefix}/election/scheduler")
+    return json.loads(value)["pid"] if value else None
+
+
+def test_standby_takes_over_when_the_leader_is_killed(store, settings, tmp_path):
+    first = scheduler_process(settings, tmp_path / "first.log")
+    wait_for(lambda: leader_pid(store) == first.pid, 15, "the first scheduler to lead")
+    second = scheduler_process(settings, tmp_path / "second.log")
+    try:
+        FakeAgent(store, "h1")
+        vm = new_vm(store, name="before")
+        wait_status(store, vm, Status.SCHEDULED, timeout=15)
+        wait_for(lambda: "standing by" in second.output(), 15, "the second to stand by")
+
+        first.stop(signal.SIGKILL)
+        after = new_vm(store, name="after")
+        placed = wait_status(store, after, Status.SCHEDULED, timeout=15)
+        assert placed.hostname == "h1"
+        assert leader_pid(store) == second.pid
+        assert "leading" in second.output()
+    finally:
+        for d in (first, second):
+            d.stop()
+
+
+def test_etcd_restart_under_a_running_scheduler_loses_no_event(tmp_path, settings):
+    own = Etcd(tmp_path / "etcd")
+    own.start()
+    settings = settings.model_copy(update={"etcd_endpoints": f"127.0.0.1:{own.port}"})
+    store = Store(settings)
+    daemon = scheduler_process(settings, tmp_path / "scheduler.log")
+    try:
+        FakeAgent(store, "h1", cpu=64, ram=256)
+        wait_for(lambda: leader_pid(store) == daemon.pid, 15, "the scheduler to lead")
+        first = new_vm(store, name="first")
+        wait_status(store, first, Status.SCHEDULED, timeout=15)
+
+        own.stop()
+        own.start()  # same data and ports: like a restarted member
+        FakeAgent(store, "h2", cpu=64, ram=256)  # a new lease: the old one may have lapsed
+        burst = [new_vm(store, name=f"after{i}") for i in range(20)]
+        for vm in burst:
+            assert wait_status(store, vm, Status.SCHEDULED, timeout=30).hostname in ("h1", "h2")
+        assert daemon.alive(), daemon.output()
+    finally:
+        daemon.stop()
+        store.close()
+        own.stop()

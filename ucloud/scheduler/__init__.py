@@ -1,0 +1,1 @@
+"""``ucloud-scheduler``: places VMs on hosts and moves the VMs of dead hosts."""

@@ -1,0 +1,375 @@
+"""The scheduler's reconcile loop.
+
+It mirrors VMs, hosts and alive keys in memory (list, then watch), and in one thread:
+- places every VM that wants a host, in batched compare-and-swap transactions;
+- keeps each host's status in step with its alive key, and moves the VMs of a host that has
+  been DEAD longer than the grace period (KILLED, then placed again);
+- settles VMs that have no host: stopped ones become STOPPED, deleted ones are removed;
+- re-places VMs that sat in SCHEDULED past their deadline, and gives up after a few attempts.
+
+Every write carries the leadership Guard, so a deposed scheduler cannot write.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from ucloud.config import Settings
+from ucloud.mirror import Diff, Mirror
+from ucloud.models import VM, ZERO, Alive, Desired, Host, HostStatus, Specs, Status, Stored
+from ucloud.scheduler import placement
+from ucloud.scheduler.placement import HostState
+from ucloud.store import MAX_TXN_OPS, UNAVAILABLE, Change, Follower, Guard, Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+ME = "scheduler"
+BATCH = MAX_TXN_OPS - 1  # one compare is the leadership guard
+
+
+class Deposed(Exception):
+    """Another scheduler leads now."""
+
+
+class Scheduler:
+    def __init__(self, store: Store, settings: Settings, guard: Guard | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.guard = guard
+        self.vms: Mirror[VM] = Mirror()
+        self.hosts: Mirror[Host] = Mirror()
+        self.alive: Mirror[Alive] = Mirror()
+        self.inbox: queue.Queue[Snapshot[Any] | Change[Any]] = queue.Queue()
+        self.followers: list[Follower[Any]] = []
+
+        # Derived state, kept in step with the mirrors by on_vm/on_host.
+        self.used: dict[str, Specs] = {}  # host name -> what its VMs use
+        self.placed: dict[str, set[str]] = {}  # host name -> its VMs
+        self.pending: dict[str, None] = {}  # VMs that want a host, oldest first
+        self.unfit: set[str] = set()  # pending VMs no host could take; retried on change
+        self.chores: set[str] = set()  # VMs without host whose desired state needs a step
+        self.scheduled: set[str] = set()  # VMs in SCHEDULED, watched for their deadline
+        self.hosts_to_check: set[str] = set()
+        self.capacity_changed = False
+        self.placements = 0
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for kind in (Host, Alive, VM):
+            self.followers.append(self.store.follow(kind, self.inbox.put))
+
+    def stop(self) -> None:
+        for follower in self.followers:
+            follower.stop()
+        self.followers.clear()
+
+    def run(self, stop: threading.Event, lost: threading.Event | None = None) -> None:
+        """Reconcile until ``stop`` (or ``lost``: leadership gone) is set."""
+        self.start()
+        next_resync = time.monotonic() + self.settings.scheduler_resync
+        try:
+            while not stop.is_set() and not (lost and lost.is_set()):
+                self.drain(timeout=0.5)
+                try:
+                    if time.monotonic() >= next_resync:
+                        self.resync()
+                        next_resync = time.monotonic() + self.settings.scheduler_resync
+                    self.step()
+                except Deposed:
+                    log.error("another scheduler leads now; stepping down")
+                    return
+                except UNAVAILABLE as e:
+                    log.warning("etcd unavailable (%s); will retry", type(e).__name__)
+                    stop.wait(1.0)
+        finally:
+            self.stop()
+
+    def drain(self, timeout: float) -> None:
+        """Apply every queued delivery; wait up to ``timeout`` for the first."""
+        try:
+            item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self.deliver(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def deliver(self, item: Snapshot[Any] | Change[Any]) -> None:
+        kind = item.kind
+        if kind is VM:
+            for diff in self.vms.apply(item):
+                self.on_vm(*diff)
+        elif kind is Host:
+            for id, _, _ in self.hosts.apply(item):
+                self.hosts_to_check.add(id)
+                self.capacity_changed = True
+        elif kind is Alive:
+            for id, _, _ in self.alive.apply(item):
+                self.hosts_to_check.add(id)
+                self.capacity_changed = True
+
+    def step(self) -> None:
+        """One pass towards desired state over what changed."""
+        self.check_hosts()
+        self.do_chores()
+        self.place()
+        self.check_deadlines()
+
+    def resync(self) -> None:
+        """The safety net: look at every host and VM again, as if each had changed."""
+        self.hosts_to_check.update(v.value.name for v in self.hosts.items.values())
+        for id, v in self.vms.items.items():
+            self.on_vm(id, v, v)
+        self.capacity_changed = True
+
+    # --- derived state -------------------------------------------------------------------------
+
+    def on_vm(self, id: str, before: Any, after: Any) -> None:
+        old: VM | None = before.value if before else None
+        new: VM | None = after.value if after else None
+        if old is not None and old.hostname:
+            self.used[old.hostname] = self.used.get(old.hostname, ZERO) - old.specs
+            self.placed.get(old.hostname, set()).discard(id)
+        if new is not None and new.hostname:
+            self.used[new.hostname] = self.used.get(new.hostname, ZERO) + new.specs
+            self.placed.setdefault(new.hostname, set()).add(id)
+        if old is not None and old.hostname and (new is None or new.hostname != old.hostname):
+            self.capacity_changed = True
+
+        self.pending.pop(id, None)
+        self.unfit.discard(id)
+        self.chores.discard(id)
+        self.scheduled.discard(id)
+        if new is None:
+            return
+        if new.wants_host:
+            self.pending[id] = None
+        elif not new.hostname and _needs_chore(new):
+            self.chores.add(id)
+        if new.status == Status.SCHEDULED:
+            self.scheduled.add(id)
+        host = self.hosts.get(new.hostname) if new.hostname else None
+        if host is not None and host.value.status == HostStatus.DEAD:
+            self.hosts_to_check.add(new.hostname)  # placed on a dead host: move it
+
+    def host_states(self) -> list[HostState]:
+        states = []
+        for h in self.hosts:
+            state = HostState.of(h, h.name in self.alive.items, self.settings)
+            state.used = self.used.get(h.name, ZERO)
+            states.append(state)
+        return states
+
+    # --- hosts ---------------------------------------------------------------------------------
+
+    def check_hosts(self) -> None:
+        """Keep each host's status in step with its alive key; move the VMs of dead hosts."""
+        now = time.time()
+        for name in list(self.hosts_to_check):
+            found = self.hosts.get(name)
+            if found is None:
+                self.hosts_to_check.discard(name)
+                continue
+            host = found.value
+            alive = name in self.alive.items
+            if alive and host.status != HostStatus.UP:
+                self.write_host(found, HostStatus.UP)
+            elif not alive and host.status == HostStatus.UP:
+                log.warning("host %s lost its lease: DEAD", name)
+                self.write_host(found, HostStatus.DEAD)
+            elif not alive and self.placed.get(name):
+                if now - host.status_since < self.settings.dead_host_grace:
+                    continue  # look again on the next pass
+                self.evacuate(name)
+            self.hosts_to_check.discard(name)
+
+    def write_host(self, found: Any, status: HostStatus) -> None:
+        host = found.value.model_copy(deep=True)
+        host.status = status
+        host.status_since = time.time()
+        self.write(host, found.mod_revision, self.hosts)
+
+    def evacuate(self, name: str) -> None:
+        """Mark the VMs of a dead host KILLED and unplaced, so they are placed again."""
+        # TODO(fencing): block-list the host's Ceph client before its VMs start elsewhere.
+        log.warning("host %s is dead: moving its %d VMs", name, len(self.placed.get(name, ())))
+        for id in list(self.placed.get(name, ())):
+            found = self.vms.get(id)
+            if found is None:
+                continue
+            vm = found.value.model_copy(deep=True)
+            vm.hostname = ""
+            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            self.write(vm, found.mod_revision, self.vms)
+
+    # --- VMs without a host ------------------------------------------------------------------
+
+    def do_chores(self) -> None:
+        for id in list(self.chores):
+            self.chores.discard(id)
+            found = self.vms.get(id)
+            if found is None:
+                continue
+            vm = found.value.model_copy(deep=True)
+            if vm.hostname:
+                continue
+            if vm.desired == Desired.DELETED:
+                if vm.disk:
+                    self.hand_over_for_deletion(found)
+                elif self.store.delete(VM, id, found.mod_revision, self.guard):
+                    log.info("VM %s deleted (it never had a disk)", id)
+                    for diff in self.vms.apply(Change(VM, id, None, found.mod_revision + 1)):
+                        self.on_vm(*diff)
+            elif vm.desired == Desired.STOPPED:
+                vm.set_status(Status.STOPPED, ME)
+                vm.observed_generation = vm.generation
+                self.write(vm, found.mod_revision, self.vms)
+
+    def hand_over_for_deletion(self, found: Any) -> None:
+        """A VM with a disk but no host: a live host agent removes the disk, then the VM."""
+        up = [h for h in self.host_states() if placement.is_up(h)]
+        if not up:
+            return  # retried when a host comes up (capacity_changed re-runs chores)
+        host = min(up, key=lambda h: len(self.placed.get(h.name, ())))
+        vm = found.value.model_copy(deep=True)
+        vm.hostname = host.name
+        vm.set_status(Status.DELETING, ME, f"host {host.name} removes its disk")
+        self.write(vm, found.mod_revision, self.vms)
+
+    # --- placement -----------------------------------------------------------------------------
+
+    def place(self) -> None:
+        if self.capacity_changed:
+            self.capacity_changed = False
+            for id in self.unfit:
+                self.pending[id] = None
+            self.unfit.clear()
+            # A host coming up may let a deleted VM's disk be removed.
+            self.chores.update(
+                id
+                for id, v in self.vms.items.items()
+                if not v.value.hostname and v.value.desired == Desired.DELETED
+            )
+        if not self.pending:
+            return
+        pool = placement.candidates(self.host_states())
+        batch: list[tuple[VM, int]] = []
+        for id in list(self.pending):
+            found = self.vms.get(id)
+            if found is None or not found.value.wants_host:
+                self.pending.pop(id, None)
+                continue
+            vm = found.value
+            host, reason = placement.choose(vm, pool)
+            self.pending.pop(id, None)
+            if host is None:
+                self.unfit.add(id)
+                self.mark_unplaceable(found, reason)
+                continue
+            placed = vm.model_copy(deep=True)
+            placed.hostname = host.name
+            placed.attempts += 1
+            placed.observed_generation = placed.generation
+            placed.set_status(Status.SCHEDULED, ME, f"placed on {host.name}")
+            batch.append((placed, found.mod_revision))
+            # Count it against the host now, so the next VM of this pass sees it.
+            self.on_vm(id, found, self.vms.put_local(id, placed, 0)[2])
+            host.used = self.used[host.name]
+            if len(batch) == BATCH:
+                self.commit(batch)
+                batch = []
+        self.commit(batch)
+
+    def commit(self, batch: list[tuple[VM, int]]) -> None:
+        if not batch:
+            return
+        revision = self.store.swap_many(batch, self.guard)
+        if revision is not None:
+            for vm, _ in batch:
+                self.vms.put_local(vm.uuid, vm, revision)
+            self.placements += len(batch)
+            for vm, _ in batch:
+                log.debug("placed VM %s on %s", vm.uuid, vm.hostname)
+            log.info("placed %d VM(s)", len(batch))
+            return
+        self.check_guard()
+        # Some VM changed meanwhile: take etcd's word for each, and let the loop try again.
+        for vm, _ in batch:
+            fresh = self.store.get(VM, vm.uuid)
+            before = self.vms.get(vm.uuid)
+            if fresh is None:
+                self.vms.items.pop(vm.uuid, None)
+                self.on_vm(vm.uuid, before, None)
+            else:
+                self.on_vm(
+                    vm.uuid, before, self.vms.put_local(vm.uuid, fresh.value, fresh.mod_revision)[2]
+                )
+
+    def mark_unplaceable(self, found: Any, reason: str) -> None:
+        vm: VM = found.value
+        if vm.status == Status.PENDING and vm.reason == reason:
+            return
+        vm = vm.model_copy(deep=True)
+        vm.set_status(Status.PENDING, ME, reason)
+        log.info("VM %s waits: %s", vm.uuid, reason)
+        self.write(vm, found.mod_revision, self.vms)
+
+    # --- deadlines -----------------------------------------------------------------------------
+
+    def check_deadlines(self) -> None:
+        """Re-place VMs whose host has not taken them up in time; give up after a few tries."""
+        deadline = time.time() - self.settings.scheduled_deadline
+        for id in list(self.scheduled):
+            found = self.vms.get(id)
+            if found is None or found.value.status != Status.SCHEDULED:
+                self.scheduled.discard(id)
+                continue
+            if found.value.status_since > deadline:
+                continue
+            vm = found.value.model_copy(deep=True)
+            late = (
+                f"host {vm.hostname} did not start it within {self.settings.scheduled_deadline:g} s"
+            )
+            vm.hostname = ""
+            if vm.attempts >= self.settings.schedule_attempts:
+                vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
+            else:
+                vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
+            self.write(vm, found.mod_revision, self.vms)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def write(self, obj: Stored, mod_revision: int, mirror: Mirror[Any]) -> bool:
+        """Compare-and-swap one object and mirror it; on conflict, the watch brings the news
+        and the object is looked at again."""
+        revision = self.store.swap_many([(obj, mod_revision)], self.guard)
+        if revision is None:
+            self.check_guard()
+            return False
+        diff: Diff[Any] = mirror.put_local(obj.id, obj, revision)
+        if mirror is self.vms:
+            self.on_vm(*diff)
+        else:
+            self.hosts_to_check.add(obj.id)
+        return True
+
+    def check_guard(self) -> None:
+        if self.guard is None:
+            return
+        _, meta = self.store.client.get(self.guard.key)
+        if meta is None or meta.create_revision != self.guard.create_revision:
+            raise Deposed()
+
+
+def _needs_chore(vm: VM) -> bool:
+    if vm.desired == Desired.DELETED:
+        return True
+    return vm.desired == Desired.STOPPED and vm.status != Status.STOPPED
