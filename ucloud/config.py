@@ -60,7 +60,32 @@ class Settings(BaseSettings):
 
     # host agent
     hostname: str = Field(default_factory=socket.gethostname)
-    host_lease_ttl: int = 10
+    host_lease_ttl: int = Field(10, description="seconds without renewal before a host is dead")
+    host_cpu: int = Field(0, description="CPUs to offer; 0: all of the machine's")
+    host_ram: float = Field(0, description="GiB of RAM to offer; 0: the machine's, less 1 GiB")
+    host_workers: int = Field(4, description="VMs reconciled at once")
+    host_resync: float = Field(30.0, description="seconds between full reconciles")
+    hypervisor: str = Field("libvirt", description="'libvirt', or 'fake' for simulations")
+    libvirt_uri: str = "qemu:///system"
+    state_dir: str = Field("/var/lib/ucloud", description="consoles, VNC sockets, disks")
+    shutdown_timeout: float = Field(
+        60.0, description="seconds for ACPI shutdown before a hard stop"
+    )
+    creating_deadline: float = Field(300.0, description="seconds to create and start a VM")
+    crash_limit: int = Field(3, description="restarts within crash_window before ERROR")
+    crash_window: float = 600.0
+    notify_command: str = Field(
+        "", description="run with the VM uuid and a message when a VM crashes (empty: none)"
+    )
+
+    # storage
+    storage: str = Field("rbd", description="'rbd' (Ceph) or 'file' (qcow2 overlays)")
+    ceph_conf: str = "/etc/ceph/ceph.conf"
+    ceph_user: str = Field("ucloud", description="cephx user, without 'client.'")
+    ceph_keyring: str = Field("", description="the cephx user's keyring; empty: Ceph's default")
+    ceph_pool: str = Field("ucloud", description="pool of VM disks")
+    image_pool: str = Field("ucloud", description="pool of images")
+    image_dir: str = Field("/var/lib/ucloud/images", description="images, for the file driver")
 
     def etcd_members(self) -> list[tuple[str, int]]:
         members = []

@@ -1,0 +1,1 @@
+"""``ucloud``: the command-line client of the ucloud API."""

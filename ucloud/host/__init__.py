@@ -1,0 +1,1 @@
+"""``ucloud-host``: the agent on each hypervisor, reconciling its VMs towards desired state."""

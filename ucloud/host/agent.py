@@ -1,0 +1,403 @@
+"""The host agent's reconcile loop.
+
+It registers its host, keeps the host's alive key on a lease, mirrors the VMs, and reconciles
+each VM placed on it (and each local domain) towards the VM's desired state, one step per
+pass, in a keyed work queue: a VM is never handled by two workers at once.
+
+Safety rules:
+- a domain is started only after a compare-and-swap has moved its VM to CREATING: the
+  scheduler cannot have moved the VM elsewhere in between, so no VM runs on two hosts;
+- a local domain whose VM is deleted or placed on another host is destroyed;
+- an agent that cannot renew its lease destroys its domains: the cluster is about to start
+  them elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import threading
+import time
+from pathlib import Path
+
+from ucloud import proc
+from ucloud.config import Settings
+from ucloud.host.hypervisor import (
+    Domain,
+    DomainSpec,
+    Hypervisor,
+    HypervisorError,
+    Power,
+    Unreachable,
+)
+from ucloud.mirror import Mirror
+from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status
+from ucloud.storage import Storage, StorageError
+from ucloud.store import UNAVAILABLE, Change, Conflict, KeepAlive, Snapshot, Store, Versioned
+from ucloud.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class HostAgent:
+    def __init__(
+        self, store: Store, settings: Settings, hypervisor: Hypervisor, storage: Storage
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.hv = hypervisor
+        self.storage = storage
+        self.name = settings.hostname
+        self.me = f"host {self.name}"
+        self.vms: Mirror[VM] = Mirror()
+        self.lock = threading.Lock()  # guards vms (the follower writes, workers read)
+        self.queue = WorkQueue()
+        self.crashes: dict[str, list[float]] = {}
+        self.restart_at: dict[str, float] = {}
+        self.stopping_since: dict[str, float] = {}
+        self.keepalive: KeepAlive | None = None
+        self.lease_lost = threading.Event()
+        self.state_dir = Path(settings.state_dir)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        for sub in ("console", "vnc"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._retry(stop, "connect to the hypervisor", lambda: self.hv.connect(self.queue.add))
+        self._retry(stop, "register the host", self.register)
+        self._retry(stop, "take the host's lease", self.take_lease)
+        follower = self.store.follow(VM, self.deliver)
+        workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_safely, "vm")
+        log.info("host %s is up", self.name)
+        try:
+            while not stop.wait(self.settings.host_resync):
+                if self.lease_lost.is_set():
+                    self._retry(stop, "take the host's lease again", self.take_lease)
+                self.resync()
+        finally:
+            follower.stop()
+            self.queue.close()
+            for w in workers:
+                w.join(timeout=self.settings.shutdown_timeout)
+            if self.keepalive is not None:
+                # The lease is left to expire, not revoked: the VMs keep running while the
+                # agent is away, and an agent back within the TTL finds its host still UP.
+                self.keepalive.stop()
+            self.hv.close()
+
+    def _retry(self, stop: threading.Event, what: str, action) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                action()
+                return
+            except (*UNAVAILABLE, Unreachable) as e:
+                log.warning("cannot %s yet (%s); retrying", what, type(e).__name__)
+                stop.wait(delay)
+                delay = min(delay * 2, 10)
+
+    def register(self) -> None:
+        capacity = detect_capacity(self.settings)
+
+        def change(host: Host) -> bool:
+            if host.capacity == capacity:
+                return False
+            host.capacity = capacity
+            return True
+
+        if self.store.update(Host, self.name, change) is None:
+            try:
+                self.store.create(Host(name=self.name, capacity=capacity))
+            except Conflict:
+                self.store.update(Host, self.name, change)
+
+    def take_lease(self) -> None:
+        lease = self.store.lease(self.settings.host_lease_ttl)
+        self.store.put_owned(Alive(name=self.name, pid=os.getpid()), lease)
+        self.lease_lost.clear()
+        self.keepalive = KeepAlive(self.store, lease, self.on_lease_lost).start()
+
+    def on_lease_lost(self) -> None:
+        """The cluster now takes this host for dead and will start its VMs elsewhere."""
+        log.error("host %s lost its lease: stopping every local VM", self.name)
+        self.lease_lost.set()
+        for vm in self.hv.domains():
+            try:
+                self.hv.destroy(vm)
+            except HypervisorError as e:
+                log.error("could not stop VM %s: %s", vm, e)
+
+    def deliver(self, update: Snapshot[VM] | Change[VM]) -> None:
+        with self.lock:
+            diffs = self.vms.apply(update)
+        for id, before, after in diffs:
+            if (before and before.value.hostname == self.name) or (
+                after and after.value.hostname == self.name
+            ):
+                self.queue.add(id)
+        if isinstance(update, Snapshot):
+            self.resync()
+
+    def resync(self) -> None:
+        """The safety net: look at every VM placed here and every local domain."""
+        with self.lock:
+            mine = [id for id, v in self.vms.items.items() if v.value.hostname == self.name]
+        self.queue.add_all(mine)
+        with contextlib.suppress(Unreachable):
+            self.queue.add_all(self.hv.domains())
+
+    # --- reconcile -----------------------------------------------------------------------------
+
+    def reconcile_safely(self, id: str) -> None:
+        try:
+            self.reconcile(id)
+        except UNAVAILABLE:
+            self.queue.add_after(id, 1.0)
+        except Unreachable as e:
+            log.warning("hypervisor unreachable while handling VM %s: %s", id, e)
+            self.queue.add_after(id, 2.0)
+        except Exception:
+            log.exception("failed to reconcile VM %s; trying again shortly", id)
+            self.queue.add_after(id, 5.0)
+
+    def reconcile(self, id: str) -> None:
+        with self.lock:
+            found = self.vms.get(id)
+        dom = self.hv.domain(id)
+        if found is None or found.value.hostname != self.name:
+            if dom is not None:
+                where = (
+                    f"placed on {found.value.hostname}"
+                    if found and found.value.hostname
+                    else "not placed here"
+                )
+                log.warning("destroying local domain of VM %s: it is %s", id, where)
+                self.hv.undefine(id)
+            return
+        vm = found.value
+        if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
+            self.delete(found)
+        elif vm.status in (Status.SCHEDULED, Status.CREATING):
+            self.create(found, dom)
+        elif vm.status == Status.KILLED:
+            self.restart_when_due(found)
+        elif vm.status == Status.ERROR:
+            return
+        elif vm.desired == Desired.STOPPED:
+            self.stop(found, dom)
+        elif dom is None or dom.power == Power.SHUTOFF:
+            self.crashed(found)
+        elif vm.desired == Desired.SUSPENDED:
+            self.suspend(found, dom)
+        else:
+            self.keep_running(found, dom)
+
+    def write(self, found: Versioned[VM], vm: VM) -> Versioned[VM] | None:
+        """Compare-and-swap the VM; None if it changed meanwhile (the watch re-queues it)."""
+        revision = self.store.swap(vm, found.mod_revision)
+        if revision is None:
+            return None
+        with self.lock:
+            self.vms.put_local(vm.uuid, vm, revision)
+        return Versioned(vm, revision)
+
+    def transition(
+        self, found: Versioned[VM], status: Status, reason: str = "", **fields: object
+    ) -> Versioned[VM] | None:
+        vm = found.value.model_copy(deep=True)
+        for k, v in fields.items():
+            setattr(vm, k, v)
+        vm.set_status(status, self.me, reason)
+        return self.write(found, vm)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def create(self, found: Versioned[VM], dom: Domain | None) -> None:
+        vm = found.value
+        if vm.status == Status.SCHEDULED:
+            claimed = self.transition(found, Status.CREATING)
+            if claimed is None:
+                return
+            found, vm = claimed, claimed.value
+        elif time.time() - vm.status_since > self.settings.creating_deadline:
+            self.give_up(
+                found, f"not running {self.settings.creating_deadline:g} s after creation began"
+            )
+            return
+        disk = disk_name(vm)
+        try:
+            image = self.store.get(Image, vm.image)
+            if image is None:
+                raise StorageError(f"its image {vm.image} no longer exists")
+            self.storage.create_disk(disk, image.value.uuid, vm.specs.ssd)
+            self.hv.start(self.domain_spec(vm, disk))
+        except (StorageError, HypervisorError) as e:
+            if isinstance(e, Unreachable):
+                raise
+            vm = vm.model_copy(deep=True)
+            vm.record(self.me, f"create failed: {e}")
+            log.warning("creating VM %s failed: %s", vm.uuid, e)
+            if self.write(found, vm) is not None:
+                self.queue.add_after(vm.uuid, 5.0)
+            return
+        now = self.hv.domain(vm.uuid)
+        if now is None or now.power != Power.RUNNING:
+            self.queue.add_after(vm.uuid, 1.0)
+            return
+        if self.transition(found, Status.RUNNING, disk=disk, attempts=0) is not None:
+            log.info("VM %s runs (QEMU pid %s)", vm.uuid, now.pid)
+            self.queue.add(vm.uuid)  # a VM meant to be suspended is suspended next
+
+    def restart_when_due(self, found: Versioned[VM]) -> None:
+        due = self.restart_at.get(found.value.uuid, 0)
+        if time.monotonic() < due:
+            self.queue.add_after(found.value.uuid, due - time.monotonic())
+            return
+        if found.value.desired == Desired.STOPPED:
+            self.stop(found, self.hv.domain(found.value.uuid))
+            return
+        # Claim the restart first, as for a creation: see the module's safety rules.
+        claimed = self.transition(found, Status.CREATING, "restarting after its QEMU died")
+        if claimed is not None:
+            self.create(claimed, None)
+
+    def crashed(self, found: Versioned[VM]) -> None:
+        """The VM should run here but its QEMU is gone: report, then restart with back-off."""
+        vm = found.value
+        now = time.monotonic()
+        recent = [t for t in self.crashes.get(vm.uuid, []) if now - t < self.settings.crash_window]
+        recent.append(now)
+        self.crashes[vm.uuid] = recent
+        message = f"VM {vm.uuid} ({vm.name}) stopped unexpectedly on {self.name}"
+        log.warning(message)
+        self.notify(vm, message)
+        if len(recent) > self.settings.crash_limit:
+            self.give_up(
+                found, f"its QEMU died {len(recent)} times within {self.settings.crash_window:g} s"
+            )
+            return
+        delay = min(2.0 ** (len(recent) - 1), 60.0)
+        self.restart_at[vm.uuid] = now + delay
+        if (
+            self.transition(found, Status.KILLED, f"QEMU died; restarting in {delay:g} s")
+            is not None
+        ):
+            self.queue.add_after(vm.uuid, delay)
+
+    def give_up(self, found: Versioned[VM], reason: str) -> None:
+        """ERROR, and release the host: a user's start places the VM afresh."""
+        vm = found.value
+        self.hv.undefine(vm.uuid)
+        self.transition(found, Status.ERROR, reason, hostname="", observed_generation=vm.generation)
+        log.error("VM %s is in ERROR: %s", vm.uuid, reason)
+
+    def keep_running(self, found: Versioned[VM], dom: Domain) -> None:
+        vm = found.value
+        if dom.power == Power.PAUSED:
+            self.hv.resume(vm.uuid)
+            self.transition(found, Status.RUNNING, "resumed")
+            return
+        if vm.reboot_seq > vm.reboot_done:
+            self.hv.reboot(vm.uuid)
+            updated = vm.model_copy(deep=True)
+            updated.reboot_done = vm.reboot_seq
+            updated.record(self.me, "rebooted")
+            self.write(found, updated)
+            return
+        if vm.status != Status.RUNNING:
+            self.transition(found, Status.RUNNING)
+
+    def suspend(self, found: Versioned[VM], dom: Domain) -> None:
+        if dom.power == Power.RUNNING:
+            self.hv.suspend(found.value.uuid)
+        if found.value.status != Status.SUSPENDED:
+            self.transition(found, Status.SUSPENDED)
+
+    def stop(self, found: Versioned[VM], dom: Domain | None) -> None:
+        """ACPI shutdown, a hard stop after the deadline; then release the host."""
+        vm = found.value
+        if dom is not None and dom.power != Power.SHUTOFF:
+            asked = self.stopping_since.get(vm.uuid)
+            if dom.power == Power.PAUSED:
+                self.hv.destroy(vm.uuid)  # a paused guest cannot answer ACPI
+            elif asked is None:
+                self.stopping_since[vm.uuid] = time.monotonic()
+                self.hv.shutdown(vm.uuid)
+                self.queue.add_after(vm.uuid, 1.0)
+                return
+            elif time.monotonic() - asked >= self.settings.shutdown_timeout:
+                log.warning(
+                    "VM %s ignored ACPI shutdown for %g s: stopping it hard",
+                    vm.uuid,
+                    self.settings.shutdown_timeout,
+                )
+                self.hv.destroy(vm.uuid)
+            else:
+                self.queue.add_after(vm.uuid, 1.0)
+                return
+        self.stopping_since.pop(vm.uuid, None)
+        self.hv.undefine(vm.uuid)
+        self.transition(
+            found,
+            Status.STOPPED,
+            hostname="",
+            observed_generation=vm.generation,
+            disk=disk_name(vm),
+        )
+
+    def delete(self, found: Versioned[VM]) -> None:
+        vm = found.value
+        if vm.status != Status.DELETING:
+            found = self.transition(found, Status.DELETING) or found
+            if found.value.status != Status.DELETING:
+                return
+        self.hv.undefine(vm.uuid)
+        self.storage.delete_disk(disk_name(vm))
+        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
+            path.unlink(missing_ok=True)
+        if self.store.delete(VM, vm.uuid, found.mod_revision):
+            log.info("VM %s deleted", vm.uuid)
+            self.crashes.pop(vm.uuid, None)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def domain_spec(self, vm: VM, disk: str) -> DomainSpec:
+        return DomainSpec(
+            vm=vm.uuid,
+            cpu=vm.specs.cpu,
+            ram_mib=max(16, round(vm.specs.ram * 1024)),
+            disk_xml=self.storage.disk_xml(disk),
+            console_log=str(self.console_log(vm.uuid)),
+            vnc_socket=str(self.vnc_socket(vm.uuid)),
+        )
+
+    def console_log(self, vm: str) -> Path:
+        return self.state_dir / "console" / f"{vm}.log"
+
+    def vnc_socket(self, vm: str) -> Path:
+        return self.state_dir / "vnc" / f"{vm}.sock"
+
+    def notify(self, vm: VM, message: str) -> None:
+        if not self.settings.notify_command:
+            return
+        try:
+            proc.run([*shlex.split(self.settings.notify_command), vm.uuid, message], timeout=30)
+        except (proc.CommandError, OSError) as e:
+            log.error("notification command failed: %s", e)
+
+
+def disk_name(vm: VM) -> str:
+    return vm.disk or vm.uuid
+
+
+def detect_capacity(settings: Settings) -> Specs:
+    cpu = settings.host_cpu or os.cpu_count() or 1
+    ram = settings.host_ram
+    if not ram:
+        with open("/proc/meminfo") as f:
+            total_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+        ram = max(total_kib / (1 << 20) - 1, 0.5)  # keep 1 GiB for the host itself
+    return Specs(cpu=cpu, ram=round(ram, 2))

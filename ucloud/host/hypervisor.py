@@ -1,0 +1,91 @@
+"""The hypervisor behind one small interface: ``libvirt`` (the real one) and ``fake``
+(in-process, for scale simulations only; never used to claim a feature works)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from ucloud.config import Settings
+
+
+class HypervisorError(RuntimeError):
+    pass
+
+
+class Unreachable(HypervisorError):
+    """The hypervisor's daemon does not answer; try again later."""
+
+
+class Power(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"  # defined, not running (it stopped, crashed or was killed)
+
+
+@dataclass(frozen=True)
+class Domain:
+    vm: str  # the VM's uuid
+    power: Power
+    pid: int | None = None  # QEMU's pid while running
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    vm: str
+    cpu: int
+    ram_mib: int
+    disk_xml: str
+    console_log: str
+    vnc_socket: str
+
+
+class Hypervisor(Protocol):
+    def connect(self, on_change: Callable[[str], None]) -> None:
+        """Connect; afterwards call ``on_change(vm_uuid)`` whenever a domain changes state."""
+        ...
+
+    def close(self) -> None: ...
+
+    def domains(self) -> dict[str, Domain]:
+        """Every domain this agent manages, by VM uuid."""
+        ...
+
+    def domain(self, vm: str) -> Domain | None: ...
+
+    def start(self, spec: DomainSpec) -> None:
+        """Define the domain (replacing an older definition) and start it; if it already
+        runs, leave it running."""
+        ...
+
+    def suspend(self, vm: str) -> None: ...
+
+    def resume(self, vm: str) -> None: ...
+
+    def shutdown(self, vm: str) -> None:
+        """Ask the guest to power off (ACPI); returns at once."""
+        ...
+
+    def destroy(self, vm: str) -> None:
+        """Stop at once (pull the plug); nothing happens if it does not run."""
+        ...
+
+    def reboot(self, vm: str) -> None: ...
+
+    def undefine(self, vm: str) -> None:
+        """Forget the domain (stopping it first); nothing happens if it is unknown."""
+        ...
+
+
+def open_hypervisor(settings: Settings) -> Hypervisor:
+    if settings.hypervisor == "libvirt":
+        from ucloud.host.libvirt_driver import LibvirtHypervisor
+
+        return LibvirtHypervisor(settings)
+    if settings.hypervisor == "fake":
+        from ucloud.host.fake_driver import FakeHypervisor
+
+        return FakeHypervisor()
+    raise ValueError(f"unknown hypervisor {settings.hypervisor!r}: use 'libvirt' or 'fake'")
