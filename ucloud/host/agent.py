@@ -66,7 +66,7 @@ class HostAgent:
     def run(self, stop: threading.Event) -> None:
         for sub in ("console", "vnc"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self._retry(stop, "connect to the hypervisor", lambda: self.hv.connect(self.queue.add))
+        self._retry(stop, "connect to the hypervisor", self.connect_hypervisor)
         self._retry(stop, "register the host", self.register)
         self._retry(stop, "take the host's lease", self.take_lease)
         follower = self.store.follow(VM, self.deliver)
@@ -94,10 +94,16 @@ class HostAgent:
             try:
                 action()
                 return
-            except (*UNAVAILABLE, Unreachable) as e:
+            except (*UNAVAILABLE, Unreachable, StorageError) as e:
                 log.warning("cannot %s yet (%s); retrying", what, type(e).__name__)
                 stop.wait(delay)
                 delay = min(delay * 2, 10)
+
+    def connect_hypervisor(self) -> None:
+        self.hv.connect(self.queue.add)
+        secret = self.storage.libvirt_secret()
+        if secret is not None:
+            self.hv.ensure_secret(*secret)
 
     def register(self) -> None:
         capacity = detect_capacity(self.settings)
@@ -248,7 +254,7 @@ class HostAgent:
             self.queue.add_after(vm.uuid, 1.0)
             return
         if self.transition(found, Status.RUNNING, disk=disk, attempts=0) is not None:
-            log.info("VM %s runs (QEMU pid %s)", vm.uuid, now.pid)
+            log.info("VM %s runs", vm.uuid)
             self.queue.add(vm.uuid)  # a VM meant to be suspended is suspended next
 
     def restart_when_due(self, found: Versioned[VM]) -> None:

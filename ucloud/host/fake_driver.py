@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable
 
 from ucloud.host.hypervisor import Domain, DomainSpec, Power
-
-_pids = itertools.count(100000)
 
 
 class FakeHypervisor:
@@ -35,11 +32,7 @@ class FakeHypervisor:
             if power is None:
                 self._domains.pop(vm, None)
             else:
-                pid = next(_pids) if power != Power.SHUTOFF else None
-                old = self._domains.get(vm)
-                if old is not None and old.pid and power != Power.SHUTOFF:
-                    pid = old.pid
-                self._domains[vm] = Domain(vm, power, pid)
+                self._domains[vm] = Domain(vm, power)
         self._on_change(vm)
 
     def start(self, spec: DomainSpec) -> None:
@@ -67,3 +60,6 @@ class FakeHypervisor:
     def undefine(self, vm: str) -> None:
         if vm in self._domains:
             self._set(vm, None)
+
+    def ensure_secret(self, usage: str, value: str) -> None:
+        pass

@@ -29,7 +29,6 @@ class Power(StrEnum):
 class Domain:
     vm: str  # the VM's uuid
     power: Power
-    pid: int | None = None  # QEMU's pid while running
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,10 @@ class Hypervisor(Protocol):
 
     def undefine(self, vm: str) -> None:
         """Forget the domain (stopping it first); nothing happens if it is unknown."""
+        ...
+
+    def ensure_secret(self, usage: str, value: str) -> None:
+        """Hold the secret (base64 ``value``) that disks refer to by ``usage``."""
         ...
 
 

@@ -17,6 +17,16 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
+    def import_image(self, image: str, source: str) -> int:
+        """Convert the file ``source`` (any format qemu-img reads; check it first) into the
+        image ``image``, ready to be cloned; return its virtual size in bytes. On failure
+        nothing of the image is left behind."""
+        ...
+
+    def delete_image(self, image: str) -> None:
+        """Remove an image that no disk depends on; nothing happens if it is gone."""
+        ...
+
     def image_exists(self, image: str) -> bool:
         """Whether the image's base (and, for rbd, its protected snapshot) exists."""
         ...
@@ -34,6 +44,10 @@ class Storage(Protocol):
 
     def disk_xml(self, disk: str) -> str:
         """The libvirt ``<disk>`` element that attaches ``disk`` as the VM's first disk."""
+        ...
+
+    def libvirt_secret(self) -> tuple[str, str] | None:
+        """(usage name, base64 value) of a secret libvirt must hold for disk_xml, if any."""
         ...
 
 

@@ -1,0 +1,261 @@
+"""The real hypervisor: QEMU through libvirt (KVM where /dev/kvm exists, TCG otherwise).
+
+Domains are named ``ucloud-<vm uuid>``; the agent manages only those. Lifecycle events reach
+the agent within milliseconds through libvirt's event loop; a lost connection to libvirtd is
+re-opened on the next call, and every domain is then reported changed so the agent catches up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import libvirt
+
+from ucloud.config import Settings
+from ucloud.host.hypervisor import Domain, DomainSpec, HypervisorError, Power, Unreachable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ucloud-"
+
+_POWER = {
+    libvirt.VIR_DOMAIN_RUNNING: Power.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: Power.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTDOWN: Power.RUNNING,  # shutting down, still running
+    libvirt.VIR_DOMAIN_PAUSED: Power.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: Power.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: Power.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: Power.SHUTOFF,
+}
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def _start_event_loop() -> None:
+    """libvirt delivers events only through an event loop registered before any connection is
+    opened; one per process, on its own thread."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+class LibvirtHypervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.uri = settings.libvirt_uri
+        self.domain_type = "kvm" if os.path.exists("/dev/kvm") else "qemu"
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.RLock()
+        self._on_change: Callable[[str], None] = lambda vm: None
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def connect(self, on_change: Callable[[str], None]) -> None:
+        self._on_change = on_change
+        _start_event_loop()
+        self._connection()
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as e:
+                raise Unreachable(f"libvirtd at {self.uri}: {e.get_error_message()}") from e
+            conn.setKeepAlive(5, 3)
+            conn.registerCloseCallback(self._closed, None)
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None
+            )
+            reconnected = self._conn is None and hasattr(self, "_was_connected")
+            self._conn = conn
+            self._was_connected = True
+            log.info("connected to libvirtd at %s (domain type %s)", self.uri, self.domain_type)
+        if reconnected:
+            for vm in self.domains():
+                self._on_change(vm)
+        return conn
+
+    def _closed(self, conn: Any, reason: int, opaque: Any) -> None:
+        log.warning("connection to libvirtd closed (reason %d); will reconnect", reason)
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+
+    def _event(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        name = dom.name()
+        if name.startswith(PREFIX):
+            self._on_change(name[len(PREFIX) :])
+
+    def _call(self, what: str, action: Callable[[libvirt.virConnect], Any]) -> Any:
+        conn = self._connection()
+        try:
+            return action(conn)
+        except libvirt.libvirtError as e:
+            alive = False
+            with contextlib.suppress(libvirt.libvirtError):
+                alive = bool(conn.isAlive())
+            if not alive:
+                with self._lock:
+                    self._conn = None
+                raise Unreachable(
+                    f"libvirtd went away during {what}: {e.get_error_message()}"
+                ) from e
+            raise HypervisorError(f"{what}: {e.get_error_message()}") from e
+
+    def _lookup(self, conn: libvirt.virConnect, vm: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByName(PREFIX + vm)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def domains(self) -> dict[str, Domain]:
+        def list_all(conn: libvirt.virConnect) -> dict[str, Domain]:
+            found = {}
+            for dom in conn.listAllDomains():
+                name = dom.name()
+                if name.startswith(PREFIX):
+                    vm = name[len(PREFIX) :]
+                    found[vm] = Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            return found
+
+        return self._call("list domains", list_all)
+
+    def domain(self, vm: str) -> Domain | None:
+        def get(conn: libvirt.virConnect) -> Domain | None:
+            dom = self._lookup(conn, vm)
+            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+
+        return self._call(f"look up VM {vm}", get)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def start(self, spec: DomainSpec) -> None:
+        def start(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, spec.vm)
+            if dom is not None and dom.isActive():
+                return
+            dom = conn.defineXML(self.domain_xml(spec))
+            dom.create()
+
+        self._call(f"start VM {spec.vm}", start)
+
+    def _on_domain(self, what: str, vm: str, action: Callable[[libvirt.virDomain], Any]) -> None:
+        def act(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, vm)
+            if dom is not None:
+                action(dom)
+
+        self._call(f"{what} VM {vm}", act)
+
+    def suspend(self, vm: str) -> None:
+        self._on_domain(
+            "suspend",
+            vm,
+            lambda d: d.suspend() if d.state()[0] != libvirt.VIR_DOMAIN_PAUSED else None,
+        )
+
+    def resume(self, vm: str) -> None:
+        self._on_domain(
+            "resume",
+            vm,
+            lambda d: d.resume() if d.state()[0] == libvirt.VIR_DOMAIN_PAUSED else None,
+        )
+
+    def shutdown(self, vm: str) -> None:
+        self._on_domain(
+            "shut down",
+            vm,
+            lambda d: (
+                d.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                if d.isActive()
+                else None
+            ),
+        )
+
+    def destroy(self, vm: str) -> None:
+        self._on_domain("stop", vm, lambda d: d.destroy() if d.isActive() else None)
+
+    def reboot(self, vm: str) -> None:
+        # A reset works for every guest; an ACPI reboot needs the guest's cooperation.
+        self._on_domain("reboot", vm, lambda d: d.reset(0))
+
+    def undefine(self, vm: str) -> None:
+        def undefine(dom: libvirt.virDomain) -> None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+
+        self._on_domain("undefine", vm, undefine)
+
+    def ensure_secret(self, usage: str, value: str) -> None:
+        def ensure(conn: libvirt.virConnect) -> None:
+            try:
+                secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, usage)
+            except libvirt.libvirtError:
+                secret = conn.secretDefineXML(
+                    "<secret ephemeral='no' private='yes'>"
+                    f"<usage type='ceph'><name>{escape(usage)}</name></usage></secret>"
+                )
+            secret.setValue(base64.b64decode(value))
+
+        self._call("define the Ceph secret", ensure)
+
+    def domain_xml(self, spec: DomainSpec) -> str:
+        return f"""<domain type='{self.domain_type}'>
+  <name>{PREFIX}{spec.vm}</name>
+  <uuid>{spec.vm}</uuid>
+  <memory unit='MiB'>{spec.ram_mib}</memory>
+  <vcpu>{spec.cpu}</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {spec.disk_xml}
+    <serial type='file'>
+      <source path={quoteattr(spec.console_log)} append='on'/><target port='0'/>
+    </serial>
+    <console type='file'>
+      <source path={quoteattr(spec.console_log)} append='on'/><target type='serial' port='0'/>
+    </console>
+    <graphics type='vnc' socket={quoteattr(spec.vnc_socket)}/>
+    <video><model type='vga'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""

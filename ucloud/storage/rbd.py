@@ -1,0 +1,185 @@
+"""Disks and images in Ceph RBD.
+
+An image is an RBD image with a protected snapshot ``base``: the snapshot is the mark that
+the import finished. A VM disk is a copy-on-write clone of that snapshot, grown to the VM's
+disk size. Images are imported with ``qemu-img convert`` straight into RBD (no temporary
+copy), then snapshotted and protected.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from xml.sax.saxutils import quoteattr
+
+import rados
+import rbd
+
+from ucloud import proc
+from ucloud.config import Settings
+from ucloud.storage import StorageError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "base"
+CONNECT_TIMEOUT = 10
+
+
+class RBDStorage:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.user = settings.ceph_user
+        self._cluster: rados.Rados | None = None
+        self._lock = threading.Lock()
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def _connect(self) -> rados.Rados:
+        with self._lock:
+            if self._cluster is None:
+                conf = {"keyring": self.settings.ceph_keyring} if self.settings.ceph_keyring else {}
+                cluster = rados.Rados(
+                    conffile=self.settings.ceph_conf, rados_id=self.user, conf=conf
+                )
+                try:
+                    cluster.connect(timeout=CONNECT_TIMEOUT)
+                except rados.Error as e:
+                    raise StorageError(f"cannot reach Ceph as client.{self.user}: {e}") from e
+                self._cluster = cluster
+            return self._cluster
+
+    @contextmanager
+    def _ioctx(self, pool: str) -> Iterator[rados.Ioctx]:
+        try:
+            ioctx = self._connect().open_ioctx(pool)
+        except rados.ObjectNotFound as e:
+            raise StorageError(f"Ceph pool {pool!r} does not exist") from e
+        except rados.Error as e:
+            self._reset()
+            raise StorageError(f"Ceph unavailable: {e}") from e
+        try:
+            yield ioctx
+        finally:
+            ioctx.close()
+
+    def _reset(self) -> None:
+        with self._lock:
+            if self._cluster is not None:
+                try:
+                    self._cluster.shutdown()
+                finally:
+                    self._cluster = None
+
+    # --- images --------------------------------------------------------------------------------
+
+    def import_image(self, image: str, source: str) -> int:
+        pool = self.settings.image_pool
+        self.delete_image(image)  # a half-finished import from before, if any
+        target = f"rbd:{pool}/{image}:id={self.user}:conf={self.settings.ceph_conf}"
+        if self.settings.ceph_keyring:
+            target += f":keyring={self.settings.ceph_keyring}"
+        try:
+            proc.run(["qemu-img", "convert", "-O", "raw", source, target], timeout=6 * 3600)
+            with self._ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
+                img.create_snap(SNAPSHOT)
+                img.protect_snap(SNAPSHOT)
+                return img.size()
+        except (proc.CommandError, rbd.Error) as e:
+            self.delete_image(image)
+            raise StorageError(f"cannot import {source} into RBD: {e}") from e
+
+    def delete_image(self, image: str) -> None:
+        with self._ioctx(self.settings.image_pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, image) as img:
+                    for snap in list(img.list_snaps()):
+                        if img.is_protected_snap(snap["name"]):
+                            img.unprotect_snap(snap["name"])
+                        img.remove_snap(snap["name"])
+                rbd.RBD().remove(ioctx, image)
+            except rbd.ImageNotFound:
+                pass
+            except rbd.ImageBusy as e:
+                raise StorageError(f"image {image} still has VM disks cloned from it") from e
+
+    def image_exists(self, image: str) -> bool:
+        with self._ioctx(self.settings.image_pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, image, read_only=True) as img:
+                    return any(
+                        s["name"] == SNAPSHOT for s in img.list_snaps()
+                    ) and img.is_protected_snap(SNAPSHOT)
+            except rbd.ImageNotFound:
+                return False
+
+    # --- disks ---------------------------------------------------------------------------------
+
+    def create_disk(self, disk: str, image: str, size_gib: float) -> None:
+        wanted = int(size_gib * (1 << 30))
+        with (
+            self._ioctx(self.settings.image_pool) as parent,
+            self._ioctx(self.settings.ceph_pool) as child,
+        ):
+            try:
+                rbd.RBD().clone(parent, image, SNAPSHOT, child, disk)
+            except rbd.ImageExists:
+                pass  # made by an earlier attempt
+            except rbd.ImageNotFound as e:
+                raise StorageError(
+                    f"image {image} is not in pool {self.settings.image_pool}"
+                ) from e
+            with rbd.Image(child, disk) as img:
+                if img.size() < wanted:
+                    img.resize(wanted)
+
+    def delete_disk(self, disk: str) -> None:
+        with self._ioctx(self.settings.ceph_pool) as ioctx:
+            try:
+                rbd.RBD().remove(ioctx, disk)
+            except rbd.ImageNotFound:
+                pass
+            except rbd.ImageBusy as e:
+                raise StorageError(f"disk {disk} is still open (by a running QEMU?)") from e
+
+    def disk_exists(self, disk: str) -> bool:
+        with self._ioctx(self.settings.ceph_pool) as ioctx:
+            return disk in rbd.RBD().list(ioctx)
+
+    def disk_xml(self, disk: str) -> str:
+        name = quoteattr(f"{self.settings.ceph_pool}/{disk}")
+        return (
+            "<disk type='network' device='disk'>"
+            "<driver name='qemu' type='raw' cache='writeback' discard='unmap'/>"
+            f"<source protocol='rbd' name={name}>"
+            f"<config file={quoteattr(self.settings.ceph_conf)}/>"
+            "</source>"
+            f"<auth username={quoteattr(self.user)}>"
+            f"<secret type='ceph' usage={quoteattr(self.secret_usage)}/>"
+            "</auth>"
+            "<target dev='vda' bus='virtio'/>"
+            "</disk>"
+        )
+
+    @property
+    def secret_usage(self) -> str:
+        return f"ucloud client.{self.user}"
+
+    def libvirt_secret(self) -> tuple[str, str]:
+        return self.secret_usage, self._key()
+
+    def _key(self) -> str:
+        """The cephx key of our user, base64, as libvirt's ceph secret wants it."""
+        path = self.settings.ceph_keyring or self._connect().conf_get("keyring")
+        parser = configparser.ConfigParser()
+        for candidate in str(path).split(","):
+            parser.read(candidate.strip())
+        section = f"client.{self.user}"
+        if not parser.has_option(section, "key"):
+            raise StorageError(f"no key for {section} in {path}")
+        key = parser.get(section, "key").strip()
+        base64.b64decode(key, validate=True)  # fail here, not inside QEMU
+        return key
