@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     host_resync: float = Field(30.0, description="seconds between full reconciles")
     hypervisor: str = Field("libvirt", description="'libvirt', or 'fake' for simulations")
     libvirt_uri: str = "qemu:///system"
+    accel: str = Field("auto", description="'kvm', 'qemu' (TCG), or 'auto': KVM if it works")
+    vnc_dir: str = Field(
+        "/run/ucloud/vnc", description="VNC sockets; short: a socket path has at most 107 bytes"
+    )
     state_dir: str = Field("/var/lib/ucloud", description="consoles, VNC sockets, disks")
     shutdown_timeout: float = Field(
         60.0, description="seconds for ACPI shutdown before a hard stop"
@@ -93,6 +97,11 @@ class Settings(BaseSettings):
             host, _, port = item.strip().rpartition(":")
             members.append((host or "127.0.0.1", int(port)))
         return members
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a daemon these settings (for starting daemons)."""
+    return {f"UCLOUD_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -33,7 +33,7 @@ from ucloud.host.hypervisor import (
     Unreachable,
 )
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status
+from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status, new_id
 from ucloud.storage import Storage, StorageError
 from ucloud.store import UNAVAILABLE, Change, Conflict, KeepAlive, Snapshot, Store, Versioned
 from ucloud.workqueue import WorkQueue
@@ -59,13 +59,16 @@ class HostAgent:
         self.stopping_since: dict[str, float] = {}
         self.keepalive: KeepAlive | None = None
         self.lease_lost = threading.Event()
-        self.state_dir = Path(settings.state_dir)
+        self.console_dir = Path(settings.state_dir) / "console"
+        self.vnc_dir = Path(settings.vnc_dir)
+        if len(str(self.vnc_socket(new_id()))) > 107:
+            raise ValueError(f"vnc_dir {settings.vnc_dir!r} is too long for a socket path")
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        for sub in ("console", "vnc"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.console_dir.mkdir(parents=True, exist_ok=True)
+        self.vnc_dir.mkdir(parents=True, exist_ok=True)
         self._retry(stop, "connect to the hypervisor", self.connect_hypervisor)
         self._retry(stop, "register the host", self.register)
         self._retry(stop, "take the host's lease", self.take_lease)
@@ -381,10 +384,10 @@ class HostAgent:
         )
 
     def console_log(self, vm: str) -> Path:
-        return self.state_dir / "console" / f"{vm}.log"
+        return self.console_dir / f"{vm}.log"
 
     def vnc_socket(self, vm: str) -> Path:
-        return self.state_dir / "vnc" / f"{vm}.sock"
+        return self.vnc_dir / f"{vm}.sock"
 
     def notify(self, vm: VM, message: str) -> None:
         if not self.settings.notify_command:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -35,6 +36,23 @@ _POWER = {
     libvirt.VIR_DOMAIN_CRASHED: Power.SHUTOFF,
 }
 
+
+def detect_accel() -> str:
+    """'kvm' if /dev/kvm answers KVM_GET_API_VERSION, else 'qemu' (TCG)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return "qemu"
+    try:
+        return "kvm" if fcntl.ioctl(fd, KVM_GET_API_VERSION) == 12 else "qemu"
+    except OSError:
+        return "qemu"
+    finally:
+        os.close(fd)
+
+
+KVM_GET_API_VERSION = 0xAE00
+
 _event_loop_started = False
 _event_loop_lock = threading.Lock()
 
@@ -59,7 +77,7 @@ def _start_event_loop() -> None:
 class LibvirtHypervisor:
     def __init__(self, settings: Settings) -> None:
         self.uri = settings.libvirt_uri
-        self.domain_type = "kvm" if os.path.exists("/dev/kvm") else "qemu"
+        self.domain_type = settings.accel if settings.accel != "auto" else detect_accel()
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
         self._on_change: Callable[[str], None] = lambda vm: None

@@ -1,0 +1,194 @@
+"""The real stack for integration tests: test guests, a one-node Ceph cluster, private
+libvirtds, and ucloud daemons in their own processes. All started here, stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Daemon, free_port, wait_for
+from ucloud.config import Settings, settings_env
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+# Built guests are kept between runs: building the Linux guest takes a while.
+GUEST_DIR = Path(os.environ.get("UCLOUD_TEST_GUESTS", REPO / ".state" / "guests"))
+
+
+def run_script(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    result = subprocess.run(
+        ["bash", *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Guests:
+    bootsector: Path  # raw disk: prints UCLOUD-BOOT-OK at once, a dot a second; no ACPI
+    linux: Path  # raw disk: prints UCLOUD-LINUX-BOOT-OK in 15-25 s; powers off on ACPI
+
+
+@dataclass(frozen=True)
+class Ceph:
+    dir: Path
+    conf: Path
+    keyring: Path
+    pool: str = "ucloud"
+
+    def rbd(self, *args: str) -> str:
+        argv = [
+            "rbd",
+            "-c",
+            str(self.conf),
+            "--id",
+            "ucloud",
+            "--keyring",
+            str(self.keyring),
+            *args,
+        ]
+        return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+@dataclass(frozen=True)
+class Libvirtd:
+    dir: Path
+    uri: str
+
+    def virsh(self, *args: str) -> str:
+        argv = ["virsh", "-c", self.uri, *args]
+        return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.fixture(scope="session")
+def guests() -> Guests:
+    run_script(str(SCRIPTS / "build-guests.sh"), str(GUEST_DIR), timeout=900)
+    return Guests(GUEST_DIR / "bootsector.raw", GUEST_DIR / "linux.raw")
+
+
+@pytest.fixture(scope="session")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
+    directory = tmp_path_factory.mktemp("ceph")
+    base = _free_port_block(100)
+    env = {"CEPH_PORT_BASE": str(base), "CEPH_OSD_SIZE": "20G", "CEPH_NO_MGR": "1"}
+    run_script(str(SCRIPTS / "ceph-up.sh"), str(directory / "cluster"), env=env, timeout=300)
+    cluster = directory / "cluster"
+    try:
+        yield Ceph(cluster, cluster / "ceph.conf", cluster / "ceph.client.ucloud.keyring")
+    finally:
+        run_script(str(SCRIPTS / "ceph-down.sh"), str(cluster), timeout=120)
+
+
+def start_libvirtd(directory: Path) -> Libvirtd:
+    env = {"LIBVIRTD_CAPS_CACHE": str(REPO / ".state" / "libvirt-caps")}
+    run_script(str(SCRIPTS / "libvirtd-up.sh"), str(directory), env=env, timeout=180)
+    return Libvirtd(directory, (directory / "uri").read_text().strip())
+
+
+def stop_libvirtd(lv: Libvirtd) -> None:
+    run_script(str(SCRIPTS / "libvirtd-down.sh"), str(lv.dir), timeout=120)
+
+
+@pytest.fixture(scope="session")
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
+    lv = start_libvirtd(tmp_path_factory.mktemp("libvirtd") / "lv")
+    yield lv
+    stop_libvirtd(lv)
+
+
+def _free_port_block(size: int) -> int:
+    """A base port with ``size`` free ports above it (checked, not reserved)."""
+    for _ in range(50):
+        base = free_port()
+        if base + size < 65000 and all(_port_free(p) for p in range(base, base + size, 7)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def host_settings(
+    settings: Settings, ceph: Ceph, lv: Libvirtd, name: str, state: Path, **more: object
+) -> Settings:
+    return settings.model_copy(
+        update={
+            "hostname": name,
+            "libvirt_uri": lv.uri,
+            "state_dir": str(state),
+            "vnc_dir": tempfile.mkdtemp(prefix="ucvnc-"),
+            "ceph_conf": str(ceph.conf),
+            "ceph_keyring": str(ceph.keyring),
+            "ceph_pool": ceph.pool,
+            "image_pool": ceph.pool,
+            "host_cpu": 8,
+            "host_ram": 8,
+            "shutdown_timeout": 3.0,
+            "host_resync": 5.0,
+            **more,
+        }
+    )
+
+
+def daemon(module: str, settings: Settings, log: Path) -> Daemon:
+    env = {**settings_env(settings), "UCLOUD_ENV_FILE": "/dev/null"}
+    return Daemon([sys.executable, "-m", module], env, log)
+
+
+def qemu_pid(vm: str) -> int | None:
+    """The pid of the QEMU process running ``vm``, found as an operator would (ps)."""
+    needle = f"guest=ucloud-{vm}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def console_text(state: Path, vm: str) -> str:
+    path = state / "console" / f"{vm}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_console(state: Path, vm: str, marker: str, timeout: float = 60, count: int = 1) -> str:
+    return wait_for(
+        lambda: (t := console_text(state, vm)).count(marker) >= count and t,
+        timeout,
+        f"{marker!r} x{count} on VM {vm}'s console",
+        interval=0.1,
+    )
+
+
+def dots_in(state: Path, vm: str, seconds: float) -> int:
+    """How many heartbeat dots the boot-sector guest prints in ``seconds``."""
+    before = console_text(state, vm).count(".")
+    time.sleep(seconds)
+    return console_text(state, vm).count(".") - before

@@ -1,0 +1,269 @@
+"""The host agent on the real stack: etcd, Ceph RBD, libvirtd and QEMU guests that boot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Account
+from tests.servers import Daemon, wait_for
+from tests.stack import (
+    Ceph,
+    Libvirtd,
+    console_text,
+    daemon,
+    dots_in,
+    host_settings,
+    qemu_pid,
+    start_libvirtd,
+    stop_libvirtd,
+    wait_console,
+)
+from ucloud.config import Settings
+from ucloud.images import register_image
+from ucloud.models import VM, Host, Image, Status
+from ucloud.storage.rbd import RBDStorage
+from ucloud.store import Store
+
+BOOT = "UCLOUD-BOOT-OK"
+SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
+
+
+@dataclass
+class Cluster:
+    """A scheduler and one host agent, as processes, and the API in-process."""
+
+    settings: Settings
+    host: Settings
+    store: Store
+    client: object
+    user: Account
+    image: Image
+    agent: Daemon
+    scheduler: Daemon
+    tmp: Path
+
+    @property
+    def state(self) -> Path:
+        return Path(self.host.state_dir)
+
+    def create(self, name: str = "vm", **specs: object) -> str:
+        body = self.user.creds(vm_name=name, specs={**SPECS, **specs}, image=self.image.uuid)
+        r = self.client.post("/vm/create", json=body)
+        assert r.status_code == 202, r.json
+        return r.json["uuid"]
+
+    def act(self, vmid: str, action: str) -> None:
+        if action == "delete":
+            r = self.client.post("/vm/delete", json=self.user.creds(vmid=vmid))
+        else:
+            r = self.client.post("/vm/action", json=self.user.creds(vmid=vmid, action=action))
+        assert r.status_code == 202, r.json
+
+    def vm(self, vmid: str) -> VM:
+        found = self.store.get(VM, vmid)
+        assert found is not None, f"VM {vmid} is gone"
+        return found.value
+
+    def wait(self, vmid: str, status: Status, timeout: float = 60) -> VM:
+        def reached() -> VM | None:
+            vm = self.vm(vmid)
+            assert vm.status != Status.ERROR or status == Status.ERROR, vm.reason
+            return vm if vm.status == status else None
+
+        return wait_for(reached, timeout, f"VM {vmid} to be {status} (agent log: {self.agent.log})")
+
+    def restart_agent(self, sig: int = signal.SIGTERM) -> None:
+        self.agent.stop(sig)
+        self.agent = daemon("ucloud.host.main", self.host, self.tmp / "agent.log")
+
+
+@pytest.fixture
+def cluster(
+    settings, store, client, alice, ceph: Ceph, libvirtd: Libvirtd, guests, tmp_path
+) -> Iterator[Cluster]:
+    notify = f"sh -c 'echo \"$0 $1\" > {tmp_path}/notified'"
+    host = host_settings(
+        settings, ceph, libvirtd, "node1", tmp_path / "node1", notify_command=notify
+    )
+    storage = RBDStorage(host)
+    image = register_image(
+        store, storage, str(guests.bootsector), "bootsector", "root", "ucloud-admin"
+    )
+    scheduler = daemon("ucloud.scheduler.main", settings, tmp_path / "scheduler.log")
+    agent = daemon("ucloud.host.main", host, tmp_path / "agent.log")
+    c = Cluster(settings, host, store, client, alice, image, agent, scheduler, tmp_path)
+    try:
+        yield c
+    finally:
+        # Delete what the test left, through the system itself, then stop the daemons.
+        for vmid, v in store.list(VM)[0].items():
+            if v.value.status != Status.DELETING:
+                store.update(VM, vmid, lambda vm: setattr(vm, "desired", "deleted"))
+        wait_for(lambda: not store.list(VM)[0], 60, "the test's VMs to be deleted")
+        c.agent.stop()
+        scheduler.stop()
+        storage.delete_image(image.uuid)
+
+
+def test_vm_boots_from_an_rbd_clone_and_is_deleted_without_trace(
+    cluster: Cluster, ceph: Ceph, libvirtd: Libvirtd
+):
+    vmid = cluster.create(ssd=2)
+    vm = cluster.wait(vmid, Status.RUNNING)
+    assert vm.hostname == "node1"
+    wait_console(cluster.state, vmid, BOOT)
+
+    info = json.loads(ceph.rbd("info", "--format=json", f"{ceph.pool}/{vm.disk}"))
+    assert info["parent"]["image"] == cluster.image.uuid
+    assert info["parent"]["snapshot"] == "base"
+    assert info["size"] == 2 << 30
+    assert f"ucloud-{vmid}" in libvirtd.virsh("list", "--name")
+    assert [e.message for e in vm.log][-3:] == [
+        "PENDING -> SCHEDULED: placed on node1",
+        "SCHEDULED -> CREATING",
+        "CREATING -> RUNNING",
+    ]
+
+    cluster.act(vmid, "delete")
+    wait_for(lambda: cluster.store.get(VM, vmid) is None, 30, "the VM to be deleted")
+    assert f"ucloud-{vmid}" not in libvirtd.virsh("list", "--all", "--name")
+    assert vm.disk not in ceph.rbd("ls", ceph.pool).split()
+    assert qemu_pid(vmid) is None
+
+
+def test_suspend_stops_the_guest_and_resume_restarts_it(cluster: Cluster):
+    vmid = cluster.create()
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT)
+    assert dots_in(cluster.state, vmid, 2.5) >= 1
+
+    cluster.act(vmid, "suspend")
+    cluster.wait(vmid, Status.SUSPENDED)
+    assert dots_in(cluster.state, vmid, 3) == 0
+
+    cluster.act(vmid, "resume")
+    cluster.wait(vmid, Status.RUNNING)
+    assert dots_in(cluster.state, vmid, 3) >= 1
+
+
+def test_stop_start_and_reboot(cluster: Cluster, libvirtd: Libvirtd):
+    vmid = cluster.create()
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT)
+
+    # The boot-sector guest ignores ACPI: the agent stops it hard after shutdown_timeout.
+    cluster.act(vmid, "stop")
+    stopped = cluster.wait(vmid, Status.STOPPED, timeout=30)
+    assert stopped.hostname == ""
+    assert qemu_pid(vmid) is None
+    assert f"ucloud-{vmid}" not in libvirtd.virsh("list", "--all", "--name")
+
+    cluster.act(vmid, "start")
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT, count=2)
+
+    pid = qemu_pid(vmid)
+    cluster.act(vmid, "reboot")
+    wait_console(cluster.state, vmid, BOOT, count=3)
+    vm = cluster.wait(vmid, Status.RUNNING)
+    assert vm.reboot_done == vm.reboot_seq == 1
+    assert qemu_pid(vmid) == pid  # a guest reboot, not a new QEMU
+
+
+def test_qemu_killed_is_restarted_logged_and_reported(cluster: Cluster, tmp_path: Path):
+    vmid = cluster.create()
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT)
+    pid = qemu_pid(vmid)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    wait_for(lambda: (p := qemu_pid(vmid)) is not None and p != pid, 30, "a new QEMU")
+    vm = cluster.wait(vmid, Status.RUNNING)
+    messages = [e.message for e in vm.log]
+    assert "RUNNING -> KILLED: QEMU died; restarting in 1 s" in messages
+    assert "KILLED -> CREATING: restarting after its QEMU died" in messages
+    wait_console(cluster.state, vmid, BOOT, count=2)
+    agent_log = cluster.agent.output()
+    assert f"WARNING ucloud.host.agent: VM {vmid} (vm) stopped unexpectedly on node1" in agent_log
+    notified = cluster.tmp / "notified"
+    assert notified.read_text().split(" ", 1)[0] == vmid
+
+
+def test_agent_restart_adopts_running_vms(cluster: Cluster):
+    vmid = cluster.create()
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT)
+    pid = qemu_pid(vmid)
+    revision = cluster.store.get(VM, vmid).mod_revision
+
+    cluster.restart_agent(signal.SIGKILL)
+    wait_for(lambda: "host node1 is up" in cluster.agent.output(), 30, "the agent to be back")
+    cluster.act(vmid, "suspend")  # the new agent answers...
+    cluster.wait(vmid, Status.SUSPENDED)
+    assert qemu_pid(vmid) == pid  # ...and the guest is the same QEMU process
+    assert cluster.store.get(VM, vmid).mod_revision > revision
+    assert BOOT in console_text(cluster.state, vmid)
+
+
+def test_two_agents_share_the_load(settings, store, client, alice, ceph, guests, tmp_path):
+    second_lv = start_libvirtd(tmp_path / "lv2")
+    first_lv_dir = tmp_path / "lv1"
+    first_lv = start_libvirtd(first_lv_dir)
+    agents: list[Daemon] = []
+    scheduler = daemon("ucloud.scheduler.main", settings, tmp_path / "scheduler.log")
+    try:
+        hosts = {
+            name: host_settings(settings, ceph, lv, name, tmp_path / name)
+            for name, lv in (("node-a", first_lv), ("node-b", second_lv))
+        }
+        image = register_image(
+            store,
+            RBDStorage(hosts["node-a"]),
+            str(guests.bootsector),
+            "boot",
+            "root",
+            "ucloud-admin",
+        )
+        agents = [daemon("ucloud.host.main", h, tmp_path / f"{n}.log") for n, h in hosts.items()]
+        for name in hosts:
+            wait_for(
+                lambda n=name: (h := store.get(Host, n)) and h.value.status == "UP",
+                60,
+                f"{name} UP",
+            )
+        ids = []
+        for i in range(4):
+            body = alice.creds(vm_name=f"vm{i}", specs=SPECS, image=image.uuid)
+            ids.append(client.post("/vm/create", json=body).json["uuid"])
+        running = [
+            wait_for(
+                lambda i=i: (v := store.get(VM, i).value).status == Status.RUNNING and v,
+                90,
+                "RUNNING",
+            )
+            for i in ids
+        ]
+        per_host = {n: sorted(v.uuid for v in running if v.hostname == n) for n in hosts}
+        assert {n: len(v) for n, v in per_host.items()} == {"node-a": 2, "node-b": 2}
+        for name, lv in (("node-a", first_lv), ("node-b", second_lv)):
+            listed = sorted(d.removeprefix("ucloud-") for d in lv.virsh("list", "--name").split())
+            assert listed == per_host[name]
+            for vmid in per_host[name]:
+                wait_console(tmp_path / name, vmid, BOOT)
+        for vmid in ids:
+            client.post("/vm/delete", json=alice.creds(vmid=vmid))
+        wait_for(lambda: not store.list(VM)[0], 60, "every VM deleted")
+    finally:
+        for a in agents:
+            a.stop()
+        scheduler.stop()
+        stop_libvirtd(second_lv)
+        stop_libvirtd(first_lv)
