@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ class ClientConfig:
     seed: str
     path: Path  # the config file, read or not: named in messages as where to put settings
     sources: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
+    warnings: tuple[str, ...] = ()  # for the user, not worth failing over
 
     def require_user(self) -> None:
         """Raise ConfigError naming every missing setting, and where to put it."""
@@ -89,16 +89,24 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
 
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
+    warnings: list[str] = []
     if file.is_file():
         try:
             read = dotenv_values(file)
         except OSError as e:
             raise ConfigError(f"cannot read config file {file}: {e.strerror}") from e
         for key, value in read.items():
-            if key in _ATTR and value:
+            if key not in _ATTR:
+                # Most likely a typo, which would otherwise show up as "not set" later.
+                known = ", ".join(_ATTR)
+                warnings.append(f"{file}: unknown setting {key} (known: {known})")
+            elif value:
                 values[key], sources[key] = value.strip(), str(file)
-        if SEED in values:
-            _warn_if_readable(file)
+        if SEED in values and _readable_by_others(file):
+            # The seed is a password: say so, as ssh does for keys, but do not refuse to work.
+            warnings.append(
+                f"{file} holds your TOTP seed and others may read it; run: chmod 600 {file}"
+            )
     for key in _ATTR:
         if env.get(key):
             values[key], sources[key] = env[key].strip(), "the environment"
@@ -117,18 +125,12 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         seed=values.get(SEED, ""),
         path=file,
         sources=sources,
+        warnings=tuple(warnings),
     )
 
 
-def _warn_if_readable(file: Path) -> None:
-    # The seed is a password: say so, as ssh does for keys, but do not refuse to work.
+def _readable_by_others(file: Path) -> bool:
     try:
-        mode = file.stat().st_mode
+        return bool(file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
     except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        print(
-            f"ucloud: warning: {file} holds your TOTP seed and others may read it; "
-            f"run: chmod 600 {file}",
-            file=sys.stderr,
-        )
+        return False

@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+import ucloud
 from ucloud.cli.config import ClientConfig
 from ucloud.cli.errors import NotOffered, Refused, Unreachable
 
@@ -23,6 +24,8 @@ class API:
         self.config = config
         self.timeout = timeout
         self.session = session or requests.Session()
+        # Lets an operator tell this client's requests apart in the API's access log.
+        self.session.headers["User-Agent"] = f"ucloud-cli/{ucloud.__version__}"
         self._offered: set[str] | None = None
 
     def get(self, path: str, **fields: Any) -> JSON:

@@ -1,0 +1,420 @@
+"""The ``ucloud`` CLI, run in-process against the real API on a loopback port and a real etcd."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import Account
+from tests.servers import free_port
+from ucloud.cli.errors import ExitCode
+from ucloud.cli.main import main
+from ucloud.config import Settings
+from ucloud.models import VM, Desired, Image, Status
+from ucloud.scheduler.daemon import Scheduler
+from ucloud.store import Store
+
+CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
+
+
+@pytest.fixture
+def api_url(app) -> Iterator[str]:
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of its own, and no client settings from the environment running the tests."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in (*CLIENT_KEYS, "UCLOUD_CLIENT_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+class CLI:
+    """Runs ``ucloud`` in-process with its own client settings; returns (code, stdout, stderr)."""
+
+    def __init__(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.capsys, self.monkeypatch, self.env = capsys, monkeypatch, env or {}
+
+    def as_user(self, url: str, account: Account) -> CLI:
+        values = (url, account.name, account.realm, account.secret)
+        return CLI(self.capsys, self.monkeypatch, dict(zip(CLIENT_KEYS, values, strict=True)))
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        with self.monkeypatch.context() as m:
+            for key, value in self.env.items():
+                m.setenv(key, value)
+            code = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> object:
+        code, out, err = self("--json", *argv)
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(home, capsys, monkeypatch) -> CLI:
+    return CLI(capsys, monkeypatch)
+
+
+@pytest.fixture
+def alice_cli(cli: CLI, api_url: str, alice: Account) -> CLI:
+    return cli.as_user(api_url, alice)
+
+
+@pytest.fixture
+def admin_cli(cli: CLI, api_url: str, admin: Account) -> CLI:
+    return cli.as_user(api_url, admin)
+
+
+@pytest.fixture
+def scheduler(store: Store, settings: Settings) -> Iterator[Scheduler]:
+    s = Scheduler(Store(settings), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    yield s
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def create(cli: CLI, image: Image, name: str = "web") -> dict:
+    vm = cli.json("vm", "create", name, "--image", image.name, "--cpu", "1", "--ram", "512M")
+    assert isinstance(vm, dict)
+    return vm
+
+
+# --- VMs --------------------------------------------------------------------------------------
+
+
+def test_vm_create_list_status(alice_cli, image, store):
+    code, out, err = alice_cli(
+        "vm", "create", "web", "--image", image.name, "--cpu", "2", "--ram", "2", "--ssd", "20G"
+    )
+    assert code == 0, err
+    (vm,) = store.list(VM)[0].values()
+    assert out.strip() == f"VM web created: {vm.value.uuid}"
+    assert (vm.value.specs.cpu, vm.value.specs.ram, vm.value.specs.ssd) == (2, 2.0, 20.0)
+
+    code, out, _ = alice_cli("vm", "list")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"]
+    assert row.split() == [vm.value.uuid, "web", "PENDING", "running", "-", "2", "2G"]
+    # Columns line up under their headers.
+    assert header.index("STATUS") == row.index("PENDING")
+
+    # By name as well as by uuid.
+    code, out, _ = alice_cli("vm", "status", "web")
+    assert code == 0
+    assert f"uuid:     {vm.value.uuid}" in out
+    assert "owner:    users/alice" in out
+    assert "status:   PENDING since" in out
+    assert "specs:    2 CPU, 2G RAM, 20G SSD, 0 HDD" in out
+    events = out.split("events:\n", 1)[1].splitlines()
+    assert events[0].split() == ["TIME", "BY", "MESSAGE"]
+    assert events[1].endswith("api  created by users/alice")
+
+
+def test_json_output_parses(alice_cli, image):
+    vm = create(alice_cli, image)
+    assert (vm["name"], vm["status"], vm["specs"]["ram"]) == ("web", "PENDING", 0.5)
+    assert [v["uuid"] for v in alice_cli.json("vm", "list")] == [vm["uuid"]]
+    status = alice_cli.json("vm", "status", vm["uuid"])
+    assert status["log"][0]["by"] == "api"
+    # --json may come after the subcommand too.
+    code, out, _ = alice_cli("vm", "list", "--json")
+    assert code == 0
+    assert json.loads(out)[0]["uuid"] == vm["uuid"]
+
+
+def test_refused_action_exits_1_with_the_apis_message(alice_cli, image):
+    vm = create(alice_cli, image)
+    code, out, err = alice_cli("vm", "suspend", vm["uuid"])
+    assert code == ExitCode.REFUSED
+    assert out == ""
+    assert f"cannot suspend VM {vm['uuid']}: it is PENDING" in err
+    code, _, err = alice_cli("vm", "status", "no-such-vm")
+    assert code == ExitCode.REFUSED
+    assert "no VM named 'no-such-vm'" in err
+
+
+def test_bad_size_is_refused_with_the_apis_reason(alice_cli, image, store):
+    code, _, err = alice_cli(
+        "vm", "create", "x", "--image", image.name, "--cpu", "1", "--ram", "lots"
+    )
+    assert code == ExitCode.REFUSED
+    assert "specs.ram" in err and "not a size" in err
+    assert store.list(VM)[0] == {}
+
+
+def test_wait_on_stop_of_a_pending_vm(alice_cli, image, store, scheduler):
+    vm = create(alice_cli, image)
+    code, out, err = alice_cli("vm", "stop", vm["uuid"], "--wait", "--timeout", "20")
+    assert code == 0, err
+    assert out.strip() == f"VM {vm['uuid']} is STOPPED"
+    assert f"waiting for VM {vm['uuid']} to be STOPPED" in err
+    assert "scheduler: PENDING -> STOPPED" in err
+    assert store.get(VM, vm["uuid"]).value.status == Status.STOPPED
+
+    # With no host, the VM cannot start: --wait gives up, exit 4, and says how to go on.
+    code, _, err = alice_cli("--json", "vm", "start", vm["uuid"], "--wait", "--timeout", "1")
+    assert code == ExitCode.TIMEOUT
+    assert f"VM {vm['uuid']} is still" in err
+    assert "--timeout" in err
+
+    # Deleting a VM that never had a disk: the scheduler removes it, and --wait sees it gone.
+    result = alice_cli.json("vm", "delete", vm["uuid"], "--wait", "--timeout", "20")
+    assert result == {"uuid": vm["uuid"], "deleted": True}
+    assert store.get(VM, vm["uuid"]) is None
+
+
+def test_wait_fails_when_the_vm_goes_to_error(alice_cli, image, store, monkeypatch):
+    vm = create(alice_cli, image)
+
+    # Stand in for a daemon: the first poll finds the VM in ERROR.
+    from ucloud.cli import wait
+
+    real = wait.API.get
+
+    def get(self, path, **fields):
+        if path == "/vm/status":
+            store.update(VM, vm["uuid"], lambda v: v.set_status(Status.ERROR, "test", "no disk"))
+        return real(self, path, **fields)
+
+    monkeypatch.setattr(wait.API, "get", get)
+    code, _, err = alice_cli("vm", "stop", vm["uuid"], "--wait", "--timeout", "10")
+    assert code == ExitCode.REFUSED
+    assert f"VM {vm['uuid']} went to ERROR: no disk" in err
+
+
+def test_wait_ignores_the_error_it_was_asked_to_retry(alice_cli, image, store, scheduler):
+    vm = create(alice_cli, image)
+
+    def fail(v: VM) -> None:
+        v.set_status(Status.ERROR, "test", "old trouble")
+        v.desired = Desired.RUNNING
+
+    store.update(VM, vm["uuid"], fail)
+    # stop is accepted from ERROR; the old ERROR must not count as this request's failure.
+    code, out, err = alice_cli("vm", "stop", vm["uuid"], "--wait", "--timeout", "20")
+    assert code == 0, err
+    assert out.strip() == f"VM {vm['uuid']} is STOPPED"
+
+
+# --- configuration and connectivity -----------------------------------------------------------
+
+
+def test_missing_config_says_what_to_set_where(cli, home, api_url):
+    code, out, err = cli("vm", "list")
+    assert code == ExitCode.USAGE
+    assert out == ""
+    path = home / ".config" / "ucloud" / "client.env"
+    assert "UCLOUD_USER, UCLOUD_REALM, UCLOUD_SEED are not set" in err
+    assert f"put these lines in {path}" in err
+    assert "UCLOUD_SEED=<the TOTP seed your administrator gave you>" in err
+
+
+def test_config_file_and_environment(cli, home, api_url, alice, monkeypatch):
+    path = home / ".config" / "ucloud" / "client.env"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        f"UCLOUD_API_URL={api_url}\nUCLOUD_USER=alice\nUCLOUD_REALM=users\n"
+        f"UCLOUD_SEED={alice.secret}\n"
+    )
+    path.chmod(0o600)
+    code, out, err = cli("vm", "list")
+    assert (code, out.strip(), err) == (0, "no VMs", "")
+
+    # The environment wins over the file.
+    monkeypatch.setenv("UCLOUD_USER", "mallory")
+    code, _, err = cli("vm", "list")
+    assert code == ExitCode.REFUSED
+    assert "unknown user, or the token is wrong or expired" in err
+    assert "clock" in err  # the hint: a wrong clock makes wrong tokens
+    monkeypatch.delenv("UCLOUD_USER")
+
+    # A seed others can read is worth a warning, not a failure.
+    path.chmod(0o644)
+    code, _, err = cli("vm", "list")
+    assert code == 0
+    assert f"chmod 600 {path}" in err
+
+    # A misspelt setting is pointed out.
+    with path.open("a") as f:
+        f.write("UCLOUD_RELAM=users\n")
+    code, _, err = cli("vm", "list")
+    assert code == 0
+    assert f"{path}: unknown setting UCLOUD_RELAM" in err
+
+    # A config named explicitly must exist.
+    code, _, err = cli("--config", str(home / "nope.env"), "vm", "list")
+    assert code == ExitCode.USAGE
+    assert "nope.env does not exist" in err
+
+    monkeypatch.setenv("UCLOUD_SEED", "not base32!")
+    code, _, err = cli("vm", "list")
+    assert code == ExitCode.USAGE
+    assert "UCLOUD_SEED (the environment) is not a TOTP seed" in err
+
+
+def test_unreachable_api_exits_3(cli, alice):
+    code, out, err = cli.as_user(f"http://127.0.0.1:{free_port()}", alice)("vm", "list")
+    assert code == ExitCode.UNREACHABLE
+    assert out == ""
+    assert "cannot reach the API at http://127.0.0.1:" in err
+    assert "connection refused" in err
+    assert "UCLOUD_API_URL" in err
+
+
+def test_usage_errors_exit_2(cli, capsys):
+    assert cli("vm", "stop")[0] == ExitCode.USAGE
+    assert cli("vm", "stop", "x", "--timeout", "-1")[0] == ExitCode.USAGE
+    code, out, _ = cli("--help")
+    assert code == 0
+    assert "exit codes:" in out and "3  the API cannot be reached" in out
+
+
+def serve(wsgi) -> tuple[str, object]:
+    port = free_port()
+    server = make_server("127.0.0.1", port, wsgi, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "message"),
+    [
+        (
+            "503 Service Unavailable",
+            "application/json",
+            b'{"error": "the cluster store (etcd) is unavailable; try again shortly"}',
+            "the API is unavailable (HTTP 503): the cluster store (etcd) is unavailable",
+        ),
+        ("502 Bad Gateway", "text/html", b"<h1>Bad Gateway</h1>", "HTTP 502 Bad Gateway"),
+        ("200 OK", "text/html", b"<html>hello</html>", "with something that is not JSON"),
+    ],
+)
+def test_unavailable_or_foreign_server_exits_3(cli, alice, status, content_type, body, message):
+    def wsgi(environ, start_response):
+        start_response(status, [("Content-Type", content_type)])
+        return [body]
+
+    url, server = serve(wsgi)
+    try:
+        code, out, err = cli.as_user(url, alice)("vm", "list")
+    finally:
+        server.shutdown()
+    assert (code, out) == (ExitCode.UNREACHABLE, "")
+    assert message in err
+
+
+# --- images and files: endpoints this API does not offer yet ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    [
+        (("file", "list"), "/file/list"),
+        (("image", "list"), "/image/list"),
+        (("image", "create", "deb", "--file", "f-uuid"), "/image/create"),
+        (("image", "delete", "i-uuid"), "/image/delete"),
+    ],
+)
+def test_missing_endpoints_are_named(alice_cli, argv, path):
+    code, out, err = alice_cli(*argv)
+    assert code == ExitCode.REFUSED
+    assert out == ""
+    assert f"this API server does not offer {path} yet" in err
+
+
+# --- administrators ---------------------------------------------------------------------------
+
+
+def test_admin_creates_a_user_who_can_log_in(admin_cli, cli, api_url):
+    code, out, err = admin_cli("user", "create", "carol", "--realm", "users")
+    assert code == 0, err
+    seed = out.split("seed:", 1)[1].split()[0]
+    assert "UCLOUD_USER=carol" in out
+    assert f"UCLOUD_SEED={seed}" in out
+    assert "otpauth://totp/" in out
+
+    carol = cli.as_user(api_url, Account("carol", "users", seed))
+    assert carol.json("vm", "list") == []
+    # carol is no administrator.
+    code, _, err = carol("user", "create", "dave", "--realm", "users")
+    assert code == ExitCode.REFUSED
+    assert "only administrators may do this" in err
+    assert "administrator's account; you are users/carol" in err
+
+
+def test_user_create_json(admin_cli):
+    user = admin_cli.json("user", "create", "erin", "--realm", "users")
+    assert (user["name"], user["realm"]) == ("erin", "users")
+    assert len(user["seed"]) >= 16
+    code, _, err = admin_cli("user", "create", "erin", "--realm", "users")
+    assert code == ExitCode.REFUSED
+    assert "already exists" in err
+
+
+def test_hosts(admin_cli):
+    code, out, _ = admin_cli("host", "list")
+    assert (code, out.startswith("no hosts")) == (0, True)
+    code, out, err = admin_cli(
+        "host", "create", "h1", "--cpu", "8", "--ram", "16G", "--ssd", "100", "--hdd", "1T"
+    )
+    assert code == 0, err
+    assert out.startswith("host h1 registered")
+    code, _, err = admin_cli("host", "create", "h1", "--cpu", "8", "--ram", "16")
+    assert code == ExitCode.REFUSED
+    assert "host h1 already exists" in err
+
+    code, out, _ = admin_cli("host", "maintenance", "h1", "on")
+    assert code == 0
+    assert "h1 is in maintenance" in out
+    code, out, _ = admin_cli("host", "list")
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES"]
+    assert row.split() == ["h1", "DEAD", "MAINTENANCE", "8", "16G", "100G", "1024G", "-"]
+
+    hosts = admin_cli.json("host", "maintenance", "h1", "off")
+    assert hosts["admin_state"] == "UP"
+    assert [h["admin_state"] for h in admin_cli.json("host", "list")] == ["UP"]
+    code, _, err = admin_cli("host", "maintenance", "h9", "on")
+    assert (code, "no host h9" in err) == (ExitCode.REFUSED, True)
+
+
+def test_administrators_see_and_act_on_every_vm(alice_cli, admin_cli, image):
+    vm = create(alice_cli, image)
+    assert [v["uuid"] for v in admin_cli.json("vm", "list")] == [vm["uuid"]]
+    code, out, err = admin_cli("vm", "stop", vm["uuid"])
+    assert code == 0, err
+    assert out.strip() == f"stop queued: VM {vm['uuid']} is PENDING now"
+    assert alice_cli.json("vm", "status", "web")["desired"] == "stopped"
+
+
+def test_hosts_are_for_administrators(alice_cli):
+    code, _, err = alice_cli("host", "list")
+    assert code == ExitCode.REFUSED
+    assert "only administrators may do this" in err

@@ -1,0 +1,82 @@
+"""``ucloud host ...`` and ``ucloud user create``: administrators' commands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ucloud.cli.config import API_URL, REALM, SEED, USER
+from ucloud.cli.errors import ExitCode
+from ucloud.cli.output import gib, table
+from ucloud.cli.session import Session
+from ucloud.cli.vms import size
+
+
+def list_hosts(s: Session, args: argparse.Namespace) -> int:
+    hosts = s.api.get("/host/list").get("hosts", [])
+    s.out.data(hosts)
+    if not hosts:
+        s.out.text("no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE")
+        return ExitCode.OK
+    rows = [
+        (
+            h["name"],
+            h["status"],
+            h["admin_state"],
+            h["capacity"]["cpu"],
+            gib(h["capacity"]["ram"]),
+            gib(h["capacity"]["ssd"]),
+            gib(h["capacity"]["hdd"]),
+            ", ".join(h.get("addresses") or []) or "-",
+        )
+        for h in hosts
+    ]
+    headers = ("NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES")
+    s.out.text(table(headers, rows))
+    return ExitCode.OK
+
+
+def create_host(s: Session, args: argparse.Namespace) -> int:
+    specs: dict[str, Any] = {"cpu": args.cpu, "ram": size(args.ram)}
+    if args.ssd is not None:
+        specs["ssd"] = size(args.ssd)
+    if args.hdd is not None:
+        specs["hdd"] = size(args.hdd)
+    reply = s.api.post("/host/create", hostname=args.name, specs=specs)
+    host = reply["host"]
+    s.out.data(host)
+    s.out.text(
+        f"host {host['name']} registered; it takes VMs once its agent (ucloud-host) runs there"
+    )
+    return ExitCode.OK
+
+
+def maintenance(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post("/host/maintenance", hostname=args.name, maintenance=args.state == "on")
+    host = reply["host"]
+    s.out.data(host)
+    if host["admin_state"] == "MAINTENANCE":
+        s.out.text(f"host {host['name']} is in maintenance: no new VMs are placed on it")
+    else:
+        s.out.text(f"host {host['name']} is {host['admin_state']}: it takes new VMs")
+    return ExitCode.OK
+
+
+def create_user(s: Session, args: argparse.Namespace) -> int:
+    user = s.api.post("/user/create", user=args.name, user_realm=args.realm)
+    s.out.data(user)
+    settings = {
+        API_URL: s.config.api_url,
+        USER: user["name"],
+        REALM: user["realm"],
+        SEED: user["seed"],
+    }
+    s.out.text(
+        f"user {user['realm']}/{user['name']} created. Its TOTP seed is shown only now: "
+        "give it to the user over a safe channel.\n\n"
+        f"seed:    {user['seed']}\n"
+        f"otpauth: {user['otpauth']}\n\n"
+        "The user's client config (~/.config/ucloud/client.env, mode 600):\n"
+        + "\n".join(f"{k}={v}" for k, v in settings.items())
+    )
+    return ExitCode.OK

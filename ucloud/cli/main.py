@@ -1,0 +1,197 @@
+"""``ucloud``: the command line, its wiring to the handlers, and errors as exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import ucloud
+from ucloud.cli import admin, images, vms
+from ucloud.cli import config as client_config
+from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
+from ucloud.cli.http import API
+from ucloud.cli.output import Output
+from ucloud.cli.session import Handler, Session
+
+DESCRIPTION = "Manage your VMs, images and files on a ucloud cluster."
+
+CONFIG_HELP = f"""\
+configuration (the environment wins over the file):
+  {client_config.API_URL}   the API's address (default {client_config.DEFAULT_API_URL})
+  {client_config.USER}      your user name
+  {client_config.REALM}     your realm
+  {client_config.SEED}      your TOTP seed, as your administrator gave it
+  in a KEY=VALUE file: --config PATH, else ${client_config.CONFIG_FILE},
+  else ~/.config/ucloud/client.env (keep it chmod 600: it holds your seed)"""
+
+OUTPUT_HELP = """\
+output:
+  results go to stdout: tables, or with --json one JSON document;
+  progress (--wait), warnings and errors go to stderr"""
+
+ACTIONS = ("start", "stop", "suspend", "resume", "reboot", "delete")
+ACTION_HELP = {
+    "start": "start a stopped VM (or retry one in ERROR)",
+    "stop": "stop a VM (its disk is kept)",
+    "suspend": "pause a running VM in memory",
+    "resume": "resume a suspended VM",
+    "reboot": "reboot a running VM",
+    "delete": "delete a VM and its disk",
+}
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after the subcommand. Their default is SUPPRESS so
+    that a subcommand's parser does not reset what the top level parsed; each call makes new
+    actions because parsers share their parents' actions, defaults included."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    common.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help="the client config file"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument(
+        "--wait", action="store_true", help="wait until done, showing progress on stderr"
+    )
+    waiting.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long --wait waits (default: %(default)g)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="ucloud",
+        description=DESCRIPTION,
+        epilog=f"{CONFIG_HELP}\n\n{OUTPUT_HELP}\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    parser.set_defaults(json=False, config=None)
+    parser.add_argument("--version", action="version", version=f"ucloud {ucloud.__version__}")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    def command(
+        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+        name: str,
+        help: str,
+        handler: Handler,
+        *parents: argparse.ArgumentParser,
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common, *parents])
+        p.set_defaults(handler=handler)
+        return p
+
+    # vm
+    vm = groups.add_parser("vm", help="virtual machines").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(vm, "create", "create a VM (it starts once placed)", vms.create, waiting)
+    p.add_argument("name", help="a name for the VM")
+    p.add_argument("--image", required=True, help="an image's name or uuid (see: image list)")
+    p.add_argument("--cpu", type=int, required=True, help="virtual CPUs")
+    p.add_argument("--ram", required=True, metavar="SIZE", help="memory: 2 (GiB), 2G, 512M")
+    p.add_argument("--ssd", metavar="SIZE", help="system disk (default: the API's, 10G)")
+    p.add_argument("--hdd", metavar="SIZE", help="extra disk space (default: none)")
+    p.add_argument(
+        "--network", action="append", metavar="UUID", help="a network to attach (repeatable)"
+    )
+    command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
+    p = command(vm, "status", "a VM's state and recent events", vms.status)
+    p.add_argument("vm", help="the VM's uuid or name")
+    for action in ACTIONS:
+        p = command(vm, action, ACTION_HELP[action], vms.act, waiting)
+        p.add_argument("vm", help="the VM's uuid or name")
+        p.set_defaults(action=action)
+
+    # file
+    file = groups.add_parser("file", help="your uploaded files").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    command(file, "list", "your uploaded files, to make images from", images.list_files)
+
+    # image
+    image = groups.add_parser("image", help="disk images").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(image, "create", "make an image from an uploaded file", images.create_image)
+    p.add_argument("name", help="a name for the image")
+    p.add_argument("--file", required=True, metavar="UUID", help="the file's uuid (file list)")
+    p.add_argument("--store", help="the image store to keep it in (default: the API's)")
+    command(image, "list", "images you can use", images.list_images)
+    p = command(image, "delete", "delete an image", images.delete_image)
+    p.add_argument("uuid", help="the image's uuid")
+
+    # host
+    host = groups.add_parser("host", help="hypervisor hosts (administrators)").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    command(host, "list", "every host with its state", admin.list_hosts)
+    p = command(host, "create", "register a hypervisor host", admin.create_host)
+    p.add_argument("name", help="the host's name, as its agent is configured")
+    p.add_argument("--cpu", type=int, required=True, help="CPUs it offers")
+    p.add_argument("--ram", required=True, metavar="SIZE", help="memory it offers: 64G, 65536M")
+    p.add_argument("--ssd", metavar="SIZE", help="SSD space it offers")
+    p.add_argument("--hdd", metavar="SIZE", help="HDD space it offers")
+    p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
+    p.add_argument("name", help="the host's name")
+    p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+
+    # user
+    user = groups.add_parser("user", help="users (administrators)").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(user, "create", "create a user and print its TOTP seed", admin.create_user)
+    p.add_argument("name", help="the new user's name")
+    p.add_argument("--realm", required=True, help="the new user's realm")
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else ExitCode.USAGE
+    out = Output(json=args.json)
+    try:
+        config = client_config.load(args.config)
+        for warning in config.warnings:
+            out.progress(f"ucloud: warning: {warning}")
+        return args.handler(Session(config, API(config), out), args)
+    except CLIError as e:
+        out.progress(f"ucloud: {e.message}")
+        if e.hint:
+            out.progress("".join(f"  {line}\n" for line in e.hint.splitlines()).rstrip("\n"))
+        return e.exit_code
+    except KeyboardInterrupt:
+        out.progress("ucloud: interrupted (a request already accepted goes on)")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `ucloud vm list | head`: the reader is gone, which is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``ucloud vm ...``: create, list, show and act on VMs."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from ucloud.cli.errors import ExitCode, Refused
+from ucloud.cli.http import API
+from ucloud.cli.output import fields, gib, table, when
+from ucloud.cli.session import Session
+from ucloud.cli.wait import Goal, wait_for
+
+_UUID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$", re.IGNORECASE)
+_NUMBER = re.compile(r"^\d+(\.\d+)?$")
+
+
+def size(text: str) -> int | float | str:
+    """A size as typed: plain numbers (GiB) go as numbers, "10G" or "512M" as the string,
+    which the API parses; it also says what is wrong with a bad one."""
+    text = text.strip()
+    if _NUMBER.match(text):
+        return float(text) if "." in text else int(text)
+    return text
+
+
+def resolve(api: API, ref: str) -> str:
+    """A VM's uuid from its uuid or its name (names are not unique, so a clash is an error)."""
+    if _UUID.match(ref):
+        return ref
+    named = [v for v in api.get("/vm/list").get("vms", []) if v.get("name") == ref]
+    if not named:
+        raise Refused(f"no VM named {ref!r}", 404, "see your VMs with: ucloud vm list")
+    if len(named) > 1:
+        uuids = ", ".join(v["uuid"] for v in named)
+        raise Refused(f"{len(named)} VMs are named {ref!r}; give one's uuid: {uuids}", 409)
+    return named[0]["uuid"]
+
+
+def create(s: Session, args: argparse.Namespace) -> int:
+    specs: dict[str, Any] = {"cpu": args.cpu, "ram": size(args.ram)}
+    if args.ssd is not None:
+        specs["ssd"] = size(args.ssd)
+    if args.hdd is not None:
+        specs["hdd"] = size(args.hdd)
+    reply = s.api.post(
+        "/vm/create",
+        vm_name=args.name,
+        specs=specs,
+        image=args.image,
+        networks=args.network or [],
+    )
+    vm = reply["vm"]
+    s.out.text(f"VM {vm['name']} created: {vm['uuid']}")
+    if args.wait:
+        vm = wait_for(s.api, vm, Goal.of("create", vm), args.timeout, s.out)
+        s.out.text(f"VM {vm['uuid']} is {vm['status']} on {vm.get('hostname') or '-'}")
+    s.out.data(vm)
+    return ExitCode.OK
+
+
+def list_vms(s: Session, args: argparse.Namespace) -> int:
+    vms = s.api.get("/vm/list").get("vms", [])
+    s.out.data(vms)
+    if not vms:
+        s.out.text("no VMs")
+        return ExitCode.OK
+    rows = [
+        (
+            v["uuid"],
+            v["name"],
+            v["status"],
+            v["desired"],
+            v.get("hostname") or "-",
+            v["specs"]["cpu"],
+            gib(v["specs"]["ram"]),
+        )
+        for v in vms
+    ]
+    s.out.text(table(("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"), rows))
+    return ExitCode.OK
+
+
+def status(s: Session, args: argparse.Namespace) -> int:
+    vm = s.api.get("/vm/status", vmid=resolve(s.api, args.vm))
+    s.out.data(vm)
+    s.out.text(describe(vm))
+    return ExitCode.OK
+
+
+def describe(vm: dict[str, Any]) -> str:
+    spec = vm["specs"]
+    state = f"{vm['status']} since {when(vm.get('status_since'))}"
+    if vm.get("reason"):
+        state += f" ({vm['reason']})"
+    pairs: list[tuple[str, object]] = [
+        ("uuid", vm["uuid"]),
+        ("name", vm["name"]),
+        ("owner", f"{vm['owner_realm']}/{vm['owner']}"),
+        ("status", state),
+        ("desired", vm["desired"]),
+        ("host", vm.get("hostname") or "-"),
+        (
+            "specs",
+            f"{spec['cpu']} CPU, {gib(spec['ram'])} RAM, "
+            f"{gib(spec['ssd'])} SSD, {gib(spec['hdd'])} HDD",
+        ),
+        ("image", vm["image"]),
+        ("networks", ", ".join(vm.get("networks") or []) or "-"),
+        ("created", when(vm.get("created"))),
+    ]
+    events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
+    text = fields(pairs)
+    if events:
+        text += "\n\nevents:\n" + table(("TIME", "BY", "MESSAGE"), events)
+    return text
+
+
+def act(s: Session, args: argparse.Namespace) -> int:
+    """start, stop, suspend, resume, reboot or delete: the handler for all of them."""
+    vmid = resolve(s.api, args.vm)
+    if args.action == "delete":
+        reply = s.api.post("/vm/delete", vmid=vmid)
+    else:
+        reply = s.api.post("/vm/action", vmid=vmid, action=args.action)
+    vm = reply["vm"]
+    if not args.wait:
+        s.out.text(f"{reply.get('message', 'queued')}: VM {vmid} is {vm['status']} now")
+        s.out.data(vm)
+        return ExitCode.OK
+    final = wait_for(s.api, vm, Goal.of(args.action, vm), args.timeout, s.out)
+    if not final:
+        s.out.text(f"VM {vmid} is deleted")
+        s.out.data({"uuid": vmid, "deleted": True})
+    else:
+        s.out.text(f"VM {vmid} is {final['status']}")
+        s.out.data(final)
+    return ExitCode.OK
