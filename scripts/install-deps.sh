@@ -35,6 +35,7 @@ fi
 
 # libvirtd runs without systemd; it looks the QEMU account up before reading qemu.conf.
 getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd -r -M -d /var/lib/libvirt -s /usr/sbin/nologin -g kvm libvirt-qemu
 
 PY=${UCLOUD_PYTHON:-python3}

@@ -41,7 +41,7 @@ def run_script(*argv: str, env: dict[str, str] | None = None, timeout: float = 6
 @dataclass(frozen=True)
 class Guests:
     bootsector: Path  # raw disk: prints UCLOUD-BOOT-OK at once, a dot a second; no ACPI
-    linux: Path  # raw disk: prints UCLOUD-LINUX-BOOT-OK in 15-25 s; powers off on ACPI
+    linux: Path  # raw disk: prints UCLOUD-LINUX-BOOT-OK in about 7 s (TCG); powers off on ACPI
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,9 @@ def host_settings(
             "libvirt_uri": lv.uri,
             "state_dir": str(state),
             "vnc_dir": tempfile.mkdtemp(prefix="ucvnc-"),
-            "ceph_conf": str(ceph.conf),
-            "ceph_keyring": str(ceph.keyring),
-            "ceph_pool": ceph.pool,
-            "image_pool": ceph.pool,
+            # TCG: KVM on these machines runs the boot sector but fails real kernels
+            # ("KVM internal error"), and tests must not depend on the machine.
+            "accel": os.environ.get("UCLOUD_TEST_ACCEL", "qemu"),
             "host_cpu": 8,
             "host_ram": 8,
             "shutdown_timeout": 3.0,
