@@ -132,10 +132,19 @@ def _port_free(port: int) -> bool:
 
 
 def host_settings(
-    settings: Settings, ceph: Ceph, lv: Libvirtd, name: str, state: Path, **more: object
+    settings: Settings, ceph: Ceph | None, lv: Libvirtd, name: str, state: Path, **more: object
 ) -> Settings:
+    storage: dict[str, object] = {}
+    if ceph is not None:
+        storage = {
+            "ceph_conf": str(ceph.conf),
+            "ceph_keyring": str(ceph.keyring),
+            "ceph_pool": ceph.pool,
+            "image_pool": ceph.pool,
+        }
     return settings.model_copy(
         update={
+            **storage,
             "hostname": name,
             "libvirt_uri": lv.uri,
             "state_dir": str(state),

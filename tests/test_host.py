@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,3 +268,61 @@ def test_two_agents_share_the_load(settings, store, client, alice, ceph, guests,
         scheduler.stop()
         stop_libvirtd(second_lv)
         stop_libvirtd(first_lv)
+
+
+def test_file_storage_driver_boots_a_vm(settings, store, client, alice, libvirtd, guests, tmp_path):
+    from ucloud.storage.file import FileStorage
+
+    host = host_settings(
+        settings,
+        None,
+        libvirtd,
+        "filehost",
+        tmp_path / "state",
+        storage="file",
+        image_dir=str(tmp_path / "images"),
+    )
+    image = register_image(
+        store, FileStorage(host), str(guests.bootsector), "boot", "root", "ucloud-admin"
+    )
+    scheduler = daemon("ucloud.scheduler.main", settings, tmp_path / "scheduler.log")
+    agent = daemon("ucloud.host.main", host, tmp_path / "agent.log")
+    try:
+        body = alice.creds(vm_name="local", specs={**SPECS, "ssd": 3}, image=image.uuid)
+        vmid = client.post("/vm/create", json=body).json["uuid"]
+        vm = wait_for(
+            lambda: (v := store.get(VM, vmid).value).status == Status.RUNNING and v, 60, "RUNNING"
+        )
+        wait_console(tmp_path / "state", vmid, BOOT)
+        disk = tmp_path / "state" / "disks" / f"{vm.disk}.qcow2"
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", str(disk)],
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+        assert info["backing-filename"] == str(tmp_path / "images" / f"{image.uuid}.qcow2")
+        assert info["virtual-size"] == 3 << 30
+        client.post("/vm/delete", json=alice.creds(vmid=vmid))
+        wait_for(lambda: store.get(VM, vmid) is None, 60, "deleted")
+        assert not disk.exists()
+    finally:
+        agent.stop()
+        scheduler.stop()
+
+
+def test_stop_is_a_clean_acpi_shutdown_for_a_guest_that_supports_it(cluster: Cluster, guests):
+    linux = register_image(
+        cluster.store, RBDStorage(cluster.host), str(guests.linux), "linux", "root", "ucloud-admin"
+    )
+    body = cluster.user.creds(
+        vm_name="linux", specs={"cpu": 1, "ram": 0.25, "ssd": 1}, image=linux.uuid
+    )
+    vmid = cluster.client.post("/vm/create", json=body).json["uuid"]
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, "UCLOUD-LINUX-BOOT-OK", timeout=120)
+    cluster.act(vmid, "stop")
+    cluster.wait(vmid, Status.STOPPED, timeout=60)
+    assert "UCLOUD-LINUX-POWEROFF" in console_text(cluster.state, vmid)
+    assert "ignored ACPI shutdown" not in cluster.agent.output()

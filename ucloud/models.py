@@ -194,7 +194,9 @@ class VM(Stored):
     def set_status(self, status: Status, by: str, reason: str = "") -> None:
         if status != self.status:
             self.status_since = now()
-        message = f"{self.status} -> {status}" + (f": {reason}" if reason else "")
+            message = f"{self.status} -> {status}" + (f": {reason}" if reason else "")
+        else:
+            message = f"still {status}" + (f": {reason}" if reason else "")
         self.status = status
         self.reason = reason
         self.record(by, message)

@@ -340,6 +340,7 @@ class Scheduler:
             )
             vm.hostname = ""
             if vm.attempts >= self.settings.schedule_attempts:
+                vm.observed_generation = vm.generation
                 vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
             else:
                 vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
