@@ -10,7 +10,7 @@ PACKAGES=(
   ceph-mon ceph-mgr ceph-osd ceph-common python3-rados python3-rbd
   qemu-system-x86 qemu-utils qemu-block-extra
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-  nasm iproute2 uuid-runtime
+  nasm iproute2 uuid-runtime curl
   # guest-image build (scripts/build-guests.sh). busybox-static replaces and conflicts with
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Bring up a whole ucloud on this one machine, as root on Debian 12: etcd, a one-node Ceph
+# cluster, a private libvirtd, and every ucloud daemon; then an administrator, a demo user,
+# a demo image made through the scanners, and a VM that boots. Safe to run again: what runs
+# is left running, what exists is reused. Stop it all with scripts/down.sh (--wipe: forget).
+#
+# env: UCLOUD_UP_DIR   where everything lives (default: .state/up in the repository)
+#      UCLOUD_ACCEL    kvm, qemu (TCG) or auto (default)
+set -euo pipefail
+UC_PROG=up
+cd "$(dirname "$0")/.."
+REPO=$PWD
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
+need_root
+
+DIR=$(realpath -m "${UCLOUD_UP_DIR:-$REPO/.state/up}")
+ETCD_PORT=23790
+API=127.0.0.1:5000
+mkdir -p "$DIR"/{run,log,uploads/demo,host}
+touch "$DIR/.ucloud-up"
+
+log "installing what is missing (Debian packages, the venv)"
+bash scripts/install-deps.sh >"$DIR/log/install.log" 2>&1 || die "install failed: see $DIR/log/install.log"
+PATH=$REPO/.venv/bin:$PATH
+
+# start NAME REGEX CMD...: start CMD in the background unless DIR/run/NAME.pid names a live
+# process whose command line matches REGEX.
+start() {
+  local name=$1 re=$2 pid
+  shift 2
+  pid=$(read_pidfile "$DIR/run/$name.pid")
+  if [ -n "$pid" ] && pid_matches "$pid" "$re"; then
+    log "$name already runs (pid $pid)"
+    return
+  fi
+  setsid "$@" >>"$DIR/log/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/run/$name.pid"
+  log "$name started (pid $!, log $DIR/log/$name.log)"
+}
+
+# --- etcd, Ceph, libvirtd ---------------------------------------------------------------------
+start etcd "etcd .*--data-dir=$(re_escape "$DIR")/etcd" etcd --name=ucloud \
+  --data-dir="$DIR/etcd" \
+  --listen-client-urls=http://127.0.0.1:$ETCD_PORT --advertise-client-urls=http://127.0.0.1:$ETCD_PORT \
+  --listen-peer-urls=http://127.0.0.1:$((ETCD_PORT + 10)) \
+  --initial-advertise-peer-urls=http://127.0.0.1:$((ETCD_PORT + 10)) \
+  --initial-cluster=ucloud=http://127.0.0.1:$((ETCD_PORT + 10)) --log-level=warn --logger=zap
+wait_until "etcd answers" 30 etcdctl --endpoints=127.0.0.1:$ETCD_PORT endpoint health
+
+log "Ceph (one mon, one OSD on a sparse file)"
+CEPH_NO_MGR=1 bash scripts/ceph-up.sh "$DIR/ceph" >>"$DIR/log/ceph-up.log" 2>&1 \
+  || die "Ceph did not come up: see $DIR/log/ceph-up.log"
+log "libvirtd (private, in its own namespaces)"
+bash scripts/libvirtd-up.sh "$DIR/libvirtd" >>"$DIR/log/libvirtd-up.log" 2>&1 \
+  || die "libvirtd did not come up: see $DIR/log/libvirtd-up.log"
+
+# --- ucloud's daemons ---------------------------------------------------------------------
+cat >"$DIR/ucloud.env" <<EOF
+UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$ETCD_PORT
+UCLOUD_API_BIND=$API
+UCLOUD_HOSTNAME=node1
+UCLOUD_LIBVIRT_URI=$(cat "$DIR/libvirtd/uri")
+UCLOUD_ACCEL=${UCLOUD_ACCEL:-auto}
+UCLOUD_STATE_DIR=$DIR/host
+UCLOUD_VNC_DIR=/run/ucloud/vnc
+UCLOUD_CEPH_CONF=$DIR/ceph/ceph.conf
+UCLOUD_CEPH_KEYRING=$DIR/ceph/ceph.client.ucloud.keyring
+UCLOUD_UPLOAD_ROOT=$DIR/uploads
+UCLOUD_SHUTDOWN_TIMEOUT=10
+EOF
+export UCLOUD_ENV_FILE=$DIR/ucloud.env
+for daemon in api scheduler host filescanner imagescanner; do
+  command -v "ucloud-$daemon" >/dev/null || { log "ucloud-$daemon is not installed: skipped"; continue; }
+  start "$daemon" "$(re_escape "$REPO")/\.venv/bin/ucloud-$daemon" "$REPO/.venv/bin/ucloud-$daemon"
+done
+wait_until "the API answers" 30 curl -sf "http://$API/openapi.json"
+
+# --- users ---------------------------------------------------------------------------------
+client_env() {  # client_env FILE USER REALM SEED
+  printf 'UCLOUD_API_URL=http://%s\nUCLOUD_USER=%s\nUCLOUD_REALM=%s\nUCLOUD_SEED=%s\n' "$API" "$2" "$3" "$4" >"$1"
+  chmod 600 "$1"
+}
+seed_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["seed"])'; }
+if [ ! -f "$DIR/admin.env" ]; then
+  seed=$(ucloud-api create-admin admin 2>>"$DIR/log/api.log" | seed_of) || die "could not create the administrator"
+  client_env "$DIR/admin.env" admin ucloud-admin "$seed"
+  log "administrator 'admin' created: $DIR/admin.env"
+fi
+if [ ! -f "$DIR/demo.env" ]; then
+  seed=$(ucloud --config "$DIR/admin.env" user create demo --realm users --json | seed_of)
+  client_env "$DIR/demo.env" demo users "$seed"
+  log "user 'demo' created: $DIR/demo.env"
+fi
+demo() { ucloud --config "$DIR/demo.env" "$@"; }
+
+# --- a demo image, through the scanners ------------------------------------------------------------
+bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
+  || die "could not build the demo guest: see $DIR/log/guests.log"
+if ! demo image list --json | grep -q '"name": "demo"'; then
+  cp "$REPO/.state/guests/bootsector.qcow2" "$DIR/uploads/demo/demo.qcow2"
+  log "uploaded demo.qcow2; waiting for the file scanner"
+  wait_until "the file scanner registered demo.qcow2" 60 sh -c "ucloud --config '$DIR/demo.env' file list --json | grep -q demo.qcow2"
+  file=$(demo file list --json | python3 -c 'import json,sys; print(next(f["uuid"] for f in json.load(sys.stdin)["files"] if f["name"]=="demo.qcow2"))')
+  demo image create demo --file "$file" >/dev/null
+  wait_until "the image scanner made the image" 120 sh -c "ucloud --config '$DIR/demo.env' image list --json | grep -q '\"status\": \"CREATED\"'"
+fi
+
+# --- a VM ----------------------------------------------------------------------------------
+if ! demo vm list --json | grep -q '"name": "demo-vm"'; then
+  demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
+fi
+vm=$(demo vm list --json | python3 -c 'import json,sys; print(next(v["uuid"] for v in json.load(sys.stdin)["vms"] if v["name"]=="demo-vm"))')
+console=$DIR/host/console/$vm.log
+wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
+demo vm status demo-vm
+echo
+echo "--- console of demo-vm ($console) ---"
+head -c 300 "$console" | tr -d '\r'
+echo
+cat <<EOF
+
+ucloud runs on this machine ($DIR). Try:
+  export UCLOUD_CLIENT_CONFIG=$DIR/demo.env      # be the demo user
+  .venv/bin/ucloud vm list
+  .venv/bin/ucloud vm suspend demo-vm --wait && .venv/bin/ucloud vm resume demo-vm --wait
+  .venv/bin/ucloud vm stop demo-vm --wait && .venv/bin/ucloud vm start demo-vm --wait
+  tail -f $console
+  cp some-disk.qcow2 $DIR/uploads/demo/ && .venv/bin/ucloud file list
+  UCLOUD_CLIENT_CONFIG=$DIR/admin.env .venv/bin/ucloud host list
+Logs: $DIR/log/. Stop everything: scripts/down.sh (add --wipe to forget all state).
+EOF
