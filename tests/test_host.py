@@ -326,3 +326,29 @@ def test_stop_is_a_clean_acpi_shutdown_for_a_guest_that_supports_it(cluster: Clu
     cluster.wait(vmid, Status.STOPPED, timeout=60)
     assert "UCLOUD-LINUX-POWEROFF" in console_text(cluster.state, vmid)
     assert "ignored ACPI shutdown" not in cluster.agent.output()
+
+
+def test_agent_rides_out_a_libvirtd_restart(cluster: Cluster, libvirtd: Libvirtd):
+    vmid = cluster.create()
+    cluster.wait(vmid, Status.RUNNING)
+    wait_console(cluster.state, vmid, BOOT)
+    pid = qemu_pid(vmid)
+
+    # libvirtd goes away (its guests keep running, as with a package upgrade)...
+    libvirtd_pid = int((libvirtd.dir / "libvirtd.pid").read_text())
+    os.kill(libvirtd_pid, signal.SIGTERM)
+    wait_for(lambda: not _cmdline(libvirtd_pid), 30, "libvirtd to exit")
+    cluster.act(vmid, "suspend")  # ...a request arrives meanwhile...
+    assert cluster.vm(vmid).status == Status.RUNNING
+
+    start_libvirtd(libvirtd.dir)  # ...and it comes back: the agent reconnects and catches up.
+    cluster.wait(vmid, Status.SUSPENDED, timeout=60)
+    assert qemu_pid(vmid) == pid
+    assert dots_in(cluster.state, vmid, 2.5) == 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+    except OSError:
+        return b""
