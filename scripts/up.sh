@@ -93,24 +93,35 @@ if [ ! -f "$DIR/demo.env" ]; then
   log "user 'demo' created: $DIR/demo.env"
 fi
 demo() { ucloud --config "$DIR/demo.env" "$@"; }
+# uuid_of KIND NAME: the uuid of the demo user's KIND (vm, file, image) named NAME, or nothing.
+uuid_of() {
+  demo "$1" list --json | python3 -c '
+import json, sys
+print(next((x["uuid"] for x in json.load(sys.stdin) if x["name"] == sys.argv[1]), ""))' "$2"
+}
+created() {
+  demo image list --json | python3 -c '
+import json, sys
+sys.exit(0 if any(i["name"] == "demo" and i["status"] == "CREATED" for i in json.load(sys.stdin)) else 1)'
+}
 
 # --- a demo image, through the scanners ------------------------------------------------------------
 bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
   || die "could not build the demo guest: see $DIR/log/guests.log"
-if ! demo image list --json | grep -q '"name": "demo"'; then
+if [ -z "$(uuid_of image demo)" ]; then
   cp "$REPO/.state/guests/bootsector.qcow2" "$DIR/uploads/demo/demo.qcow2"
   log "uploaded demo.qcow2; waiting for the file scanner"
-  wait_until "the file scanner registered demo.qcow2" 60 sh -c "ucloud --config '$DIR/demo.env' file list --json | grep -q demo.qcow2"
-  file=$(demo file list --json | python3 -c 'import json,sys; print(next(f["uuid"] for f in json.load(sys.stdin)["files"] if f["name"]=="demo.qcow2"))')
-  demo image create demo --file "$file" >/dev/null
-  wait_until "the image scanner made the image" 120 sh -c "ucloud --config '$DIR/demo.env' image list --json | grep -q '\"status\": \"CREATED\"'"
+  file_found() { [ -n "$(uuid_of file demo.qcow2)" ]; }
+  wait_until "the file scanner registered demo.qcow2" 60 file_found
+  demo image create demo --file "$(uuid_of file demo.qcow2)" >/dev/null
 fi
+wait_until "the image scanner made the demo image" 120 created
 
 # --- a VM ----------------------------------------------------------------------------------
-if ! demo vm list --json | grep -q '"name": "demo-vm"'; then
+if [ -z "$(uuid_of vm demo-vm)" ]; then
   demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
 fi
-vm=$(demo vm list --json | python3 -c 'import json,sys; print(next(v["uuid"] for v in json.load(sys.stdin)["vms"] if v["name"]=="demo-vm"))')
+vm=$(uuid_of vm demo-vm)
 console=$DIR/host/console/$vm.log
 wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
 demo vm status demo-vm

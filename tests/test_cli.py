@@ -330,7 +330,7 @@ def test_unavailable_or_foreign_server_exits_3(cli, alice, status, content_type,
     assert message in err
 
 
-# --- images and files: endpoints this API does not offer yet ----------------------------------
+# --- endpoints an older API server does not offer --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -342,8 +342,20 @@ def test_unavailable_or_foreign_server_exits_3(cli, alice, status, content_type,
         (("image", "delete", "i-uuid"), "/image/delete"),
     ],
 )
-def test_missing_endpoints_are_named(alice_cli, argv, path):
-    code, out, err = alice_cli(*argv)
+def test_missing_endpoints_are_named(cli, alice, argv, path):
+    def older_api(environ, start_response):
+        # From before files and images: 404, and an OpenAPI document without them.
+        if environ["PATH_INFO"] == "/openapi.json":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"paths": {"/vm/list": {}}}']
+        start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+        return [b'{"error": "The requested URL was not found on the server."}']
+
+    url, server = serve(older_api)
+    try:
+        code, out, err = cli.as_user(url, alice)(*argv)
+    finally:
+        server.shutdown()
     assert code == ExitCode.REFUSED
     assert out == ""
     assert f"this API server does not offer {path} yet" in err

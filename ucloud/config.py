@@ -91,6 +91,35 @@ class Settings(BaseSettings):
     image_pool: str = Field("ucloud", description="pool of images")
     image_dir: str = Field("/var/lib/ucloud/images", description="images, for the file driver")
 
+    # scanners
+    upload_root: str = Field(
+        "/var/www", description="users' upload directories: <upload_root>/<user name>/"
+    )
+    upload_realm: str = Field(
+        "users", description="the realm of the users whose directories are in upload_root"
+    )
+    upload_settle: float = Field(
+        2.0, description="seconds a file must stay unchanged after it is written to count"
+    )
+    filescanner_rescan: float = Field(
+        300.0, description="seconds between full rescans of upload_root (inotify's safety net)"
+    )
+    image_store: str = Field(
+        "images", description="the image store of requests that name none; its pool: image_pool"
+    )
+    image_max_size: float = Field(100.0, description="GiB: the largest virtual size of an image")
+    image_workers: int = Field(1, description="images converted at once")
+    image_convert_rate: int = Field(
+        0, description="bytes a second one image conversion may read; 0: no limit"
+    )
+    image_progress_interval: float = Field(
+        3.0, description="seconds between progress updates in an image's record"
+    )
+    imagescanner_resync: float = Field(30.0, description="seconds between full reconciles")
+    imagescanner_lease_ttl: int = Field(
+        5, description="seconds before a dead image scanner is replaced by a standby"
+    )
+
     def etcd_members(self) -> list[tuple[str, int]]:
         members = []
         for item in self.etcd_endpoints.split(","):

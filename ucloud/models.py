@@ -282,11 +282,20 @@ class Alive(Stored):
 
 
 class ImageStatus(StrEnum):
-    TO_BE_CREATED = "TO_BE_CREATED"
-    CREATING = "CREATING"
-    CREATED = "CREATED"
-    ERROR = "ERROR"
-    DELETING = "DELETING"
+    """Written only by the image scanner (the API writes TO_BE_CREATED when it creates one)."""
+
+    TO_BE_CREATED = "TO_BE_CREATED"  # asked for; no scanner has claimed it yet
+    CREATING = "CREATING"  # claimed: being checked and converted (redone if the scanner died)
+    CREATED = "CREATED"  # in storage with its protected snapshot: VMs can clone it
+    ERROR = "ERROR"  # refused or failed, with the reason; nothing of it is left in storage
+    DELETING = "DELETING"  # being removed from storage; the record goes last
+
+
+class ImageDesired(StrEnum):
+    """Written only by the API."""
+
+    CREATED = "created"
+    DELETED = "deleted"
 
 
 class Image(Stored):
@@ -297,29 +306,68 @@ class Image(Stored):
     owner: str
     owner_realm: str
     public: bool = False
-    store: str = "images"  # the image store (pool) that holds it
+    store: str = "images"  # the image store it was made in
+    pool: str = ""  # the storage pool its store named then; empty: the image_pool setting
     file: str = ""  # uuid of the uploaded file it is made from
-    status: ImageStatus = ImageStatus.TO_BE_CREATED
-    reason: str = ""
-    size: int = 0  # bytes
+    sha512: str = ""  # of the file's content when the image was asked for
     created: float = Field(default_factory=now)
+
+    # Written by the API.
+    desired: ImageDesired = ImageDesired.CREATED
+
+    # Written by the image scanner.
+    status: ImageStatus = ImageStatus.TO_BE_CREATED
+    status_since: float = Field(default_factory=now)
+    reason: str = ""  # why ERROR (or what a transitional state waits for), for the user
+    progress: float = 0.0  # percent converted, while CREATING
+    size: int = 0  # virtual size in bytes, once CREATED
 
     @property
     def id(self) -> str:
         return self.uuid
 
+    def set_status(self, status: ImageStatus, reason: str = "") -> None:
+        if status != self.status:
+            self.status_since = now()
+        self.status = status
+        self.reason = reason
+
+
+class ImageStore(Stored):
+    """Which storage pool holds the images made in a store; created by administrators. The
+    store named by the image_store setting exists implicitly, with the image_pool setting."""
+
+    kind: ClassVar[str] = "imagestore"
+
+    name: str
+    pool: str
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+    @field_validator("name", "pool")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_name(v)
+
 
 class File(Stored):
+    """A file in a user's upload directory, as the file scanner last saw it complete."""
+
     kind: ClassVar[str] = "file"
 
     uuid: str = Field(default_factory=new_id)
     owner: str
-    name: str
+    owner_realm: str
+    name: str  # path relative to the user's directory, '/'-separated
     size: int
     sha512: str
-    mtime: float
-    removed: bool = False
-    created: float = Field(default_factory=now)
+    mtime: float  # the file's modification time (seconds since the epoch)
+    removed: bool = False  # gone from the directory; kept, as images may name it
+    created: float = Field(default_factory=now)  # registered
+    updated: float = Field(default_factory=now)  # last hashed, or marked removed
 
     @property
     def id(self) -> str:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
+import selectors
 import shlex
 import subprocess
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +41,77 @@ def run(
     if check and result.returncode != 0:
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result
+
+
+# Progress meters (qemu-img convert -p) rewrite one line with carriage returns.
+_LINE_END = re.compile(rb"[\r\n]")
+_STDERR_KEEP = 64 * 1024
+
+
+def stream(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    timeout: float = 300,
+    die_with_parent: bool = True,
+) -> None:
+    """Run ``argv`` (never through a shell), handing each line of its stdout to ``on_line``
+    as it comes (a line ends in a newline or a carriage return); raise CommandError on
+    failure, with the end of its stderr.
+
+    ``die_with_parent``: the command is killed if this process dies (even by SIGKILL), so a
+    long job cannot outlive the daemon that would clean up after it.
+    """
+    command = list(argv)  # as errors name it
+    if die_with_parent:
+        # util-linux's setpriv sets PR_SET_PDEATHSIG and execs: safer than a preexec_fn in
+        # a threaded daemon.
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *command]
+    log.debug("streaming %s", shlex.join(argv))
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stderr is not None
+    stderr = bytearray()
+
+    def drain_stderr(pipe=child.stderr) -> None:
+        for chunk in iter(lambda: pipe.read1(4096), b""):
+            stderr.extend(chunk)
+            del stderr[:-_STDERR_KEEP]
+
+    reader = threading.Thread(target=drain_stderr, name="stderr", daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    pending = b""
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(child.stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandError(command, -1, f"timed out after {timeout} s")
+                if not sel.select(min(left, 1.0)):
+                    continue
+                chunk = child.stdout.read1(4096)
+                if not chunk:
+                    break
+                *lines, pending = _LINE_END.split(pending + chunk)
+                for line in lines:
+                    if line.strip():
+                        on_line(line.decode(errors="replace"))
+        if pending.strip():
+            on_line(pending.decode(errors="replace"))
+        try:
+            returncode = child.wait(timeout=max(deadline - time.monotonic(), 1.0))
+        except subprocess.TimeoutExpired as e:
+            raise CommandError(command, -1, f"timed out after {timeout} s") from e
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        reader.join(timeout=5)
+        child.stdout.close()
+        child.stderr.close()
+    if returncode != 0:
+        raise CommandError(command, returncode, stderr.decode(errors="replace"))

@@ -7,7 +7,7 @@ from flask import Blueprint
 from ucloud.api import errors
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
-from ucloud.models import VM, Action, Image, ImageStatus, Specs, TransitionError
+from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
 from ucloud.store import Versioned
 
 bp = Blueprint("vm", __name__)
@@ -103,6 +103,8 @@ def find_image(ref: str, user: Principal) -> Image:
         if len(candidates) > 1:
             raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
         image = candidates[0]
+    if image.desired == ImageDesired.DELETED:
+        raise errors.Conflict(f"image {ref!r} is being deleted")
     if image.status != ImageStatus.CREATED:
         raise errors.Conflict(f"image {ref!r} is not ready: it is {image.status}")
     return image

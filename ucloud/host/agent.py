@@ -241,7 +241,7 @@ class HostAgent:
             image = self.store.get(Image, vm.image)
             if image is None:
                 raise StorageError(f"its image {vm.image} no longer exists")
-            self.storage.create_disk(disk, image.value.uuid, vm.specs.ssd)
+            self.storage.create_disk(disk, image.value.uuid, vm.specs.ssd, pool=image.value.pool)
             self.hv.start(self.domain_spec(vm, disk))
         except (StorageError, HypervisorError) as e:
             if isinstance(e, Unreachable):

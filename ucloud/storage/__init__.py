@@ -7,9 +7,17 @@ without Ceph).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Protocol
 
 from ucloud.config import Settings
+
+# Called with the percentage converted so far, as qemu-img reports it.
+Progress = Callable[[float], None]
+
+# One line of ``qemu-img convert -p`` output: "    (12.50/100%)".
+_PROGRESS = re.compile(r"\(\s*(\d+(?:\.\d+)?)/100%\)")
 
 
 class StorageError(RuntimeError):
@@ -17,23 +25,30 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
-    def import_image(self, image: str, source: str) -> int:
-        """Convert the file ``source`` (any format qemu-img reads; check it first) into the
-        image ``image``, ready to be cloned; return its virtual size in bytes. On failure
-        nothing of the image is left behind."""
+    """``pool``: where an image lives (rbd: the Ceph pool; empty: the image_pool setting).
+    The file driver keeps every image in image_dir and ignores it."""
+
+    def import_image(
+        self, image: str, source: str, *, pool: str = "", progress: Progress | None = None
+    ) -> int:
+        """Convert ``source`` (a file name or ``json:`` spec qemu-img reads; vet untrusted
+        files first) into the image ``image``, ready to be cloned; return its virtual size in
+        bytes. ``progress`` hears the percentage done. A half-made image of the same name
+        (an import interrupted before) is removed first; on failure nothing of the image is
+        left behind."""
         ...
 
-    def delete_image(self, image: str) -> None:
+    def delete_image(self, image: str, *, pool: str = "") -> None:
         """Remove an image that no disk depends on; nothing happens if it is gone."""
         ...
 
-    def image_exists(self, image: str) -> bool:
+    def image_exists(self, image: str, *, pool: str = "") -> bool:
         """Whether the image's base (and, for rbd, its protected snapshot) exists."""
         ...
 
-    def create_disk(self, disk: str, image: str, size_gib: float) -> None:
-        """Make ``disk`` a copy-on-write child of ``image``, at least ``size_gib`` large.
-        Idempotent: an existing disk is left as it is (only grown)."""
+    def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
+        """Make ``disk`` a copy-on-write child of ``image`` (in ``pool``), at least
+        ``size_gib`` large. Idempotent: an existing disk is left as it is (only grown)."""
         ...
 
     def delete_disk(self, disk: str) -> None:
@@ -49,6 +64,34 @@ class Storage(Protocol):
     def libvirt_secret(self) -> tuple[str, str] | None:
         """(usage name, base64 value) of a secret libvirt must hold for disk_xml, if any."""
         ...
+
+
+def convert_argv(settings: Settings, source: str, target: str, out_format: str) -> list[str]:
+    """``qemu-img convert`` with a progress meter, at the configured rate limit."""
+    argv = ["qemu-img", "convert", "-p", "-O", out_format]
+    if settings.image_convert_rate > 0:
+        argv += ["-r", str(settings.image_convert_rate)]
+    return [*argv, source, target]
+
+
+def progress_reader(progress: Progress | None) -> Callable[[str], None]:
+    """A proc.stream line handler that hands qemu-img's percentages to ``progress``."""
+
+    def on_line(line: str) -> None:
+        match = _PROGRESS.search(line)
+        if match and progress is not None:
+            progress(float(match.group(1)))
+
+    return on_line
+
+
+def failure(e: Exception) -> str:
+    """What went wrong, in a line fit for a user: a command's last word, not its arguments
+    (which name keyrings and configuration files)."""
+    stderr = getattr(e, "stderr", None)
+    if isinstance(stderr, str) and stderr.strip():
+        return stderr.strip().splitlines()[-1]
+    return str(e)
 
 
 def open_storage(settings: Settings) -> Storage:

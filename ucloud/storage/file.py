@@ -9,11 +9,12 @@ from xml.sax.saxutils import quoteattr
 
 from ucloud import proc
 from ucloud.config import Settings
-from ucloud.storage import StorageError
+from ucloud.storage import Progress, StorageError, convert_argv, failure, progress_reader
 
 
 class FileStorage:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.images = Path(settings.image_dir)
         self.disks = Path(settings.state_dir) / "disks"
 
@@ -23,25 +24,31 @@ class FileStorage:
     def _disk(self, disk: str) -> Path:
         return self.disks / f"{disk}.qcow2"
 
-    def import_image(self, image: str, source: str) -> int:
+    def import_image(
+        self, image: str, source: str, *, pool: str = "", progress: Progress | None = None
+    ) -> int:
         self.images.mkdir(parents=True, exist_ok=True)
         target = self._image(image)
         partial = target.with_suffix(".partial")
         try:
-            proc.run(["qemu-img", "convert", "-O", "qcow2", source, str(partial)], timeout=3600)
+            proc.stream(
+                convert_argv(self.settings, source, str(partial), "qcow2"),
+                progress_reader(progress),
+                timeout=3600,
+            )
             os.replace(partial, target)
         except proc.CommandError as e:
             partial.unlink(missing_ok=True)
-            raise StorageError(f"cannot import {source}: {e}") from e
+            raise StorageError(f"cannot import: {failure(e)}") from e
         return _virtual_size(target)
 
-    def delete_image(self, image: str) -> None:
+    def delete_image(self, image: str, *, pool: str = "") -> None:
         self._image(image).unlink(missing_ok=True)
 
-    def image_exists(self, image: str) -> bool:
+    def image_exists(self, image: str, *, pool: str = "") -> bool:
         return self._image(image).is_file()
 
-    def create_disk(self, disk: str, image: str, size_gib: float) -> None:
+    def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
         path = self._disk(disk)
         if not path.exists():
             base = self._image(image)

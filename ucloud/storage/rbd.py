@@ -21,7 +21,7 @@ import rbd
 
 from ucloud import proc
 from ucloud.config import Settings
-from ucloud.storage import StorageError
+from ucloud.storage import Progress, StorageError, convert_argv, failure, progress_reader
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +76,49 @@ class RBDStorage:
 
     # --- images --------------------------------------------------------------------------------
 
-    def import_image(self, image: str, source: str) -> int:
-        pool = self.settings.image_pool
-        self.delete_image(image)  # a half-finished import from before, if any
+    def import_image(
+        self, image: str, source: str, *, pool: str = "", progress: Progress | None = None
+    ) -> int:
+        pool = pool or self.settings.image_pool
+        self._remove_leftover(pool, image)
         target = f"rbd:{pool}/{image}:id={self.user}:conf={self.settings.ceph_conf}"
         if self.settings.ceph_keyring:
             target += f":keyring={self.settings.ceph_keyring}"
         try:
-            proc.run(["qemu-img", "convert", "-O", "raw", source, target], timeout=6 * 3600)
+            proc.stream(
+                convert_argv(self.settings, source, target, "raw"),
+                progress_reader(progress),
+                timeout=6 * 3600,
+            )
             with self._ioctx(pool) as ioctx, rbd.Image(ioctx, image) as img:
                 img.create_snap(SNAPSHOT)
                 img.protect_snap(SNAPSHOT)
                 return img.size()
         except (proc.CommandError, rbd.Error) as e:
-            self.delete_image(image)
-            raise StorageError(f"cannot import {source} into RBD: {e}") from e
+            # qemu-img has exited, releasing its lock. (An import abandoned by an exception
+            # from ``progress`` is left as it is, for the next import to remove.)
+            self.delete_image(image, pool=pool)
+            log.error("importing image %s failed: %s", image, e)
+            raise StorageError(f"cannot import into pool {pool}: {failure(e)}") from e
 
-    def delete_image(self, image: str) -> None:
-        with self._ioctx(self.settings.image_pool) as ioctx:
+    def _remove_leftover(self, pool: str, image: str) -> None:
+        """Remove a half-made image. Its importer may have died holding the image's
+        exclusive lock, and its watch lingers for 30 s (osd_client_watch_timeout), during
+        which a removal blocks: breaking the lock blocklists that dead client at once. No
+        live client holds it: imports are the image scanner's, one image at a time."""
+        with self._ioctx(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, image) as img:
+                    lockers = img.list_lockers()
+                    for client, cookie, _ in lockers["lockers"] if lockers else []:
+                        log.warning("breaking %s's lock on half-made image %s", client, image)
+                        img.break_lock(client, cookie)
+            except rbd.ImageNotFound:
+                return
+        self.delete_image(image, pool=pool)
+
+    def delete_image(self, image: str, *, pool: str = "") -> None:
+        with self._ioctx(pool or self.settings.image_pool) as ioctx:
             try:
                 with rbd.Image(ioctx, image) as img:
                     for snap in list(img.list_snaps()):
@@ -104,10 +129,12 @@ class RBDStorage:
             except rbd.ImageNotFound:
                 pass
             except rbd.ImageBusy as e:
-                raise StorageError(f"image {image} still has VM disks cloned from it") from e
+                raise StorageError(
+                    f"image {image} is in use (VM disks cloned from it, or a process has it open)"
+                ) from e
 
-    def image_exists(self, image: str) -> bool:
-        with self._ioctx(self.settings.image_pool) as ioctx:
+    def image_exists(self, image: str, *, pool: str = "") -> bool:
+        with self._ioctx(pool or self.settings.image_pool) as ioctx:
             try:
                 with rbd.Image(ioctx, image, read_only=True) as img:
                     return any(
@@ -118,10 +145,11 @@ class RBDStorage:
 
     # --- disks ---------------------------------------------------------------------------------
 
-    def create_disk(self, disk: str, image: str, size_gib: float) -> None:
+    def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
         wanted = int(size_gib * (1 << 30))
+        pool = pool or self.settings.image_pool
         with (
-            self._ioctx(self.settings.image_pool) as parent,
+            self._ioctx(pool) as parent,
             self._ioctx(self.settings.ceph_pool) as child,
         ):
             try:
@@ -129,9 +157,7 @@ class RBDStorage:
             except rbd.ImageExists:
                 pass  # made by an earlier attempt
             except rbd.ImageNotFound as e:
-                raise StorageError(
-                    f"image {image} is not in pool {self.settings.image_pool}"
-                ) from e
+                raise StorageError(f"image {image} is not in pool {pool}") from e
             with rbd.Image(child, disk) as img:
                 if img.size() < wanted:
                     img.resize(wanted)

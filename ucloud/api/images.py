@@ -1,0 +1,214 @@
+"""File and image endpoints: uploaded files, images made from them, and image stores.
+
+The API only records requests: the image scanner vets and converts files (ucloud.imagescanner)
+and deletes images. An image store names the storage pool its images go to; administrators
+create stores, and the store named by the image_store setting exists without being created.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import AliasChoices, Field
+
+from ucloud.api import errors
+from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.schemas import Credentials, Listing, Name
+from ucloud.models import VM, File, Image, ImageDesired, ImageStore
+from ucloud.store import Conflict, Versioned
+
+bp = Blueprint("image", __name__)
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+class ImageCreate(Credentials):
+    image_name: Name = Field(description="a name for the image")
+    file_uuid: str = Field(min_length=1, max_length=64, description="the uploaded file's uuid")
+    image_store: Name | None = Field(
+        None, description="the image store to keep it in; default: the cluster's default store"
+    )
+    public: bool = Field(False, description="usable by every user (administrators only)")
+
+
+class ImageRef(Credentials):
+    uuid: str = Field(
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("uuid", "id", "image"),
+        description="the image's uuid, or the name of one's own image ('id' accepted too)",
+    )
+
+
+class StoreCreate(Credentials):
+    image_store: Name = Field(description="the new store's name")
+    pool: Name = Field(description="the Ceph pool that holds its images")
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+@endpoint(bp, "/file/list", "GET", summary="The caller's uploaded files (not removed)")
+def list_files(body: Listing, user: Principal) -> Reply:
+    items, _ = context().store.list(File)
+    files = sorted(
+        (v.value for v in items.values() if not v.value.removed and user.owns(v.value)),
+        key=lambda f: (f.owner_realm, f.owner, f.name),
+    )
+    return {"files": [f.model_dump(mode="json") for f in files]}, 200
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@endpoint(
+    bp,
+    "/image/create",
+    summary="Make an image from an uploaded file",
+    responses={202: "queued", 404: "no such file", 409: "name taken"},
+)
+def create(body: ImageCreate, user: Principal) -> Reply:
+    ctx = context()
+    if body.public and not user.admin:
+        raise errors.Forbidden("only administrators may make public images")
+    file = owned_file(body.file_uuid, user)
+    store_name = body.image_store or ctx.settings.image_store
+    pool = pool_of(store_name)
+    items, _ = ctx.store.list(Image)
+    if any(
+        i.value.name == body.image_name
+        and (i.value.owner, i.value.owner_realm) == (user.name, user.realm)
+        and i.value.desired != ImageDesired.DELETED
+        for i in items.values()
+    ):
+        raise errors.Conflict(f"you already have an image named {body.image_name}")
+    image = Image(
+        name=body.image_name,
+        owner=user.name,
+        owner_realm=user.realm,
+        public=body.public,
+        store=store_name,
+        pool=pool,
+        file=file.uuid,
+        sha512=file.sha512,
+    )
+    ctx.store.create(image)
+    return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
+
+
+@endpoint(bp, "/image/list", "GET", summary="Public images and the caller's own")
+def list_images(body: Listing, user: Principal) -> Reply:
+    items, _ = context().store.list(Image)
+    images = sorted(
+        (v.value for v in items.values() if v.value.public or user.owns(v.value)),
+        key=lambda i: i.created,
+    )
+    return {"images": [public(i) for i in images]}, 200
+
+
+@endpoint(
+    bp,
+    "/image/delete",
+    summary="Delete an image no VM uses",
+    responses={202: "queued", 404: "no such image", 409: "VMs use it"},
+)
+def delete(body: ImageRef, user: Principal) -> Reply:
+    store = context().store
+    found = visible_image(body.uuid, user)
+    uuid = found.value.uuid
+    if not user.owns(found.value):
+        raise errors.Forbidden(f"image {body.uuid} is not yours: only its owner may delete it")
+    # A VM created from the image meanwhile slips through; storage then refuses to remove an
+    # image with clones, and the image scanner keeps trying and says why.
+    vms, _ = store.list(VM)
+    users = sorted(id for id, v in vms.items() if v.value.image == uuid)
+    if users:
+        raise errors.Conflict(
+            f"image {body.uuid} is used by {len(users)} VM(s) ({', '.join(users[:5])}): "
+            "delete them first"
+        )
+
+    def change(image: Image) -> bool:
+        if image.desired == ImageDesired.DELETED:
+            return False
+        image.desired = ImageDesired.DELETED
+        return True
+
+    written = store.update(Image, uuid, change)
+    if written is None:
+        raise errors.NotFound(f"no image {body.uuid}")
+    return {"message": "image deletion queued", "image": public(written.value)}, 202
+
+
+# --- image stores ---------------------------------------------------------------------------
+
+
+@endpoint(
+    bp,
+    "/image/store/create",
+    summary="Create an image store: which Ceph pool holds its images",
+    admin=True,
+    responses={201: "created", 409: "exists"},
+)
+def create_store(body: StoreCreate, user: Principal) -> Reply:
+    ctx = context()
+    if body.image_store == ctx.settings.image_store:
+        raise errors.Conflict(f"image store {body.image_store} exists (the default store)")
+    new = ImageStore(name=body.image_store, pool=body.pool)
+    try:
+        ctx.store.create(new)
+    except Conflict as e:
+        raise errors.Conflict(f"image store {body.image_store} already exists") from e
+    return {"message": "image store created", "image_store": new.model_dump(mode="json")}, 201
+
+
+@endpoint(bp, "/image/store/list", "GET", summary="The image stores images can be made in")
+def list_stores(body: Listing, user: Principal) -> Reply:
+    return {"image_stores": [s.model_dump(mode="json") for s in stores()]}, 200
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def stores() -> list[ImageStore]:
+    """Every image store: the default one first, then those administrators created."""
+    ctx = context()
+    default = ImageStore(name=ctx.settings.image_store, pool=ctx.settings.image_pool, created=0)
+    items, _ = ctx.store.list(ImageStore)
+    return [default, *(v.value for _, v in sorted(items.items()) if v.value.name != default.name)]
+
+
+def pool_of(store_name: str) -> str:
+    for store in stores():
+        if store.name == store_name:
+            return store.pool
+    raise errors.BadRequest(f"unknown image store {store_name!r}: see /image/store/list")
+
+
+def owned_file(file_uuid: str, user: Principal) -> File:
+    found = context().store.get(File, file_uuid) if "/" not in file_uuid else None
+    if found is None or not user.owns(found.value):
+        # Another user's file is as invisible as a missing one.
+        raise errors.NotFound(f"no file {file_uuid}")
+    if found.value.removed:
+        raise errors.NotFound(f"file {file_uuid} was removed from your upload directory")
+    return found.value
+
+
+def visible_image(ref: str, user: Principal) -> Versioned[Image]:
+    """The image with uuid ``ref`` if the user may see it, else the user's own named ``ref``."""
+    store = context().store
+    found = store.get(Image, ref) if "/" not in ref else None
+    if found is not None and (found.value.public or user.owns(found.value)):
+        return found
+    items, _ = store.list(Image)
+    named = [v for v in items.values() if v.value.name == ref and user.owns(v.value)]
+    if len(named) > 1:
+        raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
+    if not named:
+        raise errors.NotFound(f"no image {ref}")
+    return named[0]
+
+
+def public(image: Image) -> dict:
+    return image.model_dump(mode="json")

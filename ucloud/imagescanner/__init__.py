@@ -1,0 +1,1 @@
+"""``ucloud-imagescanner``: turns uploaded files into images in storage (see daemon.py)."""
