@@ -5,24 +5,17 @@ Stopping the agent leaves its VMs running; a restarted agent adopts them.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
-from ucloud.config import load_settings
+from ucloud import daemon
 from ucloud.host.agent import HostAgent
 from ucloud.host.hypervisor import open_hypervisor
-from ucloud.logs import setup_logging
 from ucloud.storage import open_storage
 from ucloud.store import Store
 
 
 def main() -> int:
-    settings = load_settings()
-    log = setup_logging("host", settings.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    settings, log, stop = daemon.start("host")
     agent = HostAgent(Store(settings), settings, open_hypervisor(settings), open_storage(settings))
     agent.run(stop)
     log.info("stopped; VMs keep running")

@@ -7,38 +7,26 @@ Run it where both the upload root and Ceph are reachable.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
-from ucloud.config import load_settings
-from ucloud.election import Election
+from ucloud import daemon
 from ucloud.imagescanner.daemon import ImageScanner
-from ucloud.logs import setup_logging
 from ucloud.storage import open_storage
 from ucloud.store import Store
 
 
 def main() -> int:
-    settings = load_settings()
-    log = setup_logging("imagescanner", settings.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
+    settings, log, stop = daemon.start("imagescanner")
     store = Store(settings)
     storage = open_storage(settings)
-    election = Election(store, "imagescanner", settings.imagescanner_lease_ttl)
-    try:
-        while not stop.is_set():
-            guard = election.campaign(stop)
-            if guard is None:
-                break
-            ImageScanner(store, settings, storage, guard).run(stop, election.lost)
-            election.resign()
-    finally:
-        election.resign()
-        log.info("stopped")
+    daemon.lead(
+        store,
+        "imagescanner",
+        settings.imagescanner_lease_ttl,
+        stop,
+        lambda guard, lost: ImageScanner(store, settings, storage, guard).run(stop, lost),
+    )
+    log.info("stopped")
     return 0
 
 

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
-from ucloud.config import load_settings
-from ucloud.election import Election
-from ucloud.logs import setup_logging
+from ucloud import daemon
 from ucloud.scheduler.daemon import Scheduler
 from ucloud.store import Store
 
 
 def main() -> int:
-    settings = load_settings()
-    log = setup_logging("scheduler", settings.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
+    settings, log, stop = daemon.start("scheduler")
     store = Store(settings)
-    election = Election(store, "scheduler", settings.scheduler_lease_ttl)
-    try:
-        while not stop.is_set():
-            guard = election.campaign(stop)
-            if guard is None:
-                break
-            Scheduler(store, settings, guard).run(stop, election.lost)
-            # Deposed or lease lost: hand leadership back and stand for it again.
-            election.resign()
-    finally:
-        election.resign()
-        log.info("stopped")
+    daemon.lead(
+        store,
+        "scheduler",
+        settings.scheduler_lease_ttl,
+        stop,
+        lambda guard, lost: Scheduler(store, settings, guard).run(stop, lost),
+    )
+    log.info("stopped")
     return 0
 
 

@@ -1,0 +1,44 @@
+"""What every daemon's main() does: settings, logging, a stop event set by SIGTERM/SIGINT,
+and, for daemons of which one acts at a time, the leadership loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from ucloud.config import Settings, load_settings
+from ucloud.election import Election
+from ucloud.logs import setup_logging
+from ucloud.store import Guard, Store
+
+
+def start(name: str) -> tuple[Settings, logging.Logger, threading.Event]:
+    settings = load_settings()
+    log = setup_logging(name, settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return settings, log, stop
+
+
+def lead(
+    store: Store,
+    name: str,
+    ttl: int,
+    stop: threading.Event,
+    work: Callable[[Guard, threading.Event], None],
+) -> None:
+    """Campaign; while leading, ``work(guard, lost)`` until it returns (stopped, deposed, or
+    ``lost`` set when the lease expires); then hand leadership back and stand again."""
+    election = Election(store, name, ttl)
+    try:
+        while not stop.is_set():
+            guard = election.campaign(stop)
+            if guard is None:
+                break
+            work(guard, election.lost)
+            election.resign()
+    finally:
+        election.resign()
