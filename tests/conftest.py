@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -113,5 +113,15 @@ def image(store: Store) -> Image:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
+def scheduler(store: Store, settings: Settings):
+    """A scheduler in a thread of the test process (the election is left out)."""
+    from ucloud.scheduler.daemon import Scheduler
+
+    s = Scheduler(Store(settings), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    yield s
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()

@@ -14,10 +14,7 @@ from tests.conftest import Account
 from tests.servers import free_port
 from ucloud.cli.errors import ExitCode
 from ucloud.cli.main import main
-from ucloud.config import Settings
 from ucloud.models import VM, Desired, Image, Status
-from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import Store
 
 CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
 
@@ -85,18 +82,6 @@ def alice_cli(cli: CLI, api_url: str, alice: Account) -> CLI:
 @pytest.fixture
 def admin_cli(cli: CLI, api_url: str, admin: Account) -> CLI:
     return cli.as_user(api_url, admin)
-
-
-@pytest.fixture
-def scheduler(store: Store, settings: Settings) -> Iterator[Scheduler]:
-    s = Scheduler(Store(settings), settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
-    thread.start()
-    yield s
-    stop.set()
-    thread.join(10)
-    assert not thread.is_alive()
 
 
 def create(cli: CLI, image: Image, name: str = "web") -> dict:

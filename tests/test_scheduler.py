@@ -7,9 +7,6 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from tests.conftest import make_image
 from tests.servers import Daemon, Etcd, wait_for
@@ -36,18 +33,6 @@ class FakeAgent:
     def die(self) -> None:
         """Stop renewing: the alive key goes when the lease expires."""
         self.keepalive.stop()
-
-
-@pytest.fixture
-def scheduler(store: Store, settings: Settings) -> Iterator[Scheduler]:
-    s = Scheduler(Store(settings), settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
-    thread.start()
-    yield s
-    stop.set()
-    thread.join(10)
-    assert not thread.is_alive()
 
 
 def new_vm(store: Store, cpu: int = 1, ram: float = 1, name: str = "vm") -> VM:
