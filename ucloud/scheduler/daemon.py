@@ -8,10 +8,16 @@ It mirrors VMs, hosts and alive keys in memory (list, then watch), and in one th
 - re-places VMs that sat in SCHEDULED past their deadline, and gives up after a few attempts.
 
 Every write carries the leadership Guard, so a deposed scheduler cannot write.
+
+What a pass costs grows with what changed, not with the size of the cluster: each host's
+state (capacity, what its VMs use) and the pool of hosts that pass the host filters are kept
+between passes and updated from the watch events; the VMs in SCHEDULED wait in a heap ordered
+by their deadline. Only the periodic resync looks at everything.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
@@ -49,10 +55,15 @@ class Scheduler:
         # Derived state, kept in step with the mirrors by on_vm/on_host.
         self.used: dict[str, Specs] = {}  # host name -> what its VMs use
         self.placed: dict[str, set[str]] = {}  # host name -> its VMs
+        self.states: dict[str, HostState] = {}  # host name -> its state, used kept in step
+        self.stale_hosts: set[str] = set()  # hosts whose record or alive key changed
+        self.pool: placement.Candidates | None = None  # None: rebuild from states
         self.pending: dict[str, None] = {}  # VMs that want a host, oldest first
         self.unfit: set[str] = set()  # pending VMs no host could take; retried on change
         self.chores: set[str] = set()  # VMs without host whose desired state needs a step
-        self.scheduled: set[str] = set()  # VMs in SCHEDULED, watched for their deadline
+        self.homeless: set[str] = set()  # deleted VMs with a disk, waiting for a live host
+        self.scheduled: dict[str, float] = {}  # VMs in SCHEDULED -> since when
+        self.deadlines: list[tuple[float, str]] = []  # heap: (when SCHEDULED runs out, VM)
         self.hosts_to_check: set[str] = set()
         self.capacity_changed = False
         self.placements = 0
@@ -110,10 +121,12 @@ class Scheduler:
         elif kind is Host:
             for id, _, _ in self.hosts.apply(item):
                 self.hosts_to_check.add(id)
+                self.stale_hosts.add(id)
                 self.capacity_changed = True
         elif kind is Alive:
             for id, _, _ in self.alive.apply(item):
                 self.hosts_to_check.add(id)
+                self.stale_hosts.add(id)
                 self.capacity_changed = True
 
     def step(self) -> None:
@@ -126,8 +139,12 @@ class Scheduler:
     def resync(self) -> None:
         """The safety net: look at every host and VM again, as if each had changed."""
         self.hosts_to_check.update(v.value.name for v in self.hosts.items.values())
+        self.stale_hosts.update(self.hosts.items)
         for id, v in self.vms.items.items():
             self.on_vm(id, v, v)
+        limit = self.settings.scheduled_deadline
+        self.deadlines = [(since + limit, id) for id, since in self.scheduled.items()]
+        heapq.heapify(self.deadlines)
         self.capacity_changed = True
 
     # --- derived state -------------------------------------------------------------------------
@@ -136,10 +153,10 @@ class Scheduler:
         old: VM | None = before.value if before else None
         new: VM | None = after.value if after else None
         if old is not None and old.hostname:
-            self.used[old.hostname] = self.used.get(old.hostname, ZERO) - old.specs
+            self.use(old.hostname, self.used.get(old.hostname, ZERO) - old.specs)
             self.placed.get(old.hostname, set()).discard(id)
         if new is not None and new.hostname:
-            self.used[new.hostname] = self.used.get(new.hostname, ZERO) + new.specs
+            self.use(new.hostname, self.used.get(new.hostname, ZERO) + new.specs)
             self.placed.setdefault(new.hostname, set()).add(id)
         if old is not None and old.hostname and (new is None or new.hostname != old.hostname):
             self.capacity_changed = True
@@ -147,7 +164,8 @@ class Scheduler:
         self.pending.pop(id, None)
         self.unfit.discard(id)
         self.chores.discard(id)
-        self.scheduled.discard(id)
+        self.homeless.discard(id)
+        since = self.scheduled.pop(id, None)
         if new is None:
             return
         if new.wants_host:
@@ -155,18 +173,45 @@ class Scheduler:
         elif not new.hostname and _needs_chore(new):
             self.chores.add(id)
         if new.status == Status.SCHEDULED:
-            self.scheduled.add(id)
+            self.scheduled[id] = new.status_since
+            if since != new.status_since:
+                due = new.status_since + self.settings.scheduled_deadline
+                heapq.heappush(self.deadlines, (due, id))
         host = self.hosts.get(new.hostname) if new.hostname else None
         if host is not None and host.value.status == HostStatus.DEAD:
             self.hosts_to_check.add(new.hostname)  # placed on a dead host: move it
 
+    def use(self, host: str, used: Specs) -> None:
+        self.used[host] = used
+        state = self.states.get(host)
+        if state is not None:
+            state.used = used
+
     def host_states(self) -> list[HostState]:
-        states = []
-        for h in self.hosts:
-            state = HostState.of(h, h.name in self.alive.items, self.settings)
-            state.used = self.used.get(h.name, ZERO)
-            states.append(state)
-        return states
+        self.refresh_hosts()
+        return list(self.states.values())
+
+    def refresh_hosts(self) -> None:
+        """Bring the states of the hosts that changed up to date (and drop the pool)."""
+        if not self.stale_hosts:
+            return
+        for name in self.stale_hosts:
+            found = self.hosts.get(name)
+            if found is None:
+                self.states.pop(name, None)
+                continue
+            state = HostState.of(found.value, name in self.alive.items, self.settings)
+            state.used = self.used.get(name, ZERO)
+            self.states[name] = state
+        self.stale_hosts.clear()
+        self.pool = None
+
+    def candidates(self) -> placement.Candidates:
+        """The hosts that pass the host filters, kept until a host changes."""
+        self.refresh_hosts()
+        if self.pool is None:
+            self.pool = placement.candidates(self.states.values())
+        return self.pool
 
     # --- hosts ---------------------------------------------------------------------------------
 
@@ -223,7 +268,8 @@ class Scheduler:
                 continue
             if vm.desired == Desired.DELETED:
                 if vm.disk:
-                    self.hand_over_for_deletion(found)
+                    if not self.hand_over_for_deletion(found):
+                        self.homeless.add(id)
                 elif self.store.delete(VM, id, found.mod_revision, self.guard):
                     log.info("VM %s deleted (it never had a disk)", id)
                     for diff in self.vms.apply(Change(VM, id, None, found.mod_revision + 1)):
@@ -233,16 +279,18 @@ class Scheduler:
                 vm.observed_generation = vm.generation
                 self.write(vm, found.mod_revision, self.vms)
 
-    def hand_over_for_deletion(self, found: Any) -> None:
-        """A VM with a disk but no host: a live host agent removes the disk, then the VM."""
+    def hand_over_for_deletion(self, found: Any) -> bool:
+        """A VM with a disk but no host: a live host agent removes the disk, then the VM.
+        False if no host is up (retried when one comes up: capacity_changed)."""
         up = [h for h in self.host_states() if placement.is_up(h)]
         if not up:
-            return  # retried when a host comes up (capacity_changed re-runs chores)
+            return False
         host = min(up, key=lambda h: len(self.placed.get(h.name, ())))
         vm = found.value.model_copy(deep=True)
         vm.hostname = host.name
         vm.set_status(Status.DELETING, ME, f"host {host.name} removes its disk")
         self.write(vm, found.mod_revision, self.vms)
+        return True
 
     # --- placement -----------------------------------------------------------------------------
 
@@ -253,14 +301,11 @@ class Scheduler:
                 self.pending[id] = None
             self.unfit.clear()
             # A host coming up may let a deleted VM's disk be removed.
-            self.chores.update(
-                id
-                for id, v in self.vms.items.items()
-                if not v.value.hostname and v.value.desired == Desired.DELETED
-            )
+            self.chores.update(self.homeless)
+            self.homeless.clear()
         if not self.pending:
             return
-        pool = placement.candidates(self.host_states())
+        pool = self.candidates()
         batch: list[tuple[VM, int]] = []
         for id in list(self.pending):
             found = self.vms.get(id)
@@ -280,9 +325,9 @@ class Scheduler:
             placed.observed_generation = placed.generation
             placed.set_status(Status.SCHEDULED, ME, f"placed on {host.name}")
             batch.append((placed, found.mod_revision))
-            # Count it against the host now, so the next VM of this pass sees it.
+            # Count it against the host now (on_vm updates its state), so the next VM of this
+            # pass sees it.
             self.on_vm(id, found, self.vms.put_local(id, placed, 0)[2])
-            host.used = self.used[host.name]
             if len(batch) == BATCH:
                 self.commit(batch)
                 batch = []
@@ -326,14 +371,15 @@ class Scheduler:
 
     def check_deadlines(self) -> None:
         """Re-place VMs whose host has not taken them up in time; give up after a few tries."""
-        deadline = time.time() - self.settings.scheduled_deadline
-        for id in list(self.scheduled):
+        now = time.time()
+        deadline = now - self.settings.scheduled_deadline
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, id = heapq.heappop(self.deadlines)
             found = self.vms.get(id)
             if found is None or found.value.status != Status.SCHEDULED:
-                self.scheduled.discard(id)
                 continue
             if found.value.status_since > deadline:
-                continue
+                continue  # SCHEDULED again since: a later entry stands for it
             vm = found.value.model_copy(deep=True)
             late = (
                 f"host {vm.hostname} did not start it within {self.settings.scheduled_deadline:g} s"
@@ -344,7 +390,8 @@ class Scheduler:
                 vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
             else:
                 vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
-            self.write(vm, found.mod_revision, self.vms)
+            if not self.write(vm, found.mod_revision, self.vms):
+                heapq.heappush(self.deadlines, (now + 1.0, id))  # look again shortly
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -360,6 +407,7 @@ class Scheduler:
             self.on_vm(*diff)
         else:
             self.hosts_to_check.add(obj.id)
+            self.stale_hosts.add(obj.id)
         return True
 
     def check_guard(self) -> None:

@@ -1,8 +1,12 @@
 """Placement as Nova does it, smaller: filters drop hosts that cannot take a VM, weighers rank
 the rest. Each filter and weigher is a small pure function over in-memory state.
 
-Host filters depend only on the host and run once per placement pass; fit filters depend on
-the VM too and run for each VM.
+Host filters depend only on the host and run when hosts change (the scheduler keeps the
+result, a Candidates pool, between passes); fit filters depend on the VM too and run for each
+VM. In a large cluster a VM is not weighed against every host: as Kubernetes' scheduler does
+(percentageOfNodesToScore), the search stops once it has found a number of fitting hosts that
+grows with the cluster but slower than it, and the next search starts where this one stopped,
+so that every host is looked at in turn. A VM that fits nowhere has been tried on every host.
 """
 
 from __future__ import annotations
@@ -91,12 +95,32 @@ FIT_FILTERS: list[tuple[str, FitFilter]] = [
 WEIGHERS: list[tuple[float, Weigher]] = [(1.0, free_ram), (0.5, free_cpu)]
 
 
+# Kubernetes' minFeasibleNodesToFind and adaptive percentageOfNodesToScore.
+MIN_FEASIBLE = 100
+MIN_PERCENT = 5
+
+
+def feasible_to_find(hosts: int) -> int:
+    """How many fitting hosts to weigh for one VM: every host of a cluster of up to 100, else
+    50 % less 1 % per 125 hosts, at least 5 % and at least 100 (5,000 hosts: 500)."""
+    if hosts <= MIN_FEASIBLE:
+        return hosts
+    percent = max(50 - hosts // 125, MIN_PERCENT)
+    return max(hosts * percent // 100, MIN_FEASIBLE)
+
+
 @dataclass
 class Candidates:
-    """The hosts that passed the host filters, and how many each filter rejected."""
+    """The hosts that passed the host filters, and how many each filter rejected; ``start``
+    is where the next search begins."""
 
     hosts: list[HostState]
     rejected: Counter[str]
+    start: int = 0
+    to_find: int = 0
+
+    def __post_init__(self) -> None:
+        self.to_find = feasible_to_find(len(self.hosts))
 
 
 def candidates(hosts: Iterable[HostState]) -> Candidates:
@@ -113,22 +137,39 @@ def candidates(hosts: Iterable[HostState]) -> Candidates:
 
 
 def choose(vm: VM, pool: Candidates, pack: bool = False) -> tuple[HostState | None, str]:
-    """The best host for ``vm``, or None and a reason a user can read."""
+    """The best host for ``vm`` among the first ``pool.to_find`` that fit, looking from
+    ``pool.start`` on (and moving it past the hosts looked at); or None and a reason a user can
+    read, after looking at every host."""
     best: HostState | None = None
     best_score = 0.0
-    rejected = Counter(pool.rejected)
+    rejected: Counter[str] = Counter()
     sign = -1.0 if pack else 1.0
-    for h in pool.hosts:
+    hosts = pool.hosts
+    count = len(hosts)
+    i = pool.start if pool.start < count else 0
+    found = looked = 0
+    while looked < count:
+        h = hosts[i]
+        i = i + 1 if i + 1 < count else 0
+        looked += 1
         for why, fits in FIT_FILTERS:
             if not fits(h, vm):
                 rejected[why] += 1
                 break
         else:
-            score = sign * sum(m * weigh(h, vm) for m, weigh in WEIGHERS)
+            score = 0.0
+            for m, weigh in WEIGHERS:
+                score += m * weigh(h, vm)
+            score *= sign
             if best is None or score > best_score:
                 best, best_score = h, score
+            found += 1
+            if found >= pool.to_find:
+                break
+    pool.start = i
     if best is not None:
         return best, ""
+    rejected = Counter(pool.rejected) + rejected
     if not rejected:
         return None, "no hosts are registered"
     details = ", ".join(f"{n} {why}" for why, n in rejected.most_common())
