@@ -211,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between creations")
     parser.add_argument("--max-live", type=int, default=20, help="VMs kept at once (see above)")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--host-workers", type=int, default=4, help="the agent's (default 4)")
+    parser.add_argument(
+        "--host-resync",
+        type=float,
+        default=3600.0,
+        help="the agent's periodic resync, s (default 3600: with its default, 30, the agent"
+        " dies when a domain vanishes while it lists them, see RESULTS.md)",
+    )
     parser.add_argument("--quick", action="store_true", help="20 VMs")
     parser.add_argument("--record", action="store_true", help="write the table to RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -236,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             lv,
             "node1",
             wd / "node1",
-            host_ram=max(8.0, (n + 2) * SPECS["ram"]),  # room for all: no VM waits for room
+            # Room for all: no VM waits for room (4 vCPUs a CPU: cpu_allocation_ratio).
+            host_cpu=max(8, (n + 2) // 4 + 1),
+            host_ram=max(8.0, (n + 2) * SPECS["ram"]),
+            host_resync=args.host_resync,
+            host_workers=args.host_workers,
         )
         store = Store(settings)
         storage = RBDStorage(host)
@@ -264,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         _, revision = store.list(VM)
         tracker = Tracker(store, revision + 1)
         first = client.post("/vm/create", vm_name="warmup", specs=SPECS, image=image.uuid)["uuid"]
-        _wait(tracker, lambda: first in tracker.running or first in tracker.failed, 120)
+        _wait(tracker, lambda: first in tracker.running or first in tracker.failed, 120, agent)
         client.post("/vm/delete", vmid=first)
-        _wait(tracker, lambda: first in tracker.gone, 60)
+        _wait(tracker, lambda: first in tracker.gone, 60, agent)
 
         pids = {
             "ucloud-api": api.pid,
@@ -309,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             tracker,
             lambda: all(v in tracker.running or v in tracker.failed for v in sent),
             args.timeout,
+            agent,
+            scheduler,
         )
         window.close()
         busy = (machine_busy() - busy0) / window.seconds * 100
@@ -318,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for vmid in sent:
             if vmid not in deleted:
                 client.post("/vm/delete", vmid=vmid)
-        _wait(tracker, lambda: all(v in tracker.gone for v in sent), args.timeout)
+        _wait(tracker, lambda: all(v in tracker.gone for v in sent), args.timeout, agent)
         tracker.stop()
 
     phases: dict[str, list[float]] = {
@@ -382,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     text = table(["phase", "from -> to", "VMs", "p50 ms", "p95 ms", "p99 ms", "reference"], rows)
     cpu = ", ".join(f"{k} {window.percent(k):.0f} %" for k in pids)
     cpu += f"; the whole machine (QEMUs too) {busy:.0f} %"
+    cpu += f", {busy / 100 * window.seconds / n:.2f} CPU-seconds a VM over {window.seconds:.0f} s"
     notes = (
         f"- {n} VMs ({SPECS['cpu']} vCPU, {SPECS['ram']:g} GiB RAM, {SPECS['ssd']} GiB RBD "
         f"clone of the boot-sector image), created through ucloud-api {args.interval:g} s "
         f"apart; at most {args.max_live} kept running (older ones deleted through the API "
         f"during the run: {len(deleted)} deleted). TCG (`accel=qemu`), host_workers "
-        f"{host.host_workers}. {len(tracker.failed)} went to ERROR.\n"
+        f"{host.host_workers}, host_resync {host.host_resync:g} s. "
+        f"{len(tracker.failed)} went to ERROR.\n"
         f"- CPU during the run (% of one core; 2 cores = 200 %): {cpu}.\n"
         "- References measured in this run: a single etcd transaction (1 client), "
         "RBDStorage.create_disk called directly, plain QEMU booting the same disk "
@@ -400,10 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _wait(tracker: Tracker, done, timeout: float) -> None:
+def _wait(tracker: Tracker, done, timeout: float, *daemons: Any) -> None:
     deadline = time.monotonic() + timeout
     with tracker.cond:
         while not done():
+            for d in daemons:
+                if not d.alive():
+                    tail = "\n".join(d.output().splitlines()[-15:])
+                    raise RuntimeError(f"a daemon died ({d.log}):\n{tail}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"timed out after {timeout} s")
