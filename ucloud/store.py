@@ -41,6 +41,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure list
+LIST_PAGE = 500  # keys a Range answer: a VM with a full event log is about 4 KiB
 
 
 class Conflict(Exception):
@@ -117,16 +118,46 @@ class Store:
 
     def list(self, kind: type[M], under: str = "") -> tuple[dict[str, Versioned[M]], int]:
         """Every object of ``kind`` (whose id starts with ``under``), and the store revision
-        the list was read at: watch from revision + 1 to miss nothing."""
-        response = self.client.get_prefix_response(self.folder(kind) + under)
-        items: dict[str, Versioned[M]] = {}
-        for kv in response.kvs:
-            id = self._id_from_key(kind, kv.key)
+        the list was read at: watch from revision + 1 to miss nothing.
+
+        Read in pages (one Range answer must fit gRPC's 4 MiB), every page at the first page's
+        revision, so the whole list is one consistent snapshot."""
+        prefix = (self.folder(kind) + under).encode()
+        end = etcd3.utils.prefix_range_end(prefix)
+        while True:
             try:
-                items[id] = Versioned(kind.model_validate_json(kv.value), kv.mod_revision)
-            except ValidationError as e:
-                log.error("skipping unreadable %s %s: %s", kind.kind, id, e)
-        return items, response.header.revision
+                return self._list_pages(kind, prefix, end)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                # Compacted between two pages: read the whole list again at a newer revision.
+
+    def _list_pages(
+        self, kind: type[M], start: bytes, end: bytes
+    ) -> tuple[dict[str, Versioned[M]], int]:
+        items: dict[str, Versioned[M]] = {}
+        revision = 0
+        key = start
+        while True:
+            request = etcdrpc.RangeRequest(
+                key=key, range_end=end, limit=LIST_PAGE, revision=revision
+            )
+            response = self.client.kvstub.Range(
+                request,
+                self.client.timeout,
+                credentials=self.client.call_credentials,
+                metadata=self.client.metadata,
+            )
+            revision = revision or response.header.revision
+            for kv in response.kvs:
+                id = self._id_from_key(kind, kv.key)
+                try:
+                    items[id] = Versioned(kind.model_validate_json(kv.value), kv.mod_revision)
+                except ValidationError as e:
+                    log.error("skipping unreadable %s %s: %s", kind.kind, id, e)
+            if not response.more or not response.kvs:
+                return items, revision
+            key = response.kvs[-1].key + b"\0"
 
     # --- writes ------------------------------------------------------------------------------
 
