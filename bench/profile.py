@@ -73,16 +73,22 @@ def summarize(path: Path, top: int = 25, all_threads: bool = False) -> str:
     for thread, frames, n in stacks:
         if thread != busiest and not all_threads:
             continue
-        for f in set(frames):
-            inclusive[_short(f)] += n
+        for f in {_function(f) for f in frames}:
+            inclusive[f] += n
         if frames:
             own[_short(frames[-1])] += n
     lines = [f"busiest thread {busiest}: {total} samples"]
-    lines.append("inclusive:")
+    lines.append("inclusive, by function:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
-    lines.append("own:")
+    lines.append("own, by line:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
     return "\n".join(lines)
+
+
+def _function(frame: str) -> str:
+    """'function (path/to/file.py:123)' -> 'function (file.py)'."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1].split(':', 1)[0]})" if where else name
 
 
 def _short(frame: str) -> str:

@@ -14,7 +14,6 @@ Safety rules:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
@@ -155,8 +154,12 @@ class HostAgent:
         with self.lock:
             mine = [id for id, v in self.vms.items.items() if v.value.hostname == self.name]
         self.queue.add_all(mine)
-        with contextlib.suppress(Unreachable):
+        try:
             self.queue.add_all(self.hv.domains())
+        except Unreachable:
+            pass  # the reconnect reports every domain
+        except HypervisorError as e:
+            log.warning("could not list domains for a resync: %s", e)
 
     # --- reconcile -----------------------------------------------------------------------------
 

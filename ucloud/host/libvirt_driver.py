@@ -165,9 +165,16 @@ class LibvirtHypervisor:
             found = {}
             for dom in conn.listAllDomains():
                 name = dom.name()
-                if name.startswith(PREFIX):
-                    vm = name[len(PREFIX) :]
-                    found[vm] = Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+                if not name.startswith(PREFIX):
+                    continue
+                try:
+                    state = dom.state()[0]
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # undefined while we listed
+                    raise
+                vm = name[len(PREFIX) :]
+                found[vm] = Domain(vm, _POWER.get(state, Power.SHUTOFF))
             return found
 
         return self._call("list domains", list_all)
