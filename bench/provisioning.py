@@ -27,8 +27,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import etcd3.utils
-from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
 from bench.common import (
@@ -63,7 +61,7 @@ from ucloud import auth
 from ucloud.images import register_image
 from ucloud.models import VM
 from ucloud.storage.rbd import RBDStorage
-from ucloud.store import Store
+from ucloud.store import Store, WatchStream
 
 SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
 SLO_P99 = 5.0  # Kubernetes' pod start-up objective, seconds
@@ -106,25 +104,13 @@ class Tracker:
         self.failed: dict[str, str] = {}
         self.gone: set[str] = set()
         self.cond = threading.Condition()
-        self._stop = threading.Event()
-        self._call: Any = None
-        self._thread = threading.Thread(target=self._run, args=(revision,), daemon=True)
+        # Made here, not in the thread, so that stop() always finds it.
+        self._call = WatchStream(store, store.folder(VM), revision, prefix=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self, revision: int) -> None:
+    def _run(self) -> None:
         prefix = self.store.folder(VM).encode()
-        request = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=prefix, range_end=etcd3.utils.prefix_range_end(prefix), start_revision=revision
-            )
-        )
-
-        def requests():
-            yield request
-            self._stop.wait()
-
-        client = self.store.client
-        self._call = etcdrpc.WatchStub(client.channel).Watch(requests(), metadata=client.metadata)
         with contextlib.suppress(Exception):
             for response in self._call:
                 for event in response.events:
@@ -149,9 +135,7 @@ class Tracker:
                             self.cond.notify_all()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._call is not None:
-            self._call.cancel()
+        self._call.cancel()
 
 
 class Client:

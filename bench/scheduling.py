@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import etcd3.utils
-from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
 from bench.common import (
@@ -66,7 +65,7 @@ from bench.profile import Profile
 from tests.conftest import make_account, make_image
 from ucloud.config import Settings
 from ucloud.models import VM, Alive, Host, HostStatus, Specs
-from ucloud.store import KeepAlive, Store
+from ucloud.store import KeepAlive, Store, WatchStream
 
 FLAVORS = [(1, 1.0), (1, 2.0), (2, 4.0), (4, 8.0)]  # (cpu, ram GiB), round robin
 HOST_CLASSES = [(16, 64.0), (32, 128.0), (64, 256.0)]  # (cpu, ram GiB), random
@@ -103,27 +102,12 @@ class Watcher:
         self.created = 0
         self.placed: dict[bytes, float] = {}
         self.first_created: float | None = None
-        self._stop = threading.Event()
-        self._call: Any = None
-        self._thread = threading.Thread(target=self._run, args=(revision,), daemon=True)
+        # Made here, not in the thread, so that stop() always finds it.
+        self._call = WatchStream(store, store.folder(VM), revision, prefix=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self, revision: int) -> None:
-        prefix = self.store.folder(VM).encode()
-        request = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=prefix,
-                range_end=etcd3.utils.prefix_range_end(prefix),
-                start_revision=revision,
-            )
-        )
-
-        def requests():
-            yield request
-            self._stop.wait()
-
-        client = self.store.client
-        self._call = etcdrpc.WatchStub(client.channel).Watch(requests(), metadata=client.metadata)
+    def _run(self) -> None:
         with contextlib.suppress(Exception):
             for response in self._call:
                 now = time.time()
@@ -139,9 +123,7 @@ class Watcher:
                         self.placed[kv.key] = now
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._call is not None:
-            self._call.cancel()
+        self._call.cancel()
 
 
 # --- creators ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -241,30 +241,16 @@ class Store:
 
     def wait_deleted(self, key: str, after_revision: int, timeout: float) -> None:
         """Return when ``key`` is deleted after ``after_revision``, or after ``timeout``."""
-
-        stop = threading.Event()
-
-        def requests() -> Iterator[Any]:
-            yield etcdrpc.WatchRequest(
-                create_request=etcdrpc.WatchCreateRequest(
-                    key=key.encode(), start_revision=after_revision + 1
-                )
-            )
-            stop.wait()
-
-        call = etcdrpc.WatchStub(self.client.channel).Watch(
-            requests(), timeout=timeout, metadata=self.client.metadata
-        )
+        stream = WatchStream(self, key, after_revision + 1, timeout=timeout)
         try:
-            for response in call:
+            for response in stream:
                 if response.canceled or any(e.type == kv_pb2.Event.DELETE for e in response.events):
                     return
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
         finally:
-            stop.set()
-            call.cancel()
+            stream.cancel()
 
     def follow(
         self, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
@@ -289,6 +275,49 @@ class Guard:
         return t.create(self.key) == self.create_revision
 
 
+class WatchStream:
+    """One gRPC watch stream over ``key`` (a whole prefix if ``prefix``) from ``start_revision``:
+    iterate it for etcd's raw watch responses; cancel() ends it from any thread.
+
+    The one place that speaks etcd's watch protocol (python-etcd3 0.13's own watcher dies
+    silently when its stream breaks). Errors of the stream come out of the iteration as
+    grpc.RpcError; resuming is the caller's choice (Follower resumes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        start_revision: int,
+        *,
+        prefix: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        raw = key.encode()
+        create = etcdrpc.WatchCreateRequest(key=raw, start_revision=start_revision)
+        if prefix:
+            create.range_end = etcd3.utils.prefix_range_end(raw)
+        self._request = etcdrpc.WatchRequest(create_request=create)
+        self._done = threading.Event()
+        client = store.client
+        self._call = etcdrpc.WatchStub(client.channel).Watch(
+            self._requests(),
+            timeout=timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
+        )
+
+    def _requests(self) -> Iterator[Any]:
+        yield self._request
+        self._done.wait()  # closing our side would end the watch
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._call)
+
+    def cancel(self) -> None:
+        self._done.set()
+        self._call.cancel()
+
+
 class Follower(Generic[M]):
     """List-then-watch of one kind of object that does not lose events.
 
@@ -307,7 +336,7 @@ class Follower(Generic[M]):
         self.deliver = deliver
         self.next_revision = 0  # 0: list first
         self._stopped = threading.Event()
-        self._call: Any = None
+        self._stream: WatchStream | None = None
         self._thread = threading.Thread(target=self._run, name=f"follow-{kind.kind}", daemon=True)
 
     def start(self) -> None:
@@ -318,9 +347,9 @@ class Follower(Generic[M]):
 
     def stop(self) -> None:
         self._stopped.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
@@ -363,36 +392,27 @@ class Follower(Generic[M]):
 
     def _watch(self) -> bool:
         """Stream events until the stream ends; True if it delivered anything."""
-        prefix = self.store.folder(self.kind)
-        request = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=prefix.encode(),
-                range_end=etcd3.utils.prefix_range_end(prefix.encode()),
-                start_revision=self.next_revision,
-            )
+        stream = WatchStream(
+            self.store, self.store.folder(self.kind), self.next_revision, prefix=True
         )
-
-        def requests() -> Iterator[Any]:
-            yield request
-            self._stopped.wait()  # closing our side would end the watch
-
-        client = self.store.client
-        self._call = etcdrpc.WatchStub(client.channel).Watch(
-            requests(), credentials=client.call_credentials, metadata=client.metadata
-        )
+        self._stream = stream
+        if self._stopped.is_set():  # stop() ran before the stream existed
+            stream.cancel()
         delivered = False
-        for response in self._call:
-            if response.compact_revision:
-                log.warning("%s watch position was compacted; listing again", self.kind.kind)
-                self.next_revision = 0
-                self._call.cancel()
-                return delivered
-            if response.canceled:
-                return delivered
-            for event in response.events:
-                self._deliver_event(event)
-                delivered = True
-        return delivered
+        try:
+            for response in stream:
+                if response.compact_revision:
+                    log.warning("%s watch position was compacted; listing again", self.kind.kind)
+                    self.next_revision = 0
+                    return delivered
+                if response.canceled:
+                    return delivered
+                for event in response.events:
+                    self._deliver_event(event)
+                    delivered = True
+            return delivered
+        finally:
+            stream.cancel()
 
     def _deliver_event(self, event: Any) -> None:
         id = self.store._id_from_key(self.kind, event.kv.key)
@@ -414,17 +434,6 @@ def _brief(e: BaseException) -> str:
         code = e.code() if hasattr(e, "code") else None
         return f"grpc {getattr(code, 'name', code)}"
     return type(e).__name__ + (f": {e}" if str(e) else "")
-
-
-@contextmanager
-def retrying(what: str, stop: threading.Event | None = None) -> Iterator[None]:
-    """Not a retry loop itself: logs an unavailable etcd once and sleeps a little, so a
-    daemon's loop can simply go round again."""
-    try:
-        yield
-    except UNAVAILABLE as e:
-        log.warning("%s: etcd unavailable (%s); will retry", what, _brief(e))
-        (stop or threading.Event()).wait(1.0)
 
 
 class KeepAlive:
