@@ -183,10 +183,6 @@ class VM(Stored):
     def id(self) -> str:
         return self.uuid
 
-    @property
-    def owner_key(self) -> str:
-        return f"{self.owner_realm}/{self.owner}"
-
     def record(self, by: str, message: str) -> None:
         """Append to the VM's short event log."""
         self.log = [*self.log, Event(by=by, message=message)][-EVENT_LOG_LENGTH:]

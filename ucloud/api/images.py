@@ -8,41 +8,14 @@ create stores, and the store named by the image_store setting exists without bei
 from __future__ import annotations
 
 from flask import Blueprint
-from pydantic import AliasChoices, Field
 
 from ucloud.api import errors
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
-from ucloud.api.schemas import Credentials, Listing, Name
+from ucloud.api.schemas import ImageCreate, ImageRef, Listing, StoreCreate
 from ucloud.models import VM, File, Image, ImageDesired, ImageStore
 from ucloud.store import Conflict, Versioned
 
 bp = Blueprint("image", __name__)
-
-
-# --- request bodies -------------------------------------------------------------------------
-
-
-class ImageCreate(Credentials):
-    image_name: Name = Field(description="a name for the image")
-    file_uuid: str = Field(min_length=1, max_length=64, description="the uploaded file's uuid")
-    image_store: Name | None = Field(
-        None, description="the image store to keep it in; default: the cluster's default store"
-    )
-    public: bool = Field(False, description="usable by every user (administrators only)")
-
-
-class ImageRef(Credentials):
-    uuid: str = Field(
-        min_length=1,
-        max_length=64,
-        validation_alias=AliasChoices("uuid", "id", "image"),
-        description="the image's uuid, or the name of one's own image ('id' accepted too)",
-    )
-
-
-class StoreCreate(Credentials):
-    image_store: Name = Field(description="the new store's name")
-    pool: Name = Field(description="the Ceph pool that holds its images")
 
 
 # --- files ----------------------------------------------------------------------------------

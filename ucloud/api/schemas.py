@@ -115,3 +115,26 @@ class HostMaintenance(Credentials):
 class UserCreate(Credentials):
     user: Name = Field(description="the new user's name")
     user_realm: Name = Field(description="the new user's realm")
+
+
+class ImageCreate(Credentials):
+    image_name: Name = Field(description="a name for the image")
+    file_uuid: str = Field(min_length=1, max_length=64, description="the uploaded file's uuid")
+    image_store: Name | None = Field(
+        None, description="the image store to keep it in; default: the cluster's default store"
+    )
+    public: bool = Field(False, description="usable by every user (administrators only)")
+
+
+class ImageRef(Credentials):
+    uuid: str = Field(
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("uuid", "id", "image"),
+        description="the image's uuid, or the name of one's own image ('id' accepted too)",
+    )
+
+
+class StoreCreate(Credentials):
+    image_store: Name = Field(description="the new store's name")
+    pool: Name = Field(description="the Ceph pool that holds its images")

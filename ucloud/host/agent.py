@@ -19,6 +19,7 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ucloud import proc
@@ -90,7 +91,7 @@ class HostAgent:
                 self.keepalive.stop()
             self.hv.close()
 
-    def _retry(self, stop: threading.Event, what: str, action) -> None:
+    def _retry(self, stop: threading.Event, what: str, action: Callable[[], None]) -> None:
         delay = 0.5
         while not stop.is_set():
             try:

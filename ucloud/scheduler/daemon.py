@@ -66,7 +66,6 @@ class Scheduler:
         self.deadlines: list[tuple[float, str]] = []  # heap: (when SCHEDULED runs out, VM)
         self.hosts_to_check: set[str] = set()
         self.capacity_changed = False
-        self.placements = 0
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -340,7 +339,6 @@ class Scheduler:
         if revision is not None:
             for vm, _ in batch:
                 self.vms.put_local(vm.uuid, vm, revision)
-            self.placements += len(batch)
             for vm, _ in batch:
                 log.debug("placed VM %s on %s", vm.uuid, vm.hostname)
             log.info("placed %d VM(s)", len(batch))
