@@ -7,19 +7,17 @@ from typing import Any
 
 from ucloud.cli.config import API_URL, REALM, SEED, USER
 from ucloud.cli.errors import ExitCode
-from ucloud.cli.output import gib, table
+from ucloud.cli.output import gib
 from ucloud.cli.session import Session
 from ucloud.cli.vms import size
 
 
 def list_hosts(s: Session, args: argparse.Namespace) -> int:
-    hosts = s.api.get("/host/list").get("hosts", [])
-    s.out.data(hosts)
-    if not hosts:
-        s.out.text("no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE")
-        return ExitCode.OK
-    rows = [
-        (
+    s.out.listing(
+        s.api.get("/host/list")["hosts"],
+        "no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE",
+        ("NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES"),
+        lambda h: (
             h["name"],
             h["status"],
             h["admin_state"],
@@ -27,12 +25,9 @@ def list_hosts(s: Session, args: argparse.Namespace) -> int:
             gib(h["capacity"]["ram"]),
             gib(h["capacity"]["ssd"]),
             gib(h["capacity"]["hdd"]),
-            ", ".join(h.get("addresses") or []) or "-",
-        )
-        for h in hosts
-    ]
-    headers = ("NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES")
-    s.out.text(table(headers, rows))
+            ", ".join(h["addresses"]) or "-",
+        ),
+    )
     return ExitCode.OK
 
 

@@ -6,32 +6,17 @@ import argparse
 from typing import Any
 
 from ucloud.cli.errors import ExitCode
-from ucloud.cli.output import size_bytes, table, when
+from ucloud.cli.output import size_bytes, when
 from ucloud.cli.session import Session
 
 
-def _items(reply: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    # {"images": [...]} in the style of /vm/list; a bare list is taken too.
-    found = reply.get(key, reply.get("items", []))
-    return found if isinstance(found, list) else []
-
-
 def list_files(s: Session, args: argparse.Namespace) -> int:
-    files = _items(s.api.get("/file/list"), "files")
-    s.out.data(files)
-    if not files:
-        s.out.text("no files: upload some first")
-        return ExitCode.OK
-    rows = [
-        (
-            f.get("uuid", "-"),
-            f.get("name", "-"),
-            size_bytes(f.get("size")),
-            when(f.get("mtime") or f.get("created")),
-        )
-        for f in files
-    ]
-    s.out.text(table(("UUID", "NAME", "SIZE", "MODIFIED"), rows))
+    s.out.listing(
+        s.api.get("/file/list")["files"],
+        "no files: upload some first",
+        ("UUID", "NAME", "SIZE", "MODIFIED"),
+        lambda f: (f["uuid"], f["name"], size_bytes(f["size"]), when(f["mtime"])),
+    )
     return ExitCode.OK
 
 
@@ -50,23 +35,19 @@ def create_image(s: Session, args: argparse.Namespace) -> int:
 
 
 def list_images(s: Session, args: argparse.Namespace) -> int:
-    images = _items(s.api.get("/image/list"), "images")
-    s.out.data(images)
-    if not images:
-        s.out.text("no images")
-        return ExitCode.OK
-    rows = [
-        (
-            i.get("uuid", "-"),
-            i.get("name", "-"),
-            i.get("status", "-") + (f" ({i['reason']})" if i.get("reason") else ""),
-            i.get("store", "-"),
-            size_bytes(i.get("size")) if i.get("size") else "-",
-            "yes" if i.get("public") else "no",
-        )
-        for i in images
-    ]
-    s.out.text(table(("UUID", "NAME", "STATUS", "STORE", "SIZE", "PUBLIC"), rows))
+    s.out.listing(
+        s.api.get("/image/list")["images"],
+        "no images",
+        ("UUID", "NAME", "STATUS", "STORE", "SIZE", "PUBLIC"),
+        lambda i: (
+            i["uuid"],
+            i["name"],
+            i["status"] + (f" ({i['reason']})" if i["reason"] else ""),
+            i["store"],
+            size_bytes(i["size"]) if i["size"] else "-",
+            "yes" if i["public"] else "no",
+        ),
+    )
     return ExitCode.OK
 
 

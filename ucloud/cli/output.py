@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -29,6 +29,17 @@ class Output:
         """A line for people; nothing in --json mode."""
         if not self.json:
             print(line, file=self.out)
+
+    def listing(
+        self,
+        items: list[dict[str, Any]],
+        empty: str,
+        headers: Sequence[str],
+        row: Callable[[dict[str, Any]], Sequence[object]],
+    ) -> None:
+        """A list command's answer: the items as JSON, or a table (``empty`` if none)."""
+        self.data(items)
+        self.text(table(headers, (row(i) for i in items)) if items else empty)
 
     def progress(self, line: str) -> None:
         print(line, file=self.err, flush=True)

@@ -61,24 +61,20 @@ def create(s: Session, args: argparse.Namespace) -> int:
 
 
 def list_vms(s: Session, args: argparse.Namespace) -> int:
-    vms = s.api.get("/vm/list").get("vms", [])
-    s.out.data(vms)
-    if not vms:
-        s.out.text("no VMs")
-        return ExitCode.OK
-    rows = [
-        (
+    s.out.listing(
+        s.api.get("/vm/list")["vms"],
+        "no VMs",
+        ("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"),
+        lambda v: (
             v["uuid"],
             v["name"],
             v["status"],
             v["desired"],
-            v.get("hostname") or "-",
+            v["hostname"] or "-",
             v["specs"]["cpu"],
             gib(v["specs"]["ram"]),
-        )
-        for v in vms
-    ]
-    s.out.text(table(("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"), rows))
+        ),
+    )
     return ExitCode.OK
 
 
