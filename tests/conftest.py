@@ -84,7 +84,9 @@ def make_image(
 def app(settings: Settings, store: Store):
     from ucloud.api import create_app
 
-    return create_app(settings, store)
+    app = create_app(settings, store)
+    yield app
+    app.extensions["ucloud"].catalog.stop()
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import time
 import pyotp
 import pytest
 
-from tests.conftest import Account, make_image
-from ucloud.models import VM, Action, Desired, Image, Status
+from tests.conftest import Account, make_account, make_image
+from tests.servers import Etcd, wait_for
+from ucloud.models import VM, Action, Desired, Image, Specs, Status
 from ucloud.store import Store
 
 SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
@@ -110,6 +111,91 @@ def test_users_see_and_change_only_their_own_vms(client, alice, bob, admin, imag
     assert client.get("/vm/status", json=admin.creds(id=vmid)).json["owner"] == "alice"
     assert [v["uuid"] for v in client.get("/vm/list", json=admin.creds()).json["vms"]] == [vmid]
     assert client.post("/vm/action", json=admin.creds(vmid=vmid, action="stop")).status_code == 202
+
+
+# --- reads from each worker's watch-fed catalog -------------------------------------------------
+
+
+def listed(client, account: Account) -> list[str]:
+    r = client.get("/vm/list", json=account.creds())
+    assert r.status_code == 200, r.json
+    return [v["uuid"] for v in r.json["vms"]]
+
+
+def test_reads_follow_what_other_daemons_write(client, alice, bob, admin, image, store):
+    mine = create_vm(client, alice, image)
+    # What the scheduler and host agents write reaches the API's answers.
+    store.update(VM, mine, lambda vm: setattr(vm, "hostname", "h7"))
+    wait_for(
+        lambda: client.get("/vm/status", json=alice.creds(id=mine)).json["hostname"] == "h7",
+        5,
+        "the placement to show in /vm/status",
+    )
+    # VMs written straight into etcd (another API worker) are listed, oldest first.
+    later = VM(
+        name="later",
+        owner="alice",
+        owner_realm="users",
+        specs=Specs(cpu=1, ram=1, ssd=1),
+        image=image.uuid,
+    )
+    theirs = VM(
+        name="b",
+        owner="bob",
+        owner_realm="users",
+        specs=Specs(cpu=1, ram=1, ssd=1),
+        image=image.uuid,
+    )
+    store.create(later)
+    store.create(theirs)
+    wait_for(lambda: len(listed(client, admin)) == 3, 5, "every VM listed")
+    assert listed(client, admin) == [mine, later.uuid, theirs.uuid]
+    assert listed(client, alice) == [mine, later.uuid]
+    assert listed(client, bob) == [theirs.uuid]
+    assert client.get("/vm/status", json=alice.creds(id=later.uuid)).json["name"] == "later"
+
+    # A VM's key removed (the host agent deleted it) leaves the lists.
+    store.delete(VM, mine, store.get(VM, mine).mod_revision)
+    wait_for(lambda: listed(client, alice) == [later.uuid], 5, "the deleted VM to leave the list")
+    assert client.get("/vm/status", json=alice.creds(id=mine)).status_code == 404
+
+
+def test_reads_during_an_etcd_outage_fail_instead_of_going_stale(tmp_path, settings, image):
+    from ucloud.api import create_app
+
+    own = Etcd(tmp_path / "etcd")
+    own.start()
+    settings = settings.model_copy(update={"etcd_endpoints": f"127.0.0.1:{own.port}"})
+    store = Store(settings)
+    app = create_app(settings, store)
+    client = app.test_client()
+    try:
+        alice = make_account(store, "alice")
+        store.create(image)
+        vmid = create_vm(client, alice, image)
+        wait_for(lambda: listed(client, alice) == [vmid], 5, "the VM to be listed")
+
+        own.stop()
+        wait_for(
+            lambda: client.get("/vm/status", json=alice.creds(id=vmid)).status_code == 503,
+            10,
+            "status to answer 503 while etcd is down",
+        )
+        assert client.get("/vm/list", json=alice.creds()).status_code == 503
+
+        own.start()
+        store.update(VM, vmid, lambda vm: setattr(vm, "hostname", "h9"))
+        wait_for(
+            lambda: (
+                client.get("/vm/status", json=alice.creds(id=vmid)).json.get("hostname") == "h9"
+            ),
+            20,
+            "the change made after the outage to show",
+        )
+    finally:
+        app.extensions["ucloud"].catalog.stop()
+        store.close()
+        own.stop()
 
 
 def test_private_images_are_their_owners(client, alice, bob, store):

@@ -335,6 +335,9 @@ class Follower(Generic[M]):
         self.kind = kind
         self.deliver = deliver
         self.next_revision = 0  # 0: list first
+        # True while a watch stream is open: what was delivered is current but for events in
+        # flight. A reader that must not serve stale data asks etcd itself when it is False.
+        self.live = False
         self._stopped = threading.Event()
         self._stream: WatchStream | None = None
         self._thread = threading.Thread(target=self._run, name=f"follow-{kind.kind}", daemon=True)
@@ -401,6 +404,7 @@ class Follower(Generic[M]):
         delivered = False
         try:
             for response in stream:
+                self.live = True
                 if response.compact_revision:
                     log.warning("%s watch position was compacted; listing again", self.kind.kind)
                     self.next_revision = 0
@@ -412,6 +416,7 @@ class Follower(Generic[M]):
                     delivered = True
             return delivered
         finally:
+            self.live = False
             stream.cancel()
 
     def _deliver_event(self, event: Any) -> None:

@@ -12,17 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel
 
 from ucloud import auth
+from ucloud.api.catalog import Catalog
 from ucloud.api.errors import BadRequest, Forbidden, Unauthorized
 from ucloud.api.schemas import Credentials
 from ucloud.config import Settings
-from ucloud.models import User
 from ucloud.store import Store
 
-Reply = tuple[dict[str, Any], int]
+# A reply's body: an object to serialise, or bytes that already are the JSON answer.
+Reply = tuple[dict[str, Any] | bytes, int]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Principal:
 class Context:
     settings: Settings
     store: Store
+    catalog: Catalog
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def context() -> Context:
 
 
 def install(app: Flask, settings: Settings, store: Store) -> None:
-    app.extensions["ucloud"] = Context(settings, store)
+    app.extensions["ucloud"] = Context(settings, store, Catalog(store).start())
 
 
 def endpoint(
@@ -82,6 +84,8 @@ def endpoint(
             if admin and (user is None or not user.admin):
                 raise Forbidden("only administrators may do this")
             payload, status = handler(body, user)
+            if isinstance(payload, bytes):
+                return Response(payload, status, mimetype="application/json")
             return jsonify(payload), status
 
         view.__name__ = handler.__name__
@@ -111,9 +115,9 @@ def authenticate(body: Credentials) -> Principal:
     ctx = context()
     found = None
     if _plain(body.name) and _plain(body.realm):
-        found = ctx.store.get(User, f"{body.realm}/{body.name}")
+        found = ctx.catalog.user(f"{body.realm}/{body.name}")
     if found is None or not auth.verify(
-        found.value.totp_secret, body.token, ctx.settings.totp_valid_window
+        found.totp_secret, body.token, ctx.settings.totp_valid_window
     ):
         # One message for both: do not tell a guesser which user names exist.
         raise Unauthorized("unknown user, or the token is wrong or expired")

@@ -26,20 +26,20 @@ def create(body: VMCreate, user: Principal) -> Reply:
         networks=body.networks,
     )
     vm.record("api", f"created by {user.realm}/{user.name}")
-    context().store.create(vm)
+    ctx = context()
+    ctx.catalog.wrote(vm, ctx.store.create(vm))
     return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
 
 
 @endpoint(bp, "/vm/status", "GET", summary="A VM's state and recent events")
 def status(body: VMRef, user: Principal) -> Reply:
-    return public(owned_vm(body.vmid, user).value), 200
+    return context().catalog.vm_json(owned_vm(body.vmid, user)), 200
 
 
 @endpoint(bp, "/vm/list", "GET", summary="The caller's VMs (every VM for administrators)")
 def list_vms(body: Listing, user: Principal) -> Reply:
-    items, _ = context().store.list(VM)
-    vms = sorted((v.value for v in items.values() if user.owns(v.value)), key=lambda v: v.created)
-    return {"vms": [public(vm) for vm in vms]}, 200
+    owner = None if user.admin else (user.realm, user.name)
+    return b'{"vms":' + context().catalog.vms_json(owner) + b"}", 200
 
 
 @endpoint(
@@ -71,16 +71,18 @@ def apply(vmid: str, action: Action, user: Principal) -> VM:
             return False
         return True
 
-    written = context().store.update(VM, vmid, change)
+    ctx = context()
+    written = ctx.store.update(VM, vmid, change)
     if written is None:
         raise errors.NotFound(f"no VM {vmid}")
     if refused:
         raise errors.Conflict(refused[0])
+    ctx.catalog.wrote(written.value, written.mod_revision)
     return written.value
 
 
 def owned_vm(vmid: str, user: Principal) -> Versioned[VM]:
-    found = context().store.get(VM, vmid) if "/" not in vmid else None
+    found = context().catalog.vm(vmid) if "/" not in vmid else None
     if found is None or not user.owns(found.value):
         # Another user's VM is as invisible as a missing one.
         raise errors.NotFound(f"no VM {vmid}")
