@@ -8,6 +8,9 @@ import signal
 import sys
 import threading
 
+import etcd3.exceptions
+import pytest
+
 from tests.conftest import make_image
 from tests.servers import Daemon, Etcd, wait_for
 from ucloud.config import Settings
@@ -210,6 +213,43 @@ def scheduler_process(settings: Settings, log) -> Daemon:
 def leader_pid(store: Store) -> int | None:
     value, _ = store.client.get(f"{store.prefix}/election/scheduler")
     return json.loads(value)["pid"] if value else None
+
+
+class LosesEtcdOnce(Store):
+    """A real store whose first placement transaction fails as when etcd goes away mid-call:
+    before etcd wrote it, or after (the caller cannot tell which)."""
+
+    def __init__(self, settings: Settings, written: bool) -> None:
+        super().__init__(settings)
+        self.written = written
+        self.armed = True
+
+    def swap_many(self, writes, guard=None):
+        if not self.armed or not isinstance(writes[0][0], VM):
+            return super().swap_many(writes, guard)
+        self.armed = False
+        if self.written:
+            super().swap_many(writes, guard)
+        raise etcd3.exceptions.ConnectionFailedError()
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["lost", "written-unacknowledged"])
+def test_placement_whose_transaction_fails_is_placed_once(store, settings, written):
+    FakeAgent(store, "h1")
+    flaky = LosesEtcdOnce(settings, written)
+    s = Scheduler(flaky, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        vm = new_vm(store)
+        placed = wait_status(store, vm, Status.SCHEDULED)
+        assert not flaky.armed, "the transaction did not fail: the test tests nothing"
+        assert (placed.hostname, placed.attempts) == ("h1", 1)
+    finally:
+        stop.set()
+        thread.join(10)
+        flaky.close()
 
 
 def test_standby_takes_over_when_the_leader_is_killed(store, settings, tmp_path):

@@ -29,7 +29,16 @@ from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, ZERO, Alive, Desired, Host, HostStatus, Specs, Status, Stored
 from ucloud.scheduler import placement
 from ucloud.scheduler.placement import HostState
-from ucloud.store import MAX_TXN_OPS, UNAVAILABLE, Change, Follower, Guard, Snapshot, Store
+from ucloud.store import (
+    MAX_TXN_OPS,
+    UNAVAILABLE,
+    Change,
+    Follower,
+    Guard,
+    Snapshot,
+    Store,
+    Versioned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +314,7 @@ class Scheduler:
         if not self.pending:
             return
         pool = self.candidates()
-        batch: list[tuple[VM, int]] = []
+        batch: list[tuple[VM, Versioned[VM]]] = []
         for id in list(self.pending):
             found = self.vms.get(id)
             if found is None or not found.value.wants_host:
@@ -323,7 +332,7 @@ class Scheduler:
             placed.attempts += 1
             placed.observed_generation = placed.generation
             placed.set_status(Status.SCHEDULED, ME, f"placed on {host.name}")
-            batch.append((placed, found.mod_revision))
+            batch.append((placed, found))
             # Count it against the host now (on_vm updates its state), so the next VM of this
             # pass sees it.
             self.on_vm(id, found, self.vms.put_local(id, placed, 0)[2])
@@ -332,10 +341,23 @@ class Scheduler:
                 batch = []
         self.commit(batch)
 
-    def commit(self, batch: list[tuple[VM, int]]) -> None:
+    def commit(self, batch: list[tuple[VM, Versioned[VM]]]) -> None:
         if not batch:
             return
-        revision = self.store.swap_many(batch, self.guard)
+        try:
+            revision = self.store.swap_many(
+                [(vm, was.mod_revision) for vm, was in batch], self.guard
+            )
+        except UNAVAILABLE:
+            # Unknown whether it was written. Believe it was not: if it was, the watch brings
+            # each placement with its revision, and the mirror takes it over this guess.
+            for vm, was in batch:
+                self.on_vm(
+                    vm.uuid,
+                    self.vms.get(vm.uuid),
+                    self.vms.put_local(vm.uuid, was.value, was.mod_revision)[2],
+                )
+            raise
         if revision is not None:
             for vm, _ in batch:
                 self.vms.put_local(vm.uuid, vm, revision)
