@@ -270,6 +270,87 @@ def test_two_agents_share_the_load(settings, store, client, alice, ceph, guests,
         stop_libvirtd(first_lv)
 
 
+def test_a_dead_hosts_vm_is_fenced_then_runs_elsewhere(
+    settings, store, client, alice, ceph: Ceph, guests, tmp_path
+):
+    """A host agent dies but its QEMU goes on (cut off from etcd, not from Ceph): the VM is
+    started on another host only after the old QEMU was block-listed, so it can never write
+    to the disk the new one uses."""
+    lvs = {n: start_libvirtd(tmp_path / f"lv-{n}") for n in ("node-a", "node-b")}
+    hosts = {n: host_settings(settings, ceph, lv, n, tmp_path / n) for n, lv in lvs.items()}
+    agents: dict[str, Daemon] = {}
+    # The scheduler fences through Ceph: it gets the same Ceph settings as the hosts.
+    scheduler = daemon("ucloud.scheduler.main", hosts["node-a"], tmp_path / "scheduler.log")
+    storage = RBDStorage(hosts["node-a"])
+    image = register_image(store, storage, str(guests.bootsector), "boot", "root", "ucloud-admin")
+    try:
+        agents = {n: daemon("ucloud.host.main", h, tmp_path / f"{n}.log") for n, h in hosts.items()}
+        for name in hosts:
+            wait_for(
+                lambda n=name: (h := store.get(Host, n)) and h.value.status == "UP",
+                60,
+                f"{name} UP",
+            )
+        body = alice.creds(vm_name="web", specs=SPECS, image=image.uuid)
+        vmid = client.post("/vm/create", json=body).json["uuid"]
+        vm = wait_for(
+            lambda: (v := store.get(VM, vmid).value).status == Status.RUNNING and v, 90, "RUNNING"
+        )
+        dead, other = vm.hostname, ({*hosts} - {vm.hostname}).pop()
+        old_qemu = qemu_pid(vmid)
+        (old_client,) = _disk_clients(ceph, vm.disk)
+
+        agents[dead].stop(signal.SIGKILL)
+        moved = wait_for(
+            lambda: (
+                (v := store.get(VM, vmid).value).status == Status.RUNNING
+                and v.hostname == other
+                and v
+            ),
+            90,
+            f"the VM to run on {other}",
+        )
+        wait_console(tmp_path / other, vmid, BOOT)
+        os.kill(old_qemu, 0)  # the old QEMU still runs on the dead host...
+        blocklist = _ceph_admin(ceph, "osd", "blocklist", "ls")
+        assert old_client in blocklist  # ...but Ceph refuses its writes
+        assert any(e.message.endswith(f"fenced its disk's clients {old_client}") for e in moved.log)
+        new_clients = set(_disk_clients(ceph, vm.disk)) - {old_client}
+        assert len(new_clients) == 1 and not new_clients & set(blocklist.split())
+
+        # The dead host's agent comes back: it destroys its copy, placed elsewhere now.
+        agents[dead] = daemon("ucloud.host.main", hosts[dead], tmp_path / f"{dead}-2.log")
+        wait_for(lambda: not _alive(old_qemu), 60, "the old QEMU to be destroyed")
+        client.post("/vm/delete", json=alice.creds(vmid=vmid))
+        wait_for(lambda: not store.list(VM)[0], 60, "the VM deleted")
+    finally:
+        for a in agents.values():
+            a.stop()
+        scheduler.stop()
+        for lv in lvs.values():
+            stop_libvirtd(lv)
+        storage.delete_image(image.uuid)
+
+
+def _disk_clients(ceph: Ceph, disk: str) -> list[str]:
+    """The Ceph clients that have ``disk`` open, as ``rbd status`` shows them."""
+    status = json.loads(ceph.rbd("status", f"{ceph.pool}/{disk}", "--format", "json"))
+    return [w["address"] for w in status["watchers"]]
+
+
+def _ceph_admin(ceph: Ceph, *args: str) -> str:
+    argv = ["ceph", "-c", str(ceph.conf), "-k", str(ceph.dir / "ceph.client.admin.keyring")]
+    return subprocess.run([*argv, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def test_file_storage_driver_boots_a_vm(settings, store, client, alice, libvirtd, guests, tmp_path):
     from ucloud.storage.file import FileStorage
 

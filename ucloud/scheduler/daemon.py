@@ -29,6 +29,7 @@ from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, ZERO, Alive, Desired, Host, HostStatus, Specs, Status, Stored
 from ucloud.scheduler import placement
 from ucloud.scheduler.placement import HostState
+from ucloud.storage import Storage, StorageError, open_storage
 from ucloud.store import (
     MAX_TXN_OPS,
     UNAVAILABLE,
@@ -51,10 +52,17 @@ class Deposed(Exception):
 
 
 class Scheduler:
-    def __init__(self, store: Store, settings: Settings, guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        guard: Guard | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.guard = guard
+        self.storage = storage or open_storage(settings)  # connects on first use: fencing
         self.vms: Mirror[VM] = Mirror()
         self.hosts: Mirror[Host] = Mirror()
         self.alive: Mirror[Alive] = Mirror()
@@ -241,7 +249,8 @@ class Scheduler:
             elif not alive and self.placed.get(name):
                 if now - host.status_since < self.settings.dead_host_grace:
                     continue  # look again on the next pass
-                self.evacuate(name)
+                if not self.evacuate(name):
+                    continue  # fencing failed: not one VM moves until it works
             self.hosts_to_check.discard(name)
 
     def write_host(self, found: Any, status: HostStatus) -> None:
@@ -250,18 +259,31 @@ class Scheduler:
         host.status_since = time.time()
         self.write(host, found.mod_revision, self.hosts)
 
-    def evacuate(self, name: str) -> None:
-        """Mark the VMs of a dead host KILLED and unplaced, so they are placed again."""
-        # TODO(fencing): block-list the host's Ceph client before its VMs start elsewhere.
+    def evacuate(self, name: str) -> bool:
+        """Fence the VMs of a dead host, then mark them KILLED and unplaced, so they are placed
+        again. False if a disk could not be fenced: its VM stays where it is, and the next
+        pass tries again (a VM must never run on two hosts at once)."""
         log.warning("host %s is dead: moving its %d VMs", name, len(self.placed.get(name, ())))
+        done = True
         for id in list(self.placed.get(name, ())):
             found = self.vms.get(id)
             if found is None:
                 continue
             vm = found.value.model_copy(deep=True)
+            why = f"host {name} died"
+            if vm.disk:
+                try:
+                    fenced = self.storage.fence_disk(vm.disk)
+                except StorageError as e:
+                    log.error("VM %s stays on dead host %s: cannot fence its disk: %s", id, name, e)
+                    done = False
+                    continue
+                if fenced:
+                    why += f"; fenced its disk's clients {', '.join(fenced)}"
             vm.hostname = ""
-            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            vm.set_status(Status.KILLED, ME, why)
             self.write(vm, found.mod_revision, self.vms)
+        return done
 
     # --- VMs without a host ------------------------------------------------------------------
 

@@ -57,6 +57,12 @@ class Storage(Protocol):
 
     def disk_exists(self, disk: str) -> bool: ...
 
+    def fence_disk(self, disk: str) -> list[str]:
+        """Make sure no client that has ``disk`` open now can ever write to it again; return
+        who was fenced. Called before a dead host's VM starts elsewhere: its QEMU may still
+        run, cut off from etcd but not from the disks."""
+        ...
+
     def disk_xml(self, disk: str) -> str:
         """The libvirt ``<disk>`` element that attaches ``disk`` as the VM's first disk."""
         ...

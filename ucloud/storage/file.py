@@ -81,6 +81,10 @@ class FileStorage:
     def disk_exists(self, disk: str) -> bool:
         return self._disk(disk).is_file()
 
+    def fence_disk(self, disk: str) -> list[str]:
+        # Local files: no other host can reach them, so no other host runs this VM.
+        return []
+
     def disk_xml(self, disk: str) -> str:
         return (
             "<disk type='file' device='disk'>"

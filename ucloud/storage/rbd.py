@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -42,10 +43,10 @@ class RBDStorage:
         with self._lock:
             if self._cluster is None:
                 conf = {"keyring": self.settings.ceph_keyring} if self.settings.ceph_keyring else {}
-                cluster = rados.Rados(
-                    conffile=self.settings.ceph_conf, rados_id=self.user, conf=conf
-                )
                 try:
+                    cluster = rados.Rados(
+                        conffile=self.settings.ceph_conf, rados_id=self.user, conf=conf
+                    )
                     cluster.connect(timeout=CONNECT_TIMEOUT)
                 except rados.Error as e:
                     raise StorageError(f"cannot reach Ceph as client.{self.user}: {e}") from e
@@ -174,6 +175,29 @@ class RBDStorage:
     def disk_exists(self, disk: str) -> bool:
         with self._ioctx(self.settings.ceph_pool) as ioctx:
             return disk in rbd.RBD().list(ioctx)
+
+    def fence_disk(self, disk: str) -> list[str]:
+        """Block-list every client watching the disk (each QEMU that has it open watches its
+        header): the OSDs refuse their writes from then on, whatever becomes of their host.
+        A block-list entry names one client instance (address and nonce), so the fenced QEMUs
+        stay fenced and a new one on any host is not."""
+        cluster = self._connect()
+        try:
+            with (
+                self._ioctx(self.settings.ceph_pool) as ioctx,
+                rbd.Image(ioctx, disk, read_only=True) as image,
+            ):
+                clients = [w["addr"] for w in image.watchers_list()]
+            for addr in clients:
+                command = {"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
+                ret, _, err = cluster.mon_command(json.dumps(command), b"", timeout=CONNECT_TIMEOUT)
+                if ret != 0:
+                    raise StorageError(f"cannot block-list Ceph client {addr}: {err} ({ret})")
+        except rbd.ImageNotFound:
+            return []
+        except (rados.Error, rbd.Error) as e:
+            raise StorageError(f"cannot fence disk {disk}: {e}") from e
+        return clients
 
     def disk_xml(self, disk: str) -> str:
         name = quoteattr(f"{self.settings.ceph_pool}/{disk}")
