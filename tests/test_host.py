@@ -28,7 +28,7 @@ from tests.stack import (
 )
 from ucloud.config import Settings
 from ucloud.images import register_image
-from ucloud.models import VM, Host, Image, Status
+from ucloud.models import VM, Alive, Host, Image, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
@@ -349,6 +349,35 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_capacity_an_administrator_set_is_kept_by_the_agent(
+    settings, store, client, admin, libvirtd, tmp_path
+):
+    r = client.post(
+        "/host/create",
+        json=admin.creds(hostname="listed", specs={"cpu": 3, "ram": "5 GB", "ssd": "100 GB"}),
+    )
+    assert r.status_code == 201, r.json
+    # The agent offers 8 CPUs and 8 GiB (host_settings): the administrator's figures stand.
+    host = host_settings(
+        settings,
+        None,
+        libvirtd,
+        "listed",
+        tmp_path / "state",
+        storage="file",
+        image_dir=str(tmp_path / "images"),
+    )
+    agent = daemon("ucloud.host.main", host, tmp_path / "agent.log")
+    try:
+        wait_for(lambda: store.get(Alive, "listed"), 30, "the agent to be alive")
+        listed = client.get("/host/list", json=admin.creds()).json["hosts"]
+        assert [(h["name"], h["capacity"]) for h in listed] == [
+            ("listed", {"cpu": 3, "ram": 5.0, "hdd": 0.0, "ssd": 100.0})
+        ]
+    finally:
+        agent.stop()
 
 
 def test_file_storage_driver_boots_a_vm(settings, store, client, alice, libvirtd, guests, tmp_path):

@@ -250,6 +250,9 @@ class Host(Stored):
 
     name: str
     capacity: Specs
+    # Who set the capacity: "admin" (`host create`) is kept; "agent" (what the agent offers,
+    # from its settings or the machine) follows the agent.
+    capacity_by: str = "agent"
     admin_state: AdminState = AdminState.UP  # written by administrators
     status: HostStatus = HostStatus.DEAD  # written by the scheduler, from the alive key
     status_since: float = Field(default_factory=now)

@@ -18,7 +18,8 @@ bp = Blueprint("host", __name__)
 )
 def create(body: HostCreate, user: Principal) -> Reply:
     s = body.specs
-    host = Host(name=body.hostname, capacity=Specs(cpu=s.cpu, ram=s.ram, hdd=s.hdd, ssd=s.ssd))
+    capacity = Specs(cpu=s.cpu, ram=s.ram, hdd=s.hdd, ssd=s.ssd)
+    host = Host(name=body.hostname, capacity=capacity, capacity_by="admin")
     try:
         context().store.create(host)
     except Conflict as e:

@@ -35,8 +35,12 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             # Each worker makes its own app, and so its own etcd channel: gRPC channels must
             # not cross a fork.
             "preload_app": False,
+            # gunicorn 27 opens a control socket at one fixed path per user: every ucloud-api
+            # on a machine would claim the same one. Nothing here uses it.
+            "control_socket_disable": True,
         }.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # control_socket_disable is new in gunicorn 27
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         from ucloud.api import create_app

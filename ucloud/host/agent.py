@@ -112,6 +112,9 @@ class HostAgent:
         capacity = detect_capacity(self.settings)
 
         def change(host: Host) -> bool:
+            if host.capacity_by == "admin":
+                log.info("host %s: keeping the capacity an administrator set", self.name)
+                return False
             if host.capacity == capacity:
                 return False
             host.capacity = capacity
