@@ -42,7 +42,8 @@ elapsed() {
 
 # pid_cmdline PID: the command line of PID with NULs as spaces ("" if gone).
 pid_cmdline() {
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true
+  # The braces: a failed `<` is reported before a 2>/dev/null on the same command applies.
+  { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null || true
 }
 
 # pid_matches PID REGEX: PID is alive, not a zombie, and its command line matches REGEX

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="the image store to keep it in (default: the API's)")
     command(image, "list", "images you can use", images.list_images)
     p = command(image, "delete", "delete an image", images.delete_image)
-    p.add_argument("uuid", help="the image's uuid")
+    p.add_argument("uuid", help="the image's uuid or name")
 
     # host
     host = groups.add_parser("host", help="hypervisor hosts (administrators)").add_subparsers(
