@@ -31,7 +31,9 @@
 #
 # qemu.conf: run QEMU as root with no security driver and no ownership changes (no
 # libvirt-qemu user setup, no AppArmor/SELinux here), and write QEMU's stdout/stderr to
-# DIR/log/qemu/<domain>.log directly (stdio_handler=file), so no virtlogd is needed. Debian's
+# DIR/log/qemu/<domain>.log directly (stdio_handler=file), so no virtlogd is needed; no
+# per-domain mount namespace or cgroups (namespaces = [], cgroup_controllers = []: they only
+# cost time here, and an operator's libvirtd can do the same). Debian's
 # libvirt still looks up the libvirt-qemu account at start, before reading qemu.conf:
 # install-deps.sh creates it.
 #
@@ -65,7 +67,7 @@ uc_on_die() {
 }
 
 need_root
-need_cmds libvirtd virsh unshare nsenter mount hostname uuidgen
+need_cmds libvirtd virsh unshare nsenter mount hostname uuidgen python3
 # Debian's libvirt is built with qemu_user = qemu_group = "libvirt-qemu" and resolves both
 # when the QEMU driver starts, before qemu.conf's user/group apply; without them the driver
 # fails ("Failed to parse group 'libvirt-qemu'") and libvirtd exits. The account normally
@@ -144,6 +146,11 @@ dynamic_ownership = 0
 remember_owner = 0
 security_driver = "none"
 stdio_handler = "file"
+# Per-domain work libvirt can skip (measured: ~40 ms less wall per domain start, ~10 ms less
+# libvirtd CPU): no private mount namespace (/dev copy) per QEMU, and no cgroups per domain
+# (nothing here sets CPU/memory/IO tuning or reads cgroup statistics).
+namespaces = []
+cgroup_controllers = []
 EOF
 fi
 host_uuid=$(sed -n 's/^host_uuid = "\(.*\)"$/\1/p' "$CONF")
@@ -164,7 +171,41 @@ fi
 
 # `libvirtd --daemon` returns once it has daemonised and written its pid file; its drivers
 # initialise afterwards, and if one fails libvirtd exits (wait_answers notices at once).
-# The namespaces live as long as libvirtd or one of its QEMU children does.
+# The namespaces live as long as libvirtd, one of its QEMU children or their reaper does.
+# REAPER: `python3 -I -c "$REAPER" CMD...` runs CMD (which daemonises, as `libvirtd --daemon`
+# does) below a child subreaper and exits with CMD's status once CMD returns. The subreaper (a
+# new session, stdio on /dev/null) reaps every orphan of CMD's process tree, i.e. libvirtd and
+# its QEMUs (libvirt double-forks them), and exits once none is left. Why: libvirt's destroy
+# waits until the QEMU pid has gone, i.e. has been reaped; orphans otherwise go to PID 1, and a
+# container's or sandbox's PID 1 may reap late (~1.7 s here), which made every destroy (stop,
+# delete) take ~1.5 s instead of ~0.2 s. If the subreaper dies, orphans go to PID 1 as before.
+REAPER='
+import ctypes, os, sys
+r, w = os.pipe()
+if os.fork():
+    os.close(w)
+    status = os.read(r, 8)
+    sys.exit(int(status) if status else 1)
+os.close(r)
+os.setsid()
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    print("libvirtd-up: cannot become a child subreaper", file=sys.stderr)
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.execvp(sys.argv[1], sys.argv[1:])
+null = os.open("/dev/null", os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+os.write(w, str(code if code >= 0 else 128 - code).encode())
+os.close(w)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+'
 binds=""
 for m in "${MOUNTS[@]}"; do binds+="mount --bind $(printf %q "$DIR/${m#*:}") ${m%%:*} && "; done
 # Guests survive their libvirtd. If some of a previous libvirtd of DIR still run, the new one
@@ -182,7 +223,8 @@ else
   new_uts=(--uts)
   set_hostname="hostname $(printf %q "$HOSTNAME_NS")"
 fi
-"${enter[@]}" unshare --mount "${new_uts[@]}" --propagation private -- /bin/bash -c "
+"${enter[@]}" unshare --mount "${new_uts[@]}" --propagation private -- \
+  python3 -I -c "$REAPER" /bin/bash -c "
   set -e
   ${set_hostname}
   ${binds} exec libvirtd --daemon --pid-file $(printf %q "$PIDFILE") --config $(printf %q "$CONF")

@@ -120,9 +120,8 @@ re_escape() {
 # lv_qemu_pids DIR: pids of the QEMU processes still running for the libvirtd of DIR
 # (libvirtd-up.sh), whether that libvirtd runs or not. A pid counts only if it is named in
 # DIR/run/qemu/<domain>.pid (libvirt's own pid files; driver.pid is libvirtd's), is a QEMU,
-# and is in the UTS namespace recorded in DIR/utsns: QEMU shares libvirtd's UTS namespace
-# (libvirt gives each QEMU a private *mount* namespace of its own), and a namespace keeps its
-# number as long as one of its processes lives.
+# and is in the UTS namespace recorded in DIR/utsns: QEMU shares libvirtd's UTS namespace, and
+# a namespace keeps its number as long as one of its processes lives.
 lv_qemu_pids() {
   local dir=$1 uts pf p
   uts=$(cat "$dir/utsns" 2>/dev/null) || return 0
