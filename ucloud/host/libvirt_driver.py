@@ -65,6 +65,9 @@ def _start_event_loop() -> None:
         if _event_loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
+        # libvirt prints every error to stderr as well as raising it ("Domain not found" on
+        # each lookup of a domain that does not exist yet): the raised error is enough.
+        libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
 
         def run() -> None:
             while True:
