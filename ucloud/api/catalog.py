@@ -31,6 +31,7 @@ class _Kind(Generic[M]):
         self.kind = kind
         self.mirror: Mirror[M] = Mirror()
         self.follower: Follower[M] | None = None
+        self.seen = 0  # the revision of the last delivery
 
     @property
     def live(self) -> bool:
@@ -106,9 +107,11 @@ class Catalog:
     # --- changes -------------------------------------------------------------------------------
 
     def wrote(self, vm: VM, revision: int) -> None:
-        """Apply a write this worker made, before its watch event arrives."""
+        """Apply a write this worker made, before its watch event arrives (unless the watch
+        was faster and brought it, or a later change, already)."""
         with self._lock:
-            self._index([self._vms.mirror.put_local(vm.id, vm, revision)])
+            if revision > self._vms.seen:  # events arrive in order: seen covers the write
+                self._index([self._vms.mirror.put_local(vm.id, vm, revision)])
 
     def _start(self) -> None:
         for kind in (self._users, self._vms):
@@ -123,6 +126,7 @@ class Catalog:
         def deliver(update: Snapshot[M] | Change[M]) -> None:
             with self._lock:
                 diffs = kind.mirror.apply(update)
+                kind.seen = max(kind.seen, update.revision)
                 if kind is self._vms:
                     self._index(diffs)  # type: ignore[arg-type]
 
