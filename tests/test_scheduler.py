@@ -129,6 +129,10 @@ def test_spreads_over_equal_hosts_and_skips_maintenance(store, scheduler):
     for name in ("a", "b", "c", "m"):
         FakeAgent(store, name)
     store.update(Host, "m", lambda h: setattr(h, "admin_state", AdminState.MAINTENANCE))
+    # Hosts, alive keys and VMs reach the scheduler on separate watches: let it see every host
+    # alive first, or it may rightly place all three on the only host it knows.
+    for name in ("a", "b", "c"):
+        wait_for(lambda n=name: store.get(Host, n).value.status == HostStatus.UP, 10, "host UP")
     vms = [new_vm(store, name=f"vm{i}") for i in range(3)]
     placed = sorted(wait_status(store, vm, Status.SCHEDULED).hostname for vm in vms)
     assert placed == ["a", "b", "c"]

@@ -104,9 +104,10 @@ class RBDStorage:
 
     def _remove_leftover(self, pool: str, image: str) -> None:
         """Remove a half-made image. Its importer may have died holding the image's
-        exclusive lock, and its watch lingers for 30 s (osd_client_watch_timeout), during
-        which a removal blocks: breaking the lock blocklists that dead client at once. No
-        live client holds it: imports are the image scanner's, one image at a time."""
+        exclusive lock, or just open: its watch lingers for 30 s (osd_client_watch_timeout),
+        during which a removal fails. Breaking the lock and block-listing the watchers ends
+        that at once. No live client has it open: imports are the image scanner's, one image
+        at a time, and nothing clones a half-made image."""
         with self._ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, image) as img:
@@ -114,6 +115,8 @@ class RBDStorage:
                     for client, cookie, _ in lockers["lockers"] if lockers else []:
                         log.warning("breaking %s's lock on half-made image %s", client, image)
                         img.break_lock(client, cookie)
+                for addr in self._block_list_watchers(ioctx, image):
+                    log.warning("block-listed %s, which had half-made image %s open", addr, image)
             except rbd.ImageNotFound:
                 return
         self.delete_image(image, pool=pool)
@@ -181,22 +184,26 @@ class RBDStorage:
         header): the OSDs refuse their writes from then on, whatever becomes of their host.
         A block-list entry names one client instance (address and nonce), so the fenced QEMUs
         stay fenced and a new one on any host is not."""
-        cluster = self._connect()
         try:
-            with (
-                self._ioctx(self.settings.ceph_pool) as ioctx,
-                rbd.Image(ioctx, disk, read_only=True) as image,
-            ):
-                clients = [w["addr"] for w in image.watchers_list()]
-            for addr in clients:
-                command = {"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
-                ret, _, err = cluster.mon_command(json.dumps(command), b"", timeout=CONNECT_TIMEOUT)
-                if ret != 0:
-                    raise StorageError(f"cannot block-list Ceph client {addr}: {err} ({ret})")
+            with self._ioctx(self.settings.ceph_pool) as ioctx:
+                return self._block_list_watchers(ioctx, disk)
         except rbd.ImageNotFound:
             return []
         except (rados.Error, rbd.Error) as e:
             raise StorageError(f"cannot fence disk {disk}: {e}") from e
+
+    def _block_list_watchers(self, ioctx: rados.Ioctx, name: str) -> list[str]:
+        """Block-list every client watching ``name``'s header; return their addresses. Opened
+        read-only, the image is not watched by this client itself."""
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            clients = [w["addr"] for w in image.watchers_list()]
+        for addr in clients:
+            command = {"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
+            ret, _, err = self._connect().mon_command(
+                json.dumps(command), b"", timeout=CONNECT_TIMEOUT
+            )
+            if ret != 0:
+                raise StorageError(f"cannot block-list Ceph client {addr}: {err} ({ret})")
         return clients
 
     def disk_xml(self, disk: str) -> str:
