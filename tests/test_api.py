@@ -131,23 +131,20 @@ def test_reads_follow_what_other_daemons_write(client, alice, bob, admin, image,
         5,
         "the placement to show in /vm/status",
     )
+
     # VMs written straight into etcd (another API worker) are listed, oldest first.
-    later = VM(
-        name="later",
-        owner="alice",
-        owner_realm="users",
-        specs=Specs(cpu=1, ram=1, ssd=1),
-        image=image.uuid,
-    )
-    theirs = VM(
-        name="b",
-        owner="bob",
-        owner_realm="users",
-        specs=Specs(cpu=1, ram=1, ssd=1),
-        image=image.uuid,
-    )
-    store.create(later)
-    store.create(theirs)
+    def written(name: str, owner: str) -> VM:
+        vm = VM(
+            name=name,
+            owner=owner,
+            owner_realm="users",
+            specs=Specs(cpu=1, ram=1, ssd=1),
+            image=image.uuid,
+        )
+        store.create(vm)
+        return vm
+
+    later, theirs = written("later", "alice"), written("b", "bob")
     wait_for(lambda: len(listed(client, admin)) == 3, 5, "every VM listed")
     assert listed(client, admin) == [mine, later.uuid, theirs.uuid]
     assert listed(client, alice) == [mine, later.uuid]
