@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -252,7 +252,7 @@ class Host(Stored):
     capacity: Specs
     # Who set the capacity: "admin" (`host create`) is kept; "agent" (what the agent offers,
     # from its settings or the machine) follows the agent.
-    capacity_by: str = "agent"
+    capacity_by: Literal["agent", "admin"] = "agent"
     admin_state: AdminState = AdminState.UP  # written by administrators
     status: HostStatus = HostStatus.DEAD  # written by the scheduler, from the alive key
     status_since: float = Field(default_factory=now)
