@@ -87,6 +87,11 @@ def test_capacity_is_never_exceeded_and_waiting_vms_truly_fit_nowhere(store, set
     hosts = {f"h{i}": (rng.choice([2, 4, 8]), rng.choice([4, 8, 16])) for i in range(6)}
     for name, (cpu, ram) in hosts.items():
         FakeAgent(store, name, cpu=cpu, ram=ram)
+    # Let the scheduler see every host alive first (they reach it on another watch than the
+    # VMs): a VM it sees first waits, rightly, "no hosts are registered", which this test's
+    # wait would take for a decision.
+    for name in hosts:
+        wait_for(lambda n=name: store.get(Host, n).value.status == HostStatus.UP, 10, "host UP")
     vms = [
         new_vm(store, cpu=rng.choice([1, 2, 4]), ram=rng.choice([0.5, 1, 2, 4]), name=f"vm{i}")
         for i in range(120)
@@ -300,3 +305,37 @@ def test_etcd_restart_under_a_running_scheduler_loses_no_event(tmp_path, setting
         daemon.stop()
         store.close()
         own.stop()
+
+
+@pytest.mark.parametrize("grace", [Settings.model_fields["dead_host_grace"].default, 3.0])
+def test_a_dead_hosts_vms_move_when_the_grace_runs_out(store, grace):
+    """With the default resync (30 s): the VMs move when the grace runs out, not at the next
+    resync."""
+    resync = Settings.model_fields["scheduler_resync"].default
+    settings = store.settings.model_copy(
+        update={"scheduler_resync": resync, "dead_host_grace": grace}
+    )
+    s = Scheduler(Store(settings), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=s.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        doomed = FakeAgent(store, "doomed", cpu=8, ram=32)
+        vm = new_vm(store)
+        assert wait_status(store, vm, Status.SCHEDULED).hostname == "doomed"
+        FakeAgent(store, "spare", cpu=8, ram=32)
+        doomed.die()
+        dead = wait_for(
+            lambda: (h := store.get(Host, "doomed").value).status == HostStatus.DEAD and h,
+            15,
+            "host DEAD",
+        )
+        moved = wait_for(
+            lambda: (v := vm_of(store, vm)).hostname == "spare" and v, 25, "VM moved to spare"
+        )
+        killed = next(e for e in moved.log if e.message == "SCHEDULED -> KILLED: host doomed died")
+        waited = killed.time - dead.status_since
+        assert settings.dead_host_grace <= waited < settings.dead_host_grace + 2, waited
+    finally:
+        stop.set()
+        thread.join(10)

@@ -55,7 +55,14 @@ class Settings(BaseSettings):
     )
     schedule_attempts: int = Field(3, description="placements tried before a VM goes to ERROR")
     dead_host_grace: float = Field(
-        10.0, description="seconds between a host's lease expiring and its VMs being moved"
+        0.0,
+        description="seconds between a host's lease expiring and its VMs being moved (they "
+        "are fenced first, so no wait is needed for safety)",
+    )
+    fence_expiry: float = Field(
+        7 * 86400.0,
+        description="seconds a fenced storage client stays block-listed (Ceph); a fenced QEMU "
+        "must be gone by then (see the operator manual: the agent's watchdog)",
     )
 
     # host agent
@@ -63,6 +70,11 @@ class Settings(BaseSettings):
     host_lease_ttl: int = Field(10, description="seconds without renewal before a host is dead")
     host_cpu: int = Field(0, description="CPUs to offer; 0: all of the machine's")
     host_ram: float = Field(0, description="GiB of RAM to offer; 0: the machine's, less 1 GiB")
+    host_start_margin: float = Field(
+        3.0,
+        description="seconds the host's lease must surely last for a VM to be started; past "
+        "that the cluster may fence the host and start the VM elsewhere",
+    )
     host_workers: int = Field(4, description="VMs reconciled at once")
     host_resync: float = Field(30.0, description="seconds between full reconciles")
     hypervisor: str = Field("libvirt", description="'libvirt', or 'fake' for simulations")

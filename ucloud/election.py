@@ -32,21 +32,22 @@ class Election:
         """Block until this process leads (returning the Guard for its writes) or ``stop``."""
         announced = False
         while not stop.is_set():
+            keepalive: KeepAlive | None = None
             try:
-                lease = self.store.lease(self.ttl)
+                keepalive = self.store.hold_lease(self.ttl, self._on_lost)
                 t = self.store.client.transactions
                 won, _ = self.store.client.transaction(
                     compare=[t.version(self.key) == 0],
-                    success=[t.put(self.key, self.identity, lease=lease)],
+                    success=[t.put(self.key, self.identity, lease=keepalive.lease)],
                     failure=[],
                 )
                 if won:
                     _, meta = self.store.client.get(self.key)
                     self.lost.clear()
-                    self._keepalive = KeepAlive(self.store, lease, self._on_lost).start()
+                    self._keepalive = keepalive
                     log.info("leading (%s)", self.key)
                     return Guard(self.key, meta.create_revision)
-                lease.revoke()
+                keepalive.stop(revoke=True)
                 leader, meta = self.store.client.get(self.key)
                 if meta is None:
                     continue  # the leader just left
@@ -56,6 +57,8 @@ class Election:
                 # The key disappears within the leader's lease TTL after it dies.
                 self.store.wait_deleted(self.key, meta.mod_revision, timeout=self.ttl)
             except UNAVAILABLE:
+                if keepalive is not None and keepalive is not self._keepalive:
+                    keepalive.stop()
                 stop.wait(1.0)
         return None
 

@@ -176,7 +176,10 @@ class VM(Stored):
     observed_generation: int = 0  # the generation an ERROR or final status answers
     reboot_done: int = 0
     attempts: int = 0  # placements tried since the last success
-    disk: str = ""  # the VM's disk once created (storage driver's name for it)
+    disk: str = ""  # the VM's disk (storage driver's name), recorded when a host claims it
+    # The host the VM left without a clean stop (its host died): every storage client that may
+    # still have the disk open there must be fenced before the VM runs anywhere again.
+    fencing: str = ""
     log: list[Event] = Field(default_factory=list)
 
     @property
@@ -198,9 +201,20 @@ class VM(Stored):
         self.record(by, message)
 
     @property
+    def disk_name(self) -> str:
+        """The name of the VM's disk in storage. A host records it in the compare-and-swap that
+        claims the VM's first start, before it makes the disk, so whoever fences a dead host
+        knows it; a record from before that rule names none, and the agent then used the uuid."""
+        return self.disk or self.uuid
+
+    @property
     def wants_host(self) -> bool:
         """True when the scheduler should find this VM a host."""
-        if self.hostname or self.desired not in (Desired.RUNNING, Desired.SUSPENDED):
+        if (
+            self.hostname
+            or self.fencing
+            or self.desired not in (Desired.RUNNING, Desired.SUSPENDED)
+        ):
             return False
         if self.status == Status.ERROR:
             return self.generation > self.observed_generation  # the user asked for a retry

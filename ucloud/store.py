@@ -237,6 +237,11 @@ class Store:
     def lease(self, ttl: int) -> etcd3.Lease:
         return self.client.lease(ttl)
 
+    def hold_lease(self, ttl: int, on_lost: Callable[[], None]) -> KeepAlive:
+        """Grant a lease and keep it renewed (see KeepAlive)."""
+        granted_at = time.monotonic()
+        return KeepAlive(self, self.lease(ttl), on_lost, granted_at).start()
+
     # --- watches -----------------------------------------------------------------------------
 
     def wait_deleted(self, key: str, after_revision: int, timeout: float) -> None:
@@ -442,13 +447,27 @@ def _brief(e: BaseException) -> str:
 
 
 class KeepAlive:
-    """Renews a lease in the background; calls ``on_lost`` once if it cannot before it expires."""
+    """Holds a lease: renews it in the background, knows how long it surely lasts, and calls
+    ``on_lost`` once when it cannot renew it before it expires.
 
-    def __init__(self, store: Store, lease: etcd3.Lease, on_lost: Callable[[], None]) -> None:
+    ``remaining()`` is counted on this process's monotonic clock from the moment each renewal
+    was *sent*: etcd restarts the TTL when it receives the request, later, so the lease lives
+    at least as long as this says. A process that was paused (SIGSTOP, a VM migration of its
+    own machine) finds its lease gone as soon as it runs again, before it asks etcd."""
+
+    def __init__(
+        self,
+        store: Store,
+        lease: etcd3.Lease,
+        on_lost: Callable[[], None],
+        granted_at: float | None = None,
+    ) -> None:
         self.store = store
         self.lease = lease
         self.on_lost = on_lost
         self.ttl = lease.ttl
+        self.expires = (time.monotonic() if granted_at is None else granted_at) + self.ttl
+        self._lost = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
 
@@ -462,18 +481,25 @@ class KeepAlive:
             with suppress(UNAVAILABLE):
                 self.lease.revoke()
 
+    def remaining(self) -> float:
+        """Seconds the lease surely still lasts; 0 once it is lost or may be."""
+        if self._lost:
+            return 0.0
+        return max(0.0, self.expires - time.monotonic())
+
     def _run(self) -> None:
-        expires = time.monotonic() + self.ttl
         while not self._stopped.wait(max(self.ttl / 3, 0.2)):
+            sent = time.monotonic()
             try:
                 ttl = next(iter(self.store.client.refresh_lease(self.lease.id))).TTL
             except (*UNAVAILABLE, ValueError) as e:  # ValueError: the store was closed
                 log.warning("could not renew lease %x (%s)", self.lease.id, _brief(e))
                 ttl = None
-            if ttl is not None and ttl > 0:
-                expires = time.monotonic() + ttl
-            elif ttl is not None or time.monotonic() >= expires:
+            if ttl is not None and ttl > 0 and sent < self.expires:
+                self.expires = sent + ttl
+            elif ttl is not None or time.monotonic() >= self.expires:
                 log.error("lease %x is lost", self.lease.id)
+                self._lost = True
                 self._stopped.set()
                 self.on_lost()
                 return

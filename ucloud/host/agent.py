@@ -4,12 +4,15 @@ It registers its host, keeps the host's alive key on a lease, mirrors the VMs, a
 each VM placed on it (and each local domain) towards the VM's desired state, one step per
 pass, in a keyed work queue: a VM is never handled by two workers at once.
 
-Safety rules:
-- a domain is started only after a compare-and-swap has moved its VM to CREATING: the
-  scheduler cannot have moved the VM elsewhere in between, so no VM runs on two hosts;
+Safety rules (docs/design-decisions.md, "No VM runs twice"):
+- a domain is started only after a compare-and-swap has moved its VM to CREATING, and that
+  same write names the VM's disk: the scheduler cannot have moved the VM elsewhere in
+  between, and whoever fences this host later knows which disk to fence;
+- a domain is started only while the host's lease surely lasts ``host_start_margin`` more
+  seconds, and only after every other storage client that has its disk open was fenced;
 - a local domain whose VM is deleted or placed on another host is destroyed;
-- an agent that cannot renew its lease destroys its domains: the cluster is about to start
-  them elsewhere.
+- an agent whose lease is lost, or may be (it was paused past its expiry), destroys its
+  domains before it does anything else: the cluster is about to start them elsewhere.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import proc
+from ucloud import failpoints, proc, sdnotify
 from ucloud.config import Settings
 from ucloud.host.hypervisor import (
     Domain,
@@ -75,11 +78,18 @@ class HostAgent:
         follower = self.store.follow(VM, self.deliver)
         workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_safely, "vm")
         log.info("host %s is up", self.name)
+        sdnotify.notify("READY=1")
+        next_resync = time.monotonic() + self.settings.host_resync
         try:
-            while not stop.wait(self.settings.host_resync):
+            while not stop.wait(1.0):
+                # The unit's watchdog (WatchdogSec) restarts an agent whose loop stops.
+                sdnotify.notify("WATCHDOG=1")
                 if self.lease_lost.is_set():
                     self._retry(stop, "take the host's lease again", self.take_lease)
-                self.resync()
+                    self.resync()
+                if time.monotonic() >= next_resync:
+                    next_resync = time.monotonic() + self.settings.host_resync
+                    self.resync()
         finally:
             follower.stop()
             self.queue.close()
@@ -99,6 +109,7 @@ class HostAgent:
                 return
             except (*UNAVAILABLE, Unreachable, StorageError) as e:
                 log.warning("cannot %s yet (%s); retrying", what, type(e).__name__)
+                sdnotify.notify("WATCHDOG=1")
                 stop.wait(delay)
                 delay = min(delay * 2, 10)
 
@@ -127,13 +138,23 @@ class HostAgent:
                 self.store.update(Host, self.name, change)
 
     def take_lease(self) -> None:
-        lease = self.store.lease(self.settings.host_lease_ttl)
-        self.store.put_owned(Alive(name=self.name, pid=os.getpid()), lease)
+        keepalive = self.store.hold_lease(self.settings.host_lease_ttl, self.on_lease_lost)
+        try:
+            self.store.put_owned(Alive(name=self.name, pid=os.getpid()), keepalive.lease)
+        except BaseException:
+            keepalive.stop()
+            raise
+        self.keepalive = keepalive
         self.lease_lost.clear()
-        self.keepalive = KeepAlive(self.store, lease, self.on_lease_lost).start()
+
+    def lease_left(self) -> float:
+        """Seconds this host's lease surely lasts (0: lost, or maybe lost)."""
+        return self.keepalive.remaining() if self.keepalive is not None else 0.0
 
     def on_lease_lost(self) -> None:
         """The cluster now takes this host for dead and will start its VMs elsewhere."""
+        if self.lease_lost.is_set():
+            return
         log.error("host %s lost its lease: stopping every local VM", self.name)
         self.lease_lost.set()
         for vm in self.hv.domains():
@@ -180,6 +201,12 @@ class HostAgent:
             self.queue.add_after(id, 5.0)
 
     def reconcile(self, id: str) -> None:
+        if self.lease_left() <= 0:
+            # Lost, or this process was paused past its expiry: nothing here may act for the
+            # host until the domains are gone and a new lease is held.
+            self.on_lease_lost()
+            self.queue.add_after(id, 1.0)
+            return
         with self.lock:
             found = self.vms.get(id)
         dom = self.hv.domain(id)
@@ -220,6 +247,12 @@ class HostAgent:
             self.vms.put_local(vm.uuid, vm, revision)
         return Versioned(vm, revision)
 
+    def record(self, found: Versioned[VM], message: str) -> Versioned[VM] | None:
+        """Add an event to the VM's log."""
+        vm = found.value.model_copy(deep=True)
+        vm.record(self.me, message)
+        return self.write(found, vm)
+
     def transition(
         self, found: Versioned[VM], status: Status, reason: str = "", **fields: object
     ) -> Versioned[VM] | None:
@@ -231,10 +264,14 @@ class HostAgent:
 
     # --- steps ---------------------------------------------------------------------------------
 
+    def claim(self, found: Versioned[VM], reason: str = "") -> Versioned[VM] | None:
+        """CREATING, by compare-and-swap, with the disk named in the same write."""
+        return self.transition(found, Status.CREATING, reason, disk=found.value.disk_name)
+
     def create(self, found: Versioned[VM], dom: Domain | None) -> None:
         vm = found.value
         if vm.status == Status.SCHEDULED:
-            claimed = self.transition(found, Status.CREATING)
+            claimed = self.claim(found)
             if claimed is None:
                 return
             found, vm = claimed, claimed.value
@@ -243,29 +280,55 @@ class HostAgent:
                 found, f"not running {self.settings.creating_deadline:g} s after creation began"
             )
             return
-        disk = disk_name(vm)
-        try:
-            image = self.store.get(Image, vm.image)
-            if image is None:
-                raise StorageError(f"its image {vm.image} no longer exists")
-            self.storage.create_disk(disk, image.value.uuid, vm.specs.ssd, pool=image.value.pool)
-            self.hv.start(self.domain_spec(vm, disk))
-        except (StorageError, HypervisorError) as e:
-            if isinstance(e, Unreachable):
-                raise
-            vm = vm.model_copy(deep=True)
-            vm.record(self.me, f"create failed: {e}")
-            log.warning("creating VM %s failed: %s", vm.uuid, e)
-            if self.write(found, vm) is not None:
-                self.queue.add_after(vm.uuid, 5.0)
-            return
+        if dom is None or dom.power == Power.SHUTOFF:
+            started = self.start_domain(found)
+            if started is None:
+                return
+            found, vm = started, started.value
         now = self.hv.domain(vm.uuid)
         if now is None or now.power != Power.RUNNING:
             self.queue.add_after(vm.uuid, 1.0)
             return
-        if self.transition(found, Status.RUNNING, disk=disk, attempts=0) is not None:
+        if self.transition(found, Status.RUNNING, attempts=0) is not None:
             log.info("VM %s runs", vm.uuid)
             self.queue.add(vm.uuid)  # a VM meant to be suspended is suspended next
+
+    def start_domain(self, found: Versioned[VM]) -> Versioned[VM] | None:
+        """Make the disk, fence whoever else has it open, start the domain: only while the
+        lease surely outlasts the start. The VM as now recorded, or None (retried later)."""
+        vm = found.value
+        if self.lease_left() < self.settings.host_start_margin:
+            log.warning("not starting VM %s yet: the host's lease may run out", vm.uuid)
+            self.queue.add_after(vm.uuid, 1.0)
+            return None
+        try:
+            image = self.store.get(Image, vm.image)
+            if image is None:
+                raise StorageError(f"its image {vm.image} no longer exists")
+            self.storage.create_disk(
+                vm.disk_name, image.value.uuid, vm.specs.ssd, pool=image.value.pool
+            )
+            # Anyone else with this disk open is a leftover (a QEMU of a host that died, or of
+            # a crash here): the VM is ours by compare-and-swap.
+            fenced = self.storage.fence_disk(vm.disk_name)
+            if fenced:
+                log.warning("VM %s: fenced stale clients of its disk: %s", vm.uuid, fenced)
+                found = self.record(found, f"fenced stale clients of its disk: {', '.join(fenced)}")
+                if found is None:
+                    return None
+            self.hv.start(self.domain_spec(vm))
+        except (StorageError, HypervisorError) as e:
+            if isinstance(e, Unreachable):
+                raise
+            log.warning("creating VM %s failed: %s", vm.uuid, e)
+            if self.record(found, f"create failed: {e}") is not None:
+                self.queue.add_after(vm.uuid, 5.0)
+            return None
+        failpoints.hit("agent-domain-started")
+        if self.lease_left() <= 0:
+            self.on_lease_lost()  # the start outlasted the lease: it must not run here
+            return None
+        return found
 
     def restart_when_due(self, found: Versioned[VM]) -> None:
         due = self.restart_at.get(found.value.uuid, 0)
@@ -276,7 +339,7 @@ class HostAgent:
             self.stop(found, self.hv.domain(found.value.uuid))
             return
         # Claim the restart first, as for a creation: see the module's safety rules.
-        claimed = self.transition(found, Status.CREATING, "restarting after its QEMU died")
+        claimed = self.claim(found, "restarting after its QEMU died")
         if claimed is not None:
             self.create(claimed, None)
 
@@ -361,7 +424,7 @@ class HostAgent:
             Status.STOPPED,
             hostname="",
             observed_generation=vm.generation,
-            disk=disk_name(vm),
+            disk=vm.disk_name,
         )
 
     def delete(self, found: Versioned[VM]) -> None:
@@ -371,7 +434,7 @@ class HostAgent:
             if found.value.status != Status.DELETING:
                 return
         self.hv.undefine(vm.uuid)
-        self.storage.delete_disk(disk_name(vm))
+        self.storage.delete_disk(vm.disk_name)
         for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
             path.unlink(missing_ok=True)
         if self.store.delete(VM, vm.uuid, found.mod_revision):
@@ -380,12 +443,12 @@ class HostAgent:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def domain_spec(self, vm: VM, disk: str) -> DomainSpec:
+    def domain_spec(self, vm: VM) -> DomainSpec:
         return DomainSpec(
             vm=vm.uuid,
             cpu=vm.specs.cpu,
             ram_mib=max(16, round(vm.specs.ram * 1024)),
-            disk_xml=self.storage.disk_xml(disk),
+            disk_xml=self.storage.disk_xml(vm.disk_name),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
         )
@@ -403,10 +466,6 @@ class HostAgent:
             proc.run([*shlex.split(self.settings.notify_command), vm.uuid, message], timeout=30)
         except (proc.CommandError, OSError) as e:
             log.error("notification command failed: %s", e)
-
-
-def disk_name(vm: VM) -> str:
-    return vm.disk or vm.uuid
 
 
 def detect_capacity(settings: Settings) -> Specs:

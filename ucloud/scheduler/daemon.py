@@ -2,8 +2,9 @@
 
 It mirrors VMs, hosts and alive keys in memory (list, then watch), and in one thread:
 - places every VM that wants a host, in batched compare-and-swap transactions;
-- keeps each host's status in step with its alive key, and moves the VMs of a host that has
-  been DEAD longer than the grace period (KILLED, then placed again);
+- keeps each host's status in step with its alive key, and takes the VMs off a host that has
+  been DEAD longer than the grace period (KILLED, no host, to be fenced);
+- fences the disks of VMs taken off dead hosts, then lets them be placed again;
 - settles VMs that have no host: stopped ones become STOPPED, deleted ones are removed;
 - re-places VMs that sat in SCHEDULED past their deadline, and gives up after a few attempts.
 
@@ -22,6 +23,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ucloud.config import Settings
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 
 ME = "scheduler"
 BATCH = MAX_TXN_OPS - 1  # one compare is the leadership guard
+FENCE_RETRY = 2.0  # seconds before fencing that failed (Ceph unreachable) is tried again
+FENCE_THREADS = 16  # each block-list entry is a monitor proposal: many at once share one
 
 
 class Deposed(Exception):
@@ -79,6 +84,8 @@ class Scheduler:
         self.unfit: set[str] = set()  # pending VMs no host could take; retried on change
         self.chores: set[str] = set()  # VMs without host whose desired state needs a step
         self.homeless: set[str] = set()  # deleted VMs with a disk, waiting for a live host
+        self.unfenced: set[str] = set()  # VMs taken off a dead host, their disks not yet fenced
+        self.fence_after = 0.0  # monotonic time before which fencing is not retried
         self.scheduled: dict[str, float] = {}  # VMs in SCHEDULED -> since when
         self.deadlines: list[tuple[float, str]] = []  # heap: (when SCHEDULED runs out, VM)
         self.hosts_to_check: set[str] = set()
@@ -148,6 +155,7 @@ class Scheduler:
     def step(self) -> None:
         """One pass towards desired state over what changed."""
         self.check_hosts()
+        self.fence()
         self.do_chores()
         self.place()
         self.check_deadlines()
@@ -181,10 +189,13 @@ class Scheduler:
         self.unfit.discard(id)
         self.chores.discard(id)
         self.homeless.discard(id)
+        self.unfenced.discard(id)
         since = self.scheduled.pop(id, None)
         if new is None:
             return
-        if new.wants_host:
+        if new.fencing and not new.hostname:
+            self.unfenced.add(id)
+        elif new.wants_host:
             self.pending[id] = None
         elif not new.hostname and _needs_chore(new):
             self.chores.add(id)
@@ -245,45 +256,76 @@ class Scheduler:
                 self.write_host(found, HostStatus.UP)
             elif not alive and host.status == HostStatus.UP:
                 log.warning("host %s lost its lease: DEAD", name)
-                self.write_host(found, HostStatus.DEAD)
-            elif not alive and self.placed.get(name):
+                if not self.write_host(found, HostStatus.DEAD):
+                    continue  # the watch brings what changed; look again
+                host = self.hosts.get(name).value  # type: ignore[union-attr]
+            if not alive and self.placed.get(name):
                 if now - host.status_since < self.settings.dead_host_grace:
-                    continue  # look again on the next pass
-                if not self.evacuate(name):
-                    continue  # fencing failed: not one VM moves until it works
+                    continue  # look again on the next pass, until the grace runs out
+                self.evacuate(name)
+                if self.placed.get(name):
+                    continue  # some VM changed meanwhile: the watch brings it; look again
             self.hosts_to_check.discard(name)
 
-    def write_host(self, found: Any, status: HostStatus) -> None:
+    def write_host(self, found: Any, status: HostStatus) -> bool:
         host = found.value.model_copy(deep=True)
         host.status = status
         host.status_since = time.time()
-        self.write(host, found.mod_revision, self.hosts)
+        return self.write(host, found.mod_revision, self.hosts)
 
-    def evacuate(self, name: str) -> bool:
-        """Fence the VMs of a dead host, then mark them KILLED and unplaced, so they are placed
-        again. False if a disk could not be fenced: its VM stays where it is, and the next
-        pass tries again (a VM must never run on two hosts at once)."""
+    def evacuate(self, name: str) -> None:
+        """Take every VM off a dead host: KILLED, no host, and (unless the host never claimed
+        it) ``fencing`` naming the host, in guarded compare-and-swaps. Once a VM's record no
+        longer names the host, its agent can start nothing more for it (every start follows a
+        compare-and-swap on that record), so what fence() then block-lists is every client that
+        may ever have the disk open there."""
         log.warning("host %s is dead: moving its %d VMs", name, len(self.placed.get(name, ())))
-        done = True
-        for id in list(self.placed.get(name, ())):
+        writes = []
+        for id in self.placed.get(name, ()):
             found = self.vms.get(id)
             if found is None:
                 continue
             vm = found.value.model_copy(deep=True)
-            why = f"host {name} died"
-            if vm.disk:
-                try:
-                    fenced = self.storage.fence_disk(vm.disk)
-                except StorageError as e:
-                    log.error("VM %s stays on dead host %s: cannot fence its disk: %s", id, name, e)
-                    done = False
-                    continue
-                if fenced:
-                    why += f"; fenced its disk's clients {', '.join(fenced)}"
+            if vm.status != Status.SCHEDULED:  # claimed there: its disk may be open there
+                vm.disk = vm.disk_name
+                vm.fencing = name
             vm.hostname = ""
+            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            writes.append((vm, found.mod_revision))
+        self.write_vms(writes)
+
+    def fence(self) -> None:
+        """Block-list whoever has the disks of VMs taken off dead hosts open (all at once: each
+        entry costs a monitor proposal), then let those VMs be placed again. A disk that cannot
+        be fenced keeps its VM where it is, and is tried again: availability waits for safety."""
+        if not self.unfenced or time.monotonic() < self.fence_after:
+            return
+        todo = [found for id in self.unfenced if (found := self.vms.get(id)) is not None]
+
+        def fence_one(found: Versioned[VM]) -> list[str] | StorageError:
+            try:
+                return self.storage.fence_disk(found.value.disk_name)
+            except StorageError as e:
+                return e
+
+        with ThreadPoolExecutor(min(FENCE_THREADS, len(todo) or 1)) as pool:
+            results = list(pool.map(fence_one, todo))
+        writes = []
+        for found, fenced in zip(todo, results, strict=True):
+            vm = found.value.model_copy(deep=True)
+            if isinstance(fenced, StorageError):
+                log.error("VM %s waits: cannot fence its disk: %s", vm.uuid, fenced)
+                self.fence_after = time.monotonic() + FENCE_RETRY
+                continue
+            why = f"host {vm.fencing} died; " + (
+                f"fenced its disk's clients {', '.join(fenced)}"
+                if fenced
+                else "no client had its disk open"
+            )
+            vm.fencing = ""
             vm.set_status(Status.KILLED, ME, why)
-            self.write(vm, found.mod_revision, self.vms)
-        return done
+            writes.append((vm, found.mod_revision))
+        self.write_vms(writes)
 
     # --- VMs without a host ------------------------------------------------------------------
 
@@ -436,6 +478,20 @@ class Scheduler:
                 heapq.heappush(self.deadlines, (now + 1.0, id))  # look again shortly
 
     # --- writes ------------------------------------------------------------------------------
+
+    def write_vms(self, writes: Sequence[tuple[VM, int]]) -> None:
+        """Compare-and-swap VMs in guarded batches and mirror them. A batch that loses a race is
+        written one VM at a time: those that changed meanwhile are left to the watch."""
+        for start in range(0, len(writes), BATCH):
+            chunk = writes[start : start + BATCH]
+            revision = self.store.swap_many(chunk, self.guard)
+            if revision is None:
+                self.check_guard()
+                for vm, mod_revision in chunk:
+                    self.write(vm, mod_revision, self.vms)
+                continue
+            for vm, _ in chunk:
+                self.on_vm(*self.vms.put_local(vm.uuid, vm, revision))
 
     def write(self, obj: Stored, mod_revision: int, mirror: Mirror[Any]) -> bool:
         """Compare-and-swap one object and mirror it; on conflict, the watch brings the news

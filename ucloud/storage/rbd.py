@@ -198,7 +198,12 @@ class RBDStorage:
         with rbd.Image(ioctx, name, read_only=True) as image:
             clients = [w["addr"] for w in image.watchers_list()]
         for addr in clients:
-            command = {"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}
+            command = {
+                "prefix": "osd blocklist",
+                "blocklistop": "add",
+                "addr": addr,
+                "expire": self.settings.fence_expiry,
+            }
             ret, _, err = self._connect().mon_command(
                 json.dumps(command), b"", timeout=CONNECT_TIMEOUT
             )
