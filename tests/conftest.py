@@ -33,6 +33,7 @@ def settings(etcd: Etcd) -> Settings:
         dead_host_grace=0.5,
         scheduler_lease_ttl=2,
         host_lease_ttl=2,
+        host_start_margin=1,
         scheduler_resync=2,
     )
 

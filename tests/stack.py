@@ -161,8 +161,9 @@ def host_settings(
     )
 
 
-def daemon(module: str, settings: Settings, log: Path) -> Daemon:
-    env = {**settings_env(settings), "UCLOUD_ENV_FILE": "/dev/null"}
+def daemon(module: str, settings: Settings, log: Path, **env: str) -> Daemon:
+    """``module`` in its own process with ``settings``; ``env`` adds variables (failpoints)."""
+    env = {**settings_env(settings), "UCLOUD_ENV_FILE": "/dev/null", **env}
     return Daemon([sys.executable, "-m", module], env, log)
 
 

@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
     )
+
+    @model_validator(mode="after")
+    def _start_margin_fits_the_lease(self) -> Settings:
+        # The agent renews its lease every third of the TTL: a margin above two thirds of it
+        # would refuse every start.
+        if self.host_start_margin > self.host_lease_ttl * 2 / 3:
+            raise ValueError(
+                f"host_start_margin ({self.host_start_margin:g} s) must be at most two thirds "
+                f"of host_lease_ttl ({self.host_lease_ttl} s)"
+            )
+        return self
 
     def etcd_members(self) -> list[tuple[str, int]]:
         members = []
