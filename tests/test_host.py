@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,3 +384,41 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
     except OSError:
         return b""
+
+
+def test_agent_tells_systemd_it_is_ready_and_alive(settings, libvirtd, tmp_path):
+    """The unit's watchdog (WatchdogSec) hears from a working agent every second, and stops
+    hearing from one that hangs (here: SIGSTOP), so systemd would restart it."""
+    address = str(tmp_path / "notify.sock")
+    heard = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    heard.bind(address)
+    heard.settimeout(0.5)
+    host = host_settings(
+        settings,
+        None,
+        libvirtd,
+        "watched",
+        tmp_path / "state",
+        storage="file",
+        image_dir=str(tmp_path / "images"),
+    )
+    agent = daemon("ucloud.host.main", host, tmp_path / "agent.log", NOTIFY_SOCKET=address)
+
+    def messages(seconds: float) -> list[str]:
+        got, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                got.append(heard.recv(256).decode())
+        return got
+
+    try:
+        assert "READY=1" in wait_for(lambda: messages(1), 30, "a notification")
+        assert messages(3).count("WATCHDOG=1") >= 2
+        os.kill(agent.pid, signal.SIGSTOP)
+        messages(1.5)  # what it sent just before
+        assert messages(3) == []
+        os.kill(agent.pid, signal.SIGCONT)
+        assert "WATCHDOG=1" in messages(3)
+    finally:
+        agent.stop()
+        heard.close()
