@@ -62,6 +62,8 @@ class HostAgent:
         self.stopping_since: dict[str, float] = {}
         self.keepalive: KeepAlive | None = None
         self.lease_lost = threading.Event()
+        self.lease_lock = threading.Lock()
+        self.domains_stopped = False  # since the lease was lost
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
         if len(str(self.vnc_socket(new_id()))) > 107:
@@ -144,24 +146,38 @@ class HostAgent:
         except BaseException:
             keepalive.stop()
             raise
-        self.keepalive = keepalive
-        self.lease_lost.clear()
+        with self.lease_lock:
+            self.keepalive = keepalive
+            self.domains_stopped = False
+            self.lease_lost.clear()
 
     def lease_left(self) -> float:
         """Seconds this host's lease surely lasts (0: lost, or maybe lost)."""
         return self.keepalive.remaining() if self.keepalive is not None else 0.0
 
     def on_lease_lost(self) -> None:
-        """The cluster now takes this host for dead and will start its VMs elsewhere."""
-        if self.lease_lost.is_set():
-            return
-        log.error("host %s lost its lease: stopping every local VM", self.name)
-        self.lease_lost.set()
-        for vm in self.hv.domains():
+        """The cluster now takes this host for dead and will start its VMs elsewhere: stop
+        every local domain. Called by the lease's keeper and by every worker that finds the
+        lease gone; it does the work until it has succeeded once for this lease."""
+        with self.lease_lock:
+            if not self.lease_lost.is_set():
+                log.error("host %s lost its lease: stopping every local VM", self.name)
+                self.lease_lost.set()
+            if self.domains_stopped:
+                return
             try:
-                self.hv.destroy(vm)
+                domains = self.hv.domains()
             except HypervisorError as e:
-                log.error("could not stop VM %s: %s", vm, e)
+                log.error("cannot list the VMs to stop (%s); trying again", e)
+                return
+            failed = False
+            for vm in domains:
+                try:
+                    self.hv.destroy(vm)
+                except HypervisorError as e:
+                    log.error("could not stop VM %s: %s", vm, e)
+                    failed = True
+            self.domains_stopped = not failed
 
     def deliver(self, update: Snapshot[VM] | Change[VM]) -> None:
         with self.lock:
