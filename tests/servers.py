@@ -31,42 +31,111 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 class Etcd:
-    """One etcd member with its own data directory; restartable on the same ports and data."""
+    """One etcd member with its own data directory; restartable on the same ports and data.
 
-    def __init__(self, workdir: Path) -> None:
+    Alone it is a cluster of one; EtcdCluster makes several of them one cluster."""
+
+    def __init__(self, workdir: Path, name: str = "test") -> None:
         self.workdir = workdir
+        self.name = name
         self.port = free_port()
         self.peer_port = free_port()
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> None:
+        """Start the member (on its data, if it has some); ``wait``: until it answers. A member
+        of a new cluster cannot answer before a quorum of its peers runs: start them all first."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        url = f"http://127.0.0.1:{self.port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        url = f"http://{self.endpoint}"
         with open(self.workdir / "etcd.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [
                     "etcd",
-                    "--name=test",
+                    f"--name={self.name}",
                     f"--data-dir={self.workdir / 'data'}",
                     f"--listen-client-urls={url}",
                     f"--advertise-client-urls={url}",
-                    f"--listen-peer-urls={peer}",
-                    f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=test={peer}",
+                    f"--listen-peer-urls={self.peer_url}",
+                    f"--initial-advertise-peer-urls={self.peer_url}",
+                    f"--initial-cluster={self.initial_cluster}",
+                    "--initial-cluster-state=new",  # ignored once the data directory exists
                     "--log-level=error",
                     "--logger=zap",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: _answers(self.port), 20, "etcd to answer", interval=0.2)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: _answers(self.port), 20, f"etcd {self.name} to answer", interval=0.2)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.proc = None
+
+
+class EtcdCluster:
+    """Several etcd members on loopback, one cluster; any one can be killed and restarted."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.members = [Etcd(workdir / f"m{i}", name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> str:
+        """What UCLOUD_ETCD_ENDPOINTS names: every member."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> None:
+        for m in self.members:
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready()
+        self.leader()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one member: no goodbye to its peers or clients."""
+        self.members[index].stop(signal.SIGKILL)
+
+    def restart(self, index: int) -> None:
+        """Start a stopped member again on its ports and data; return once it answers."""
+        self.members[index].start()
+
+    def leader(self, timeout: float = 20) -> int:
+        """The index of the member every running member calls leader (waits for one)."""
+
+        def agreed() -> str | None:
+            seen = {_leader_name(m.port) for m in self.members if m.running()}
+            return seen.pop() if len(seen) == 1 else None
+
+        name = wait_for(agreed, timeout, "the etcd members to agree on a leader", interval=0.1)
+        return next(i for i, m in enumerate(self.members) if m.name == name)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
 
 
 def _answers(port: int) -> bool:
@@ -77,6 +146,17 @@ def _answers(port: int) -> bool:
         return True
     except Exception:
         return False
+    finally:
+        client.close()
+
+
+def _leader_name(port: int) -> str | None:
+    client = etcd3.client(port=port, timeout=1)
+    try:
+        leader = client.status().leader
+        return leader.name if leader is not None else None
+    except Exception:
+        return None
     finally:
         client.close()
 

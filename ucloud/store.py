@@ -40,6 +40,13 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     grpc.RpcError,
 )
 
+# What python-etcd3 takes for a failed member (its _FAILED_EP_CODES): the next call goes elsewhere.
+MEMBER_FAILED = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+)
+
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure list
 LIST_PAGE = 500  # keys a Range answer: a VM with a full event log is about 4 KiB
 
@@ -76,20 +83,43 @@ class Change(Generic[M]):
     revision: int
 
 
+class Client(etcd3.MultiEndpointEtcd3Client):
+    """python-etcd3's client of several members, made to leave a failed member at once.
+
+    python-etcd3 fails over only inside its own calls, and only by refusing a failed member for
+    its endpoint's ``time_retry``: a call made later (a lease renewal every ttl/3, a watch after
+    its back-off) goes to the dead member again, every time; and a one-member etcd is refused
+    outright for that long after it is back. Here no member is ever refused (time_retry=0):
+    a call that fails moves the client on to the next member instead, and so does a watch
+    stream of ours that breaks (leave()). Several calls failing at once may move it more than
+    one member on; one that lands on the dead member again moves it on again."""
+
+    def leave(self, endpoint: etcd3.Endpoint) -> None:
+        """Move on to the next member, if ``endpoint`` is still the one in use."""
+        labels = list(self.endpoints)
+        if self.endpoint_in_use is endpoint:
+            # Setting the label also drops the stubs bound to the failed member's channel.
+            self._current_endpoint_label = labels[(labels.index(endpoint.netloc) + 1) % len(labels)]
+
+    def _manage_grpc_errors(self, exc: grpc.RpcError) -> None:
+        # python-etcd3 calls this from every one of its calls that failed; it always raises.
+        failed = self.endpoint_in_use
+        try:
+            super()._manage_grpc_errors(exc)
+        finally:
+            if exc.code() in MEMBER_FAILED:
+                self.leave(failed)
+
+
 class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.prefix = settings.etcd_prefix.rstrip("/")
-        # python-etcd3 shuns an endpoint for time_retry seconds after one failed call (300 by
-        # default: a daemon would be deaf for five minutes after an etcd restart). Shun it
-        # briefly, and fail over to another member meanwhile.
         endpoints = [
-            etcd3.Endpoint(host, port, secure=False, time_retry=1.0)
+            etcd3.Endpoint(host, port, secure=False, time_retry=0)  # see Client
             for host, port in settings.etcd_members()
         ]
-        self.client = etcd3.MultiEndpointEtcd3Client(
-            endpoints, timeout=settings.etcd_timeout, failover=True
-        )
+        self.client = Client(endpoints, timeout=settings.etcd_timeout, failover=True)
 
     def close(self) -> None:
         self.client.close()
@@ -139,15 +169,8 @@ class Store:
         revision = 0
         key = start
         while True:
-            request = etcdrpc.RangeRequest(
-                key=key, range_end=end, limit=LIST_PAGE, revision=revision
-            )
-            response = self.client.kvstub.Range(
-                request,
-                self.client.timeout,
-                credentials=self.client.call_credentials,
-                metadata=self.client.metadata,
-            )
+            # Through python-etcd3's call, not its kvstub: only its calls fail over.
+            response = self.client.get_range_response(key, end, limit=LIST_PAGE, revision=revision)
             revision = revision or response.header.revision
             for kv in response.kvs:
                 id = self._id_from_key(kind, kv.key)
@@ -252,7 +275,10 @@ class Store:
                 if response.canceled or any(e.type == kv_pb2.Event.DELETE for e in response.events):
                     return
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The timeout ends the stream as DEADLINE_EXCEEDED, or, when etcd reaches the
+            # deadline first, as UNKNOWN "context deadline exceeded": neither is a failure.
+            code, details = e.code(), e.details() or ""
+            if code != grpc.StatusCode.DEADLINE_EXCEEDED and "deadline exceeded" not in details:
                 raise
         finally:
             stream.cancel()
@@ -303,8 +329,10 @@ class WatchStream:
             create.range_end = etcd3.utils.prefix_range_end(raw)
         self._request = etcdrpc.WatchRequest(create_request=create)
         self._done = threading.Event()
-        client = store.client
-        self._call = etcdrpc.WatchStub(client.channel).Watch(
+        client = self._client = store.client
+        channel = client.channel  # the member in use; a break moves the client on (see Client)
+        self._endpoint = next(e for e in client.endpoints.values() if e.channel is channel)
+        self._call = etcdrpc.WatchStub(channel).Watch(
             self._requests(),
             timeout=timeout,
             credentials=client.call_credentials,
@@ -316,7 +344,14 @@ class WatchStream:
         self._done.wait()  # closing our side would end the watch
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._call)
+        try:
+            yield from self._call
+        except grpc.RpcError as e:
+            # The member went away: the next stream must go to another one. (Not on
+            # DEADLINE_EXCEEDED: that is this stream's own timeout.)
+            if e.code() in MEMBER_FAILED and e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._client.leave(self._endpoint)
+            raise
 
     def cancel(self) -> None:
         self._done.set()
