@@ -47,7 +47,7 @@ from bench.common import (
     with_ceph,
     workdir,
 )
-from tests.conftest import make_account
+from tests.conftest import make_account, register_image
 from tests.stack import (
     GUEST_DIR,
     SCRIPTS,
@@ -58,7 +58,6 @@ from tests.stack import (
     stop_libvirtd,
 )
 from ucloud import auth
-from ucloud.images import register_image
 from ucloud.models import VM
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store, WatchStream

@@ -13,6 +13,7 @@ from tests.stack import ceph, guests, libvirtd  # noqa: F401  (fixtures of the r
 from ucloud import auth
 from ucloud.config import Settings, load_settings
 from ucloud.models import Image, ImageStatus
+from ucloud.storage import Storage
 from ucloud.store import Store
 
 
@@ -77,6 +78,25 @@ def make_image(
         public=public,
         status=ImageStatus.CREATED,
     )
+    store.create(image)
+    return image
+
+
+def register_image(
+    store: Store,
+    storage: Storage,
+    source: str,
+    name: str,
+    owner: str,
+    owner_realm: str,
+    public: bool = True,
+) -> Image:
+    """Import ``source`` (a file qemu-img reads) into ``storage`` as a new image, recorded
+    CREATED with no file: the image scanner's work without the scanner, for tests and
+    benchmarks of what comes after it."""
+    image = Image(name=name, owner=owner, owner_realm=owner_realm, public=public)
+    image.size = storage.import_image(image.uuid, source)
+    image.status = ImageStatus.CREATED
     store.create(image)
     return image
 

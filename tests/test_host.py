@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Account
+from tests.conftest import Account, register_image
 from tests.servers import Daemon, wait_for
 from tests.stack import (
     Ceph,
@@ -30,7 +30,6 @@ from tests.stack import (
     wait_console,
 )
 from ucloud.config import Settings
-from ucloud.images import register_image
 from ucloud.models import VM, Alive, Host, Image, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store

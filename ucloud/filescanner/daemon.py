@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ucloud import uploads
 from ucloud.config import Settings
-from ucloud.filescanner import paths
-from ucloud.filescanner.hashing import sha512_of
-from ucloud.filescanner.paths import Seen, Unusable
 from ucloud.filescanner.watch import Happening, Watcher, What
 from ucloud.models import File, now
 from ucloud.store import UNAVAILABLE, Store
+from ucloud.uploads import Seen, Unusable, sha512_of
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class FileScanner:
 
     def key(self, path: str) -> Key | None:
         try:
-            return paths.split(path)
+            return uploads.split(path)
         except Unusable as e:
             self.skip(path, str(e))
             return None
@@ -195,8 +194,8 @@ class FileScanner:
         assert self.watcher is not None
         try:
             for part in relative.split("/"):
-                paths.check_part(part)
-            paths.check_user(relative.split("/")[0])
+                uploads.check_part(part)
+            uploads.check_user(relative.split("/")[0])
         except Unusable as e:
             self.skip(relative, str(e))
             return
@@ -214,7 +213,7 @@ class FileScanner:
         if key is None:
             return
         try:
-            seen = paths.seen(self.root, *key)
+            seen = uploads.seen(self.root, *key)
         except FileNotFoundError:
             return
         except Unusable as e:
@@ -236,7 +235,7 @@ class FileScanner:
         """Register each candidate that has been complete and unchanged long enough."""
         for key, candidate in list(self.candidates.items()):
             try:
-                seen = paths.seen(self.root, *key)
+                seen = uploads.seen(self.root, *key)
             except (FileNotFoundError, Unusable) as e:
                 if isinstance(e, Unusable):
                     self.skip("/".join(key), str(e))
@@ -260,7 +259,7 @@ class FileScanner:
         user, name = key
         log.info("hashing %s/%s (%d bytes)", user, name, seen.size)
         try:
-            with paths.opened(self.root, user, name) as fd:
+            with uploads.opened(self.root, user, name) as fd:
                 digest = sha512_of(fd)
                 after = Seen.of(os.fstat(fd))
         except (FileNotFoundError, Unusable):

@@ -26,14 +26,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+from ucloud import uploads
 from ucloud.config import Settings
-from ucloud.filescanner import paths
-from ucloud.filescanner.hashing import sha512_of
-from ucloud.filescanner.paths import Seen, Unusable
 from ucloud.imagescanner.inspect import GIB, Refused, inspect, source_spec
 from ucloud.models import File, Image, ImageDesired, ImageStatus
 from ucloud.storage import Storage, StorageError
 from ucloud.store import UNAVAILABLE, Change, Conflict, Guard, Snapshot, Store, Versioned
+from ucloud.uploads import Seen, Unusable, sha512_of
 from ucloud.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ class ImageScanner:
             raise Refused(f"its file {image.file} is not in this scanner's upload directory")
         root = Path(self.settings.upload_root)
         try:
-            with paths.opened(root, file.value.owner, file.value.name) as fd:
+            with uploads.opened(root, file.value.owner, file.value.name) as fd:
                 before = Seen.of(os.fstat(fd))
                 checked = inspect(fd, int(self.settings.image_max_size * GIB))
                 if sha512_of(fd) != image.sha512:

@@ -1,4 +1,5 @@
-"""Which paths under the upload root count as users' files, and opening them safely.
+"""Users' uploaded files, as both scanners see them: which paths under the upload root count,
+opening them safely, and hashing them.
 
 A path counts when it lies inside a user's directory, every part of it is UTF-8 text without
 control characters and does not start with a dot (upload tools such as rsync write into hidden
@@ -6,10 +7,14 @@ temporary names and rename when done), and it is a regular file, or a symlink to
 the same user's directory. Files are opened one directory at a time with O_NOFOLLOW, so a
 symlink swapped in after the check cannot lead outside. (Hard links are the kernel's business:
 fs.protected_hardlinks, on by default, stops users linking files they do not own.)
+
+The file scanner registers files with their sha512; the image scanner checks a file against it
+before it converts it. Both use this module, so neither depends on the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ucloud.models import check_name
+
+CHUNK = 1 << 20  # hashing reads this much at a time
 
 
 class Unusable(Exception):
@@ -142,3 +149,14 @@ def opened(root: Path, user: str, name: str) -> Iterator[int]:
 def seen(root: Path, user: str, name: str) -> Seen:
     with opened(root, user, name) as fd:
         return Seen.of(os.fstat(fd))
+
+
+def sha512_of(fd: int) -> str:
+    """sha512 of an open file, streamed: images run to many GiB and are never read whole."""
+    digest = hashlib.sha512()
+    offset = 0
+    # pread: the descriptor's position is left alone for whoever else reads it.
+    while chunk := os.pread(fd, CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
