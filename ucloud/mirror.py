@@ -54,12 +54,17 @@ class Mirror(Generic[M]):
         self.items[id] = after
         return (id, before, after)
 
+    def drop_local(self, id: str) -> Diff[M] | None:
+        """Record a delete this daemon just made (or forget an object it learned is gone)."""
+        before = self.items.pop(id, None)
+        return (id, before, None) if before is not None else None
+
     def _replace(self, snapshot: Snapshot[M]) -> list[Diff[M]]:
         diffs: list[Diff[M]] = []
-        for id, before in list(self.items.items()):
+        for id, gone in list(self.items.items()):
             if id not in snapshot.items:
                 del self.items[id]
-                diffs.append((id, before, None))
+                diffs.append((id, gone, None))
         for id, after in snapshot.items.items():
             before = self.items.get(id)
             if before is None or before.mod_revision != after.mod_revision:

@@ -255,6 +255,11 @@ class Store:
                 return Versioned(obj, revision)
         raise Conflict(f"{kind.kind} {id} kept changing; gave up after {attempts} attempts")
 
+    def holds(self, guard: Guard) -> bool:
+        """Whether ``guard`` still holds: its key exists, created at its revision."""
+        _, meta = self.client.get(guard.key)
+        return meta is not None and bool(meta.create_revision == guard.create_revision)
+
     # --- leases ------------------------------------------------------------------------------
 
     def lease(self, ttl: int) -> etcd3.Lease:

@@ -1,0 +1,159 @@
+"""Host lifecycle, kept out of placement as Kubernetes keeps node lifecycle out of its
+scheduler: each host's status follows its alive key; the VMs of a host DEAD past the grace
+are taken off it, their disks fenced, and only then let go to be placed again.
+
+See docs/design-decisions.md, "Fencing: the rule".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ucloud.config import Settings
+from ucloud.mirror import Mirror
+from ucloud.models import VM, Alive, Host, HostStatus, Status
+from ucloud.scheduler.ledger import Ledger
+from ucloud.scheduler.writes import Writes
+from ucloud.storage import Storage, StorageError
+from ucloud.store import Versioned
+
+log = logging.getLogger(__name__)
+
+ME = "scheduler"
+FENCE_RETRY = 2.0  # seconds before fencing that failed (Ceph unreachable) is tried again
+FENCE_THREADS = 16  # each block-list entry is a monitor proposal: many at once share one
+
+
+class HostLifecycle:
+    def __init__(
+        self,
+        settings: Settings,
+        vms: Mirror[VM],
+        hosts: Mirror[Host],
+        alive: Mirror[Alive],
+        ledger: Ledger,
+        writes: Writes,
+        storage: Storage,
+    ) -> None:
+        self.settings = settings
+        self.vms = vms
+        self.hosts = hosts
+        self.alive = alive
+        self.ledger = ledger
+        self.writes = writes
+        self.storage = storage
+        self.to_check: set[str] = set()  # hosts whose status or VMs need a look
+        self.unfenced: set[str] = set()  # VMs taken off a dead host, their disks not yet fenced
+        self.fence_after = 0.0  # monotonic time before which fencing is not retried
+
+    def host_changed(self, name: str) -> None:
+        self.to_check.add(name)
+
+    def vm_changed(self, id: str, new: VM | None) -> None:
+        self.unfenced.discard(id)
+        if new is None:
+            return
+        if new.fencing and not new.hostname:
+            self.unfenced.add(id)
+        host = self.hosts.get(new.hostname) if new.hostname else None
+        if host is not None and host.value.status == HostStatus.DEAD:
+            self.to_check.add(new.hostname)  # placed on a dead host: move it
+
+    def resync(self) -> None:
+        self.to_check.update(self.hosts.items)
+
+    def step(self) -> None:
+        self.check_hosts()
+        self.fence()
+
+    # --- hosts ---------------------------------------------------------------------------------
+
+    def check_hosts(self) -> None:
+        """Keep each host's status in step with its alive key; take the VMs off dead hosts."""
+        now = time.time()
+        for name in list(self.to_check):
+            found = self.hosts.get(name)
+            if found is None:
+                self.to_check.discard(name)
+                continue
+            host = found.value
+            alive = name in self.alive.items
+            if alive and host.status != HostStatus.UP:
+                self.write_host(found, HostStatus.UP)
+            elif not alive and host.status == HostStatus.UP:
+                log.warning("host %s lost its lease: DEAD", name)
+                if not self.write_host(found, HostStatus.DEAD):
+                    continue  # the watch brings what changed; look again
+                host = self.hosts.items[name].value
+            if not alive and self.ledger.vms_on(name):
+                if now - host.status_since < self.settings.dead_host_grace:
+                    continue  # look again on the next pass, until the grace runs out
+                self.evacuate(name)
+                if self.ledger.vms_on(name):
+                    continue  # some VM changed meanwhile: the watch brings it; look again
+            self.to_check.discard(name)
+
+    def write_host(self, found: Versioned[Host], status: HostStatus) -> bool:
+        host = found.value.model_copy(deep=True)
+        host.status = status
+        host.status_since = time.time()
+        return self.writes.host(host, found.mod_revision)
+
+    def evacuate(self, name: str) -> None:
+        """Take every VM off a dead host: KILLED, no host, and (unless the host never claimed
+        it) ``fencing`` naming the host, in guarded compare-and-swaps. Once a VM's record no
+        longer names the host, its agent can start nothing more for it (every start follows a
+        compare-and-swap on that record), so what fence() then block-lists is every client that
+        may ever have the disk open there."""
+        vms = self.ledger.vms_on(name)
+        log.warning("host %s is dead: moving its %d VMs", name, len(vms))
+        writes = []
+        for id in vms:
+            found = self.vms.get(id)
+            if found is None:
+                continue
+            vm = found.value.model_copy(deep=True)
+            if vm.status != Status.SCHEDULED:  # claimed there: its disk may be open there
+                vm.disk = vm.disk_name
+                vm.fencing = name
+            vm.hostname = ""
+            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            writes.append((vm, found.mod_revision))
+        self.writes.vms_in_batches(writes)
+
+    # --- fencing -------------------------------------------------------------------------------
+
+    def fence(self) -> None:
+        """Block-list whoever has the disks of VMs taken off dead hosts open (all at once: each
+        entry costs a monitor proposal), then let those VMs be placed again. A disk that cannot
+        be fenced keeps its VM where it is, and is tried again: availability waits for safety."""
+        if not self.unfenced or time.monotonic() < self.fence_after:
+            return
+        todo = [found for id in self.unfenced if (found := self.vms.get(id)) is not None]
+
+        def fence_one(found: Versioned[VM]) -> list[str] | StorageError:
+            try:
+                return self.storage.fence_disk(found.value.disk_name)
+            except StorageError as e:
+                return e
+
+        with ThreadPoolExecutor(min(FENCE_THREADS, len(todo) or 1)) as pool:
+            results = list(pool.map(fence_one, todo))
+        writes = []
+        for found, fenced in zip(todo, results, strict=True):
+            vm = found.value.model_copy(deep=True)
+            if isinstance(fenced, StorageError):
+                log.error("VM %s waits: cannot fence its disk: %s", vm.uuid, fenced)
+                self.fence_after = time.monotonic() + FENCE_RETRY
+                continue
+            why = f"host {vm.fencing} died; " + (
+                f"fenced its disk's clients {', '.join(fenced)}"
+                if fenced
+                else "no client had its disk open"
+            )
+            vm.fencing = ""
+            vm.set_status(Status.KILLED, ME, why)
+            writes.append((vm, found.mod_revision))
+        self.writes.vms_in_batches(writes)

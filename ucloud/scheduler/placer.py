@@ -1,0 +1,163 @@
+"""Placement and its deadlines: every VM that wants a host is placed on the best one that fits
+(placement.py's filters and weighers, over the ledger's hosts), in batched guarded
+compare-and-swaps; a VM that fits nowhere waits with the reason, and is tried again when
+capacity changes; a VM SCHEDULED past its deadline is placed again, and goes to ERROR after a
+few attempts.
+
+What a pass costs grows with what changed: VMs that want a host wait in an ordered dict, those
+in SCHEDULED in a heap ordered by their deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+
+from ucloud.config import Settings
+from ucloud.mirror import Mirror
+from ucloud.models import VM, Status
+from ucloud.scheduler import placement
+from ucloud.scheduler.ledger import Ledger
+from ucloud.scheduler.writes import BATCH, Writes
+from ucloud.store import UNAVAILABLE, Versioned
+
+log = logging.getLogger(__name__)
+
+ME = "scheduler"
+
+
+class Placer:
+    def __init__(self, settings: Settings, vms: Mirror[VM], ledger: Ledger, writes: Writes) -> None:
+        self.settings = settings
+        self.vms = vms
+        self.ledger = ledger
+        self.writes = writes
+        self.pending: dict[str, None] = {}  # VMs that want a host, oldest first
+        self.unfit: set[str] = set()  # pending VMs no host could take; retried on change
+        self.scheduled: dict[str, float] = {}  # VMs in SCHEDULED -> since when
+        self.deadlines: list[tuple[float, str]] = []  # heap: (when SCHEDULED runs out, VM)
+
+    def vm_changed(self, id: str, new: VM | None) -> None:
+        self.pending.pop(id, None)
+        self.unfit.discard(id)
+        since = self.scheduled.pop(id, None)
+        if new is None:
+            return
+        if new.wants_host:
+            self.pending[id] = None
+        if new.status == Status.SCHEDULED:
+            self.scheduled[id] = new.status_since
+            if since != new.status_since:
+                due = new.status_since + self.settings.scheduled_deadline
+                heapq.heappush(self.deadlines, (due, id))
+
+    def resync(self) -> None:
+        limit = self.settings.scheduled_deadline
+        self.deadlines = [(since + limit, id) for id, since in self.scheduled.items()]
+        heapq.heapify(self.deadlines)
+
+    def step(self, hosts_changed: bool) -> None:
+        if hosts_changed:
+            for id in self.unfit:
+                self.pending[id] = None
+            self.unfit.clear()
+        self.place()
+        self.check_deadlines()
+
+    # --- placement -----------------------------------------------------------------------------
+
+    def place(self) -> None:
+        if not self.pending:
+            return
+        pool = self.ledger.candidates()
+        batch: list[tuple[VM, Versioned[VM]]] = []
+        for id in list(self.pending):
+            found = self.vms.get(id)
+            if found is None or not found.value.wants_host:
+                self.pending.pop(id, None)
+                continue
+            vm = found.value
+            host, reason = placement.choose(vm, pool)
+            self.pending.pop(id, None)
+            if host is None:
+                self.unfit.add(id)
+                self.mark_unplaceable(found, reason)
+                continue
+            placed = vm.model_copy(deep=True)
+            placed.hostname = host.name
+            placed.attempts += 1
+            placed.observed_generation = placed.generation
+            placed.set_status(Status.SCHEDULED, ME, f"placed on {host.name}")
+            batch.append((placed, found))
+            # Count it against the host now, so the next VM of this pass sees it.
+            self.writes.on_vm(self.vms.put_local(id, placed, 0))
+            if len(batch) == BATCH:
+                self.commit(batch)
+                batch = []
+        self.commit(batch)
+
+    def commit(self, batch: list[tuple[VM, Versioned[VM]]]) -> None:
+        if not batch:
+            return
+        try:
+            revision = self.writes.store.swap_many(
+                [(vm, was.mod_revision) for vm, was in batch], self.writes.guard
+            )
+        except UNAVAILABLE:
+            # Unknown whether it was written. Believe it was not: if it was, the watch brings
+            # each placement with its revision, and the mirror takes it over this guess.
+            for vm, was in batch:
+                self.writes.on_vm(self.vms.put_local(vm.uuid, was.value, was.mod_revision))
+            raise
+        if revision is not None:
+            for vm, _ in batch:
+                self.vms.put_local(vm.uuid, vm, revision)
+                log.debug("placed VM %s on %s", vm.uuid, vm.hostname)
+            log.info("placed %d VM(s)", len(batch))
+            return
+        self.writes.check_guard()
+        # Some VM changed meanwhile: take etcd's word for each, and let the loop try again.
+        for vm, _ in batch:
+            fresh = self.writes.store.get(VM, vm.uuid)
+            if fresh is None:
+                diff = self.vms.drop_local(vm.uuid)
+            else:
+                diff = self.vms.put_local(vm.uuid, fresh.value, fresh.mod_revision)
+            if diff is not None:
+                self.writes.on_vm(diff)
+
+    def mark_unplaceable(self, found: Versioned[VM], reason: str) -> None:
+        vm = found.value
+        if vm.status == Status.PENDING and vm.reason == reason:
+            return
+        vm = vm.model_copy(deep=True)
+        vm.set_status(Status.PENDING, ME, reason)
+        log.info("VM %s waits: %s", vm.uuid, reason)
+        self.writes.vm(vm, found.mod_revision)
+
+    # --- deadlines -----------------------------------------------------------------------------
+
+    def check_deadlines(self) -> None:
+        """Re-place VMs whose host has not taken them up in time; give up after a few tries."""
+        now = time.time()
+        deadline = now - self.settings.scheduled_deadline
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, id = heapq.heappop(self.deadlines)
+            found = self.vms.get(id)
+            if found is None or found.value.status != Status.SCHEDULED:
+                continue
+            if found.value.status_since > deadline:
+                continue  # SCHEDULED again since: a later entry stands for it
+            vm = found.value.model_copy(deep=True)
+            late = (
+                f"host {vm.hostname} did not start it within {self.settings.scheduled_deadline:g} s"
+            )
+            vm.hostname = ""
+            if vm.attempts >= self.settings.schedule_attempts:
+                vm.observed_generation = vm.generation
+                vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
+            else:
+                vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
+            if not self.writes.vm(vm, found.mod_revision):
+                heapq.heappush(self.deadlines, (now + 1.0, id))  # look again shortly
