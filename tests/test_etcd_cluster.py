@@ -20,7 +20,7 @@ from tests.test_scheduler import FakeAgent
 from ucloud.config import Settings, load_settings
 from ucloud.models import VM, Alive, Host, HostStatus, Specs, Status, Stored
 from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import UNAVAILABLE, Change, Conflict, Snapshot, Store
+from ucloud.store import Change, Conflict, Snapshot, Store, Unavailable
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ def retrying(call: Callable[[], T], timeout: float = 15) -> T:
     while True:
         try:
             return call()
-        except UNAVAILABLE:
+        except Unavailable:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -104,7 +104,7 @@ def create(store: Store, obj: Stored, timeout: float = 15) -> None:
             if failed:
                 return
             raise
-        except UNAVAILABLE:
+        except Unavailable:
             if time.monotonic() > deadline:
                 raise
             failed = True
@@ -129,7 +129,7 @@ class Writer(threading.Thread):
             n += 1  # each name is written once: an unknown outcome stays unknown
             try:
                 self.acked[host.name] = self.store.create(host)
-            except UNAVAILABLE:
+            except Unavailable:
                 self.unknown += 1
                 self.stopped.wait(0.05)
 
@@ -192,7 +192,7 @@ def test_every_call_leaves_a_killed_member(settings: Settings, cluster: EtcdClus
                 try:
                     call()
                     break
-                except UNAVAILABLE:
+                except Unavailable:
                     failures += 1
                     assert failures < 3, f"{name} kept calling the killed member"
                     # A daemon retries after a back-off, often longer than time_retry: as if

@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 
-import etcd3.exceptions
 import pytest
 
 from tests.conftest import make_image
@@ -16,7 +15,7 @@ from tests.servers import Daemon, Etcd, wait_for
 from ucloud.config import Settings
 from ucloud.models import VM, AdminState, Alive, Desired, Host, HostStatus, Specs, Status
 from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import KeepAlive, Store
+from ucloud.store import KeepAlive, Store, Unavailable
 
 
 class FakeAgent:
@@ -239,7 +238,7 @@ class LosesEtcdOnce(Store):
         self.armed = False
         if self.written:
             super().swap_many(writes, guard)
-        raise etcd3.exceptions.ConnectionFailedError()
+        raise Unavailable("lost mid-call")
 
 
 @pytest.mark.parametrize("written", [False, True], ids=["lost", "written-unacknowledged"])

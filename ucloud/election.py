@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 
-from ucloud.store import UNAVAILABLE, Guard, KeepAlive, Store
+from ucloud.store import Guard, KeepAlive, Store, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Election:
     def __init__(self, store: Store, name: str, ttl: int) -> None:
         self.store = store
-        self.key = f"{store.prefix}/election/{name}"
+        self.name = name
         self.ttl = ttl
         self.identity = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
         self.lost = threading.Event()
@@ -35,28 +35,23 @@ class Election:
             keepalive: KeepAlive | None = None
             try:
                 keepalive = self.store.hold_lease(self.ttl, self._on_lost)
-                t = self.store.client.transactions
-                won, _ = self.store.client.transaction(
-                    compare=[t.version(self.key) == 0],
-                    success=[t.put(self.key, self.identity, lease=keepalive.lease)],
-                    failure=[],
-                )
-                if won:
-                    _, meta = self.store.client.get(self.key)
+                guard = self.store.campaign(self.name, self.identity, keepalive.lease)
+                if guard is not None:
                     self.lost.clear()
                     self._keepalive = keepalive
-                    log.info("leading (%s)", self.key)
-                    return Guard(self.key, meta.create_revision)
+                    log.info("leading (%s)", guard.key)
+                    return guard
                 keepalive.stop(revoke=True)
-                leader, meta = self.store.client.get(self.key)
-                if meta is None:
+                leader = self.store.leader(self.name)
+                if leader is None:
                     continue  # the leader just left
+                identity, revision = leader
                 if not announced:
-                    log.info("standing by; leader is %s", leader.decode())
+                    log.info("standing by; leader is %s", identity)
                     announced = True
                 # The key disappears within the leader's lease TTL after it dies.
-                self.store.wait_deleted(self.key, meta.mod_revision, timeout=self.ttl)
-            except UNAVAILABLE:
+                self.store.wait_deleted(self.store.election_key(self.name), revision, self.ttl)
+            except Unavailable:
                 if keepalive is not None and keepalive is not self._keepalive:
                     keepalive.stop()
                 stop.wait(1.0)
@@ -68,5 +63,5 @@ class Election:
             self._keepalive = None
 
     def _on_lost(self) -> None:
-        log.error("lost leadership (%s): lease expired", self.key)
+        log.error("lost leadership (%s): lease expired", self.store.election_key(self.name))
         self.lost.set()

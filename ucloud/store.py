@@ -3,17 +3,22 @@
 Every read-modify-write is a transaction that compares the key's ``mod_revision`` with the one
 read, and retries on conflict; nothing here writes a key blindly except keys bound to a lease
 that only their owner writes.
+
+Daemons see only this module's types: python-etcd3's and gRPC's errors are translated here, once,
+into ``Unavailable`` (etcd did not answer) and ``Conflict``; leases and elections are Store
+methods. Benchmarks may use ``Store.client`` for raw references; daemons never do.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import etcd3
 import etcd3.exceptions
@@ -29,9 +34,11 @@ from ucloud.models import Stored
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Stored)
+P = ParamSpec("P")
+R = TypeVar("R")
 
-# What a lost or restarting etcd looks like through python-etcd3.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
+# What a lost or restarting etcd looks like through python-etcd3: raised as Unavailable.
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     etcd3.exceptions.ConnectionFailedError,
     etcd3.exceptions.ConnectionTimeoutError,
     etcd3.exceptions.InternalServerError,
@@ -51,8 +58,30 @@ MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure l
 LIST_PAGE = 500  # keys a Range answer: a VM with a full event log is about 4 KiB
 
 
-class Conflict(Exception):
+class StoreError(Exception):
+    """What the store raises; a daemon catches these, never an etcd client's own."""
+
+
+class Unavailable(StoreError):
+    """etcd did not answer (lost, restarting, without a leader): try again later. Whether a
+    write that raised this was applied is unknown; a compare-and-swap makes retrying safe."""
+
+
+class Conflict(StoreError):
     """A compare-and-swap lost to another writer too many times, or a create found the key."""
+
+
+def _etcd_call(method: Callable[P, R]) -> Callable[P, R]:
+    """Translate the etcd client's transport errors into Unavailable, at this one boundary."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except _TRANSPORT_ERRORS as e:
+            raise Unavailable(_brief(e)) from e
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -140,12 +169,14 @@ class Store:
 
     # --- reads -------------------------------------------------------------------------------
 
+    @_etcd_call
     def get(self, kind: type[M], id: str) -> Versioned[M] | None:
         value, meta = self.client.get(self.key(kind, id))
         if value is None:
             return None
         return Versioned(kind.model_validate_json(value), meta.mod_revision)
 
+    @_etcd_call
     def list(self, kind: type[M], under: str = "") -> tuple[dict[str, Versioned[M]], int]:
         """Every object of ``kind`` (whose id starts with ``under``), and the store revision
         the list was read at: watch from revision + 1 to miss nothing.
@@ -184,6 +215,7 @@ class Store:
 
     # --- writes ------------------------------------------------------------------------------
 
+    @_etcd_call
     def create(self, obj: Stored, lease: etcd3.Lease | None = None) -> int:
         """Write ``obj`` if its key does not exist; return the new revision, or raise Conflict."""
         key = self.key_of(obj)
@@ -196,6 +228,7 @@ class Store:
             raise Conflict(f"{obj.kind} {obj.id} already exists")
         return responses[0].response_put.header.revision
 
+    @_etcd_call
     def put_owned(self, obj: Stored, lease: etcd3.Lease) -> None:
         """Write a lease-bound key that only its lease holder ever writes (an alive key)."""
         self.client.put(self.key_of(obj), obj.model_dump_json(), lease=lease)
@@ -204,6 +237,7 @@ class Store:
         """Write ``obj`` if its key is still at ``mod_revision``; the new revision, or None."""
         return self.swap_many([(obj, mod_revision)])
 
+    @_etcd_call
     def swap_many(
         self, writes: Sequence[tuple[Stored, int]], guard: Guard | None = None
     ) -> int | None:
@@ -220,6 +254,7 @@ class Store:
         ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
         return responses[0].response_put.header.revision if ok else None
 
+    @_etcd_call
     def delete(
         self, kind: type[Stored], id: str, mod_revision: int, guard: Guard | None = None
     ) -> bool:
@@ -255,6 +290,7 @@ class Store:
                 return Versioned(obj, revision)
         raise Conflict(f"{kind.kind} {id} kept changing; gave up after {attempts} attempts")
 
+    @_etcd_call
     def holds(self, guard: Guard) -> bool:
         """Whether ``guard`` still holds: its key exists, created at its revision."""
         _, meta = self.client.get(guard.key)
@@ -262,6 +298,7 @@ class Store:
 
     # --- leases ------------------------------------------------------------------------------
 
+    @_etcd_call
     def lease(self, ttl: int) -> etcd3.Lease:
         return self.client.lease(ttl)
 
@@ -270,8 +307,39 @@ class Store:
         granted_at = time.monotonic()
         return KeepAlive(self, self.lease(ttl), on_lost, granted_at).start()
 
+    # --- elections ---------------------------------------------------------------------------
+
+    def election_key(self, name: str) -> str:
+        return f"{self.prefix}/election/{name}"
+
+    @_etcd_call
+    def campaign(self, name: str, identity: str, lease: etcd3.Lease) -> Guard | None:
+        """Take the lead of election ``name`` if nobody holds it: its key, bound to ``lease``,
+        holding ``identity``. The Guard for the leader's writes, or None if another leads."""
+        key = self.election_key(name)
+        t = self.client.transactions
+        won, responses = self.client.transaction(
+            compare=[t.version(key) == 0],
+            success=[t.put(key, identity, lease=lease)],
+            failure=[],
+        )
+        if not won:
+            return None
+        # The key was created by this very put: its create revision is the put's revision.
+        return Guard(key, responses[0].response_put.header.revision)
+
+    @_etcd_call
+    def leader(self, name: str) -> tuple[str, int] | None:
+        """Who leads election ``name`` (its identity) and its key's mod_revision; None if
+        nobody does."""
+        value, meta = self.client.get(self.election_key(name))
+        if value is None:
+            return None
+        return value.decode(), meta.mod_revision
+
     # --- watches -----------------------------------------------------------------------------
 
+    @_etcd_call
     def wait_deleted(self, key: str, after_revision: int, timeout: float) -> None:
         """Return when ``key`` is deleted after ``after_revision``, or after ``timeout``."""
         stream = WatchStream(self, key, after_revision + 1, timeout=timeout)
@@ -406,7 +474,7 @@ class Follower(Generic[M]):
         while not self._stopped.is_set():
             try:
                 items, revision = self.store.list(self.kind)
-            except UNAVAILABLE as e:
+            except Unavailable as e:
                 log.warning(
                     "listing %s: etcd unavailable (%s); retrying", self.kind.kind, _brief(e)
                 )
@@ -426,7 +494,7 @@ class Follower(Generic[M]):
             try:
                 if self._watch():
                     delay = 0.2  # the stream worked for a while: start backing off afresh
-            except (*UNAVAILABLE, ValueError) as e:
+            except (*_TRANSPORT_ERRORS, ValueError) as e:
                 if self._stopped.is_set():
                     return
                 log.warning(
@@ -518,7 +586,7 @@ class KeepAlive:
     def stop(self, revoke: bool = False) -> None:
         self._stopped.set()
         if revoke:
-            with suppress(UNAVAILABLE):
+            with suppress(*_TRANSPORT_ERRORS):
                 self.lease.revoke()
 
     def remaining(self) -> float:
@@ -532,7 +600,7 @@ class KeepAlive:
             sent = time.monotonic()
             try:
                 ttl = next(iter(self.store.client.refresh_lease(self.lease.id))).TTL
-            except (*UNAVAILABLE, ValueError) as e:  # ValueError: the store was closed
+            except (*_TRANSPORT_ERRORS, ValueError) as e:  # ValueError: the store was closed
                 log.warning("could not renew lease %x (%s)", self.lease.id, _brief(e))
                 ttl = None
             if ttl is not None and ttl > 0 and sent < self.expires:

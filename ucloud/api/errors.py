@@ -8,7 +8,7 @@ from flask import Flask, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from ucloud.store import UNAVAILABLE
+from ucloud.store import Unavailable
 
 
 class APIError(Exception):
@@ -69,7 +69,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> tuple[Any, int]:
-        if isinstance(e, UNAVAILABLE):
+        if isinstance(e, Unavailable):
             return _json("the cluster store (etcd) is unavailable; try again shortly", 503)
         app.logger.exception("unhandled error")
         return _json("internal error; the administrator can find it in the API log", 500)

@@ -28,7 +28,7 @@ from ucloud import uploads
 from ucloud.config import Settings
 from ucloud.filescanner.watch import Happening, Watcher, What
 from ucloud.models import File, now
-from ucloud.store import UNAVAILABLE, Store
+from ucloud.store import Store, Unavailable
 from ucloud.uploads import Seen, Unusable, sha512_of
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class FileScanner:
                     for happening in self.watcher.read(timeout=self._tick()):
                         self.on(happening)
                     self.settle()
-                except UNAVAILABLE as e:
+                except Unavailable as e:
                     # Nothing is lost: candidates stay, and a failed rescan is done again.
                     log.warning("etcd unavailable (%s); will retry", type(e).__name__)
                     stop.wait(1.0)

@@ -38,7 +38,7 @@ from ucloud.host.hypervisor import (
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status, new_id
 from ucloud.storage import Storage, StorageError
-from ucloud.store import UNAVAILABLE, Change, Conflict, KeepAlive, Snapshot, Store, Versioned
+from ucloud.store import Change, Conflict, KeepAlive, Snapshot, Store, Unavailable, Versioned
 from ucloud.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class HostAgent:
             try:
                 action()
                 return
-            except (*UNAVAILABLE, Unreachable, StorageError) as e:
+            except (Unavailable, Unreachable, StorageError) as e:
                 log.warning("cannot %s yet (%s); retrying", what, type(e).__name__)
                 sdnotify.notify("WATCHDOG=1")
                 stop.wait(delay)
@@ -207,7 +207,7 @@ class HostAgent:
     def reconcile_safely(self, id: str) -> None:
         try:
             self.reconcile(id)
-        except UNAVAILABLE:
+        except Unavailable:
             self.queue.add_after(id, 1.0)
         except Unreachable as e:
             log.warning("hypervisor unreachable while handling VM %s: %s", id, e)

@@ -31,7 +31,7 @@ from ucloud.config import Settings
 from ucloud.imagescanner.inspect import GIB, Refused, inspect, source_spec
 from ucloud.models import File, Image, ImageDesired, ImageStatus
 from ucloud.storage import Storage, StorageError
-from ucloud.store import UNAVAILABLE, Change, Conflict, Guard, Snapshot, Store, Versioned
+from ucloud.store import Change, Conflict, Guard, Snapshot, Store, Unavailable, Versioned
 from ucloud.uploads import Seen, Unusable, sha512_of
 from ucloud.workqueue import WorkQueue
 
@@ -68,7 +68,7 @@ class ImageScanner:
         try:
             while not stop.wait(0.5) and not (lost and lost.is_set()):
                 if time.monotonic() >= next_resync:
-                    with suppress(*UNAVAILABLE):
+                    with suppress(Unavailable):
                         self.resync()
                     next_resync = time.monotonic() + self.settings.imagescanner_resync
         finally:
@@ -112,7 +112,7 @@ class ImageScanner:
             self.failures.pop(id, None)
         except Stopped:
             log.info("left image %s unfinished: stopping", id)
-        except UNAVAILABLE:
+        except Unavailable:
             self.queue.add_after(id, 1.0)
         except StorageError as e:  # Ceph down, say: worth trying again, a few times
             log.warning("image %s: %s", id, e)

@@ -28,7 +28,7 @@ from ucloud.scheduler.lifecycle import HostLifecycle
 from ucloud.scheduler.placer import Placer
 from ucloud.scheduler.writes import Deposed, Writes
 from ucloud.storage import Storage, open_storage
-from ucloud.store import UNAVAILABLE, Change, Follower, Guard, Snapshot, Store
+from ucloud.store import Change, Follower, Guard, Snapshot, Store, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Scheduler:
                 except Deposed:
                     log.error("another scheduler leads now; stepping down")
                     return
-                except UNAVAILABLE as e:
+                except Unavailable as e:
                     log.warning("etcd unavailable (%s); will retry", type(e).__name__)
                     stop.wait(1.0)
         finally:

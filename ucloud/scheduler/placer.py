@@ -20,7 +20,7 @@ from ucloud.models import VM, Status
 from ucloud.scheduler import placement
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import BATCH, Writes
-from ucloud.store import UNAVAILABLE, Versioned
+from ucloud.store import Unavailable, Versioned
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Placer:
             revision = self.writes.store.swap_many(
                 [(vm, was.mod_revision) for vm, was in batch], self.writes.guard
             )
-        except UNAVAILABLE:
+        except Unavailable:
             # Unknown whether it was written. Believe it was not: if it was, the watch brings
             # each placement with its revision, and the mirror takes it over this guess.
             for vm, was in batch:
