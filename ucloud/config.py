@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # logging
     log_level: str = "INFO"
 
+    # retries (every daemon): a failed step is tried again after initial, 2 x initial, ...
+    retry_initial: float = Field(0.5, description="seconds before the first retry of a failure")
+    retry_max: float = Field(30.0, description="seconds between retries at most")
+
     # API
     api_bind: str = "127.0.0.1:5000"
     api_workers: int = 2

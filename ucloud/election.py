@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 
+from ucloud.retry import Backoff
 from ucloud.store import Guard, KeepAlive, Store, Unavailable
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Election:
     def campaign(self, stop: threading.Event) -> Guard | None:
         """Block until this process leads (returning the Guard for its writes) or ``stop``."""
         announced = False
+        backoff, failures = Backoff.of(self.store.settings), 0
         while not stop.is_set():
             keepalive: KeepAlive | None = None
             try:
@@ -54,7 +56,8 @@ class Election:
             except Unavailable:
                 if keepalive is not None and keepalive is not self._keepalive:
                     keepalive.stop()
-                stop.wait(1.0)
+                failures += 1
+                stop.wait(backoff.delay(failures))
         return None
 
     def resign(self) -> None:

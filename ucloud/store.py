@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from ucloud.config import Settings
 from ucloud.models import Stored
+from ucloud.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,7 @@ class Follower(Generic[M]):
         self.store = store
         self.kind = kind
         self.deliver = deliver
+        self.backoff = Backoff.of(store.settings)
         self.next_revision = 0  # 0: list first
         # True while a watch stream is open: what was delivered is current but for events in
         # flight. A reader that must not serve stale data asks etcd itself when it is False.
@@ -470,30 +472,28 @@ class Follower(Generic[M]):
             self._thread.join(timeout=5)
 
     def _list_until_done(self) -> None:
-        delay = 0.2
+        failures = 0
         while not self._stopped.is_set():
             try:
                 items, revision = self.store.list(self.kind)
             except Unavailable as e:
-                log.warning(
-                    "listing %s: etcd unavailable (%s); retrying", self.kind.kind, _brief(e)
-                )
-                self._stopped.wait(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("listing %s: etcd unavailable (%s); retrying", self.kind.kind, e)
+                failures += 1
+                self._stopped.wait(self.backoff.delay(failures))
                 continue
             self.deliver(Snapshot(self.kind, items, revision))
             self.next_revision = revision + 1
             return
 
     def _run(self) -> None:
-        delay = 0.2
+        failures = 0
         while not self._stopped.is_set():
             if self.next_revision == 0:
                 self._list_until_done()
                 continue
             try:
                 if self._watch():
-                    delay = 0.2  # the stream worked for a while: start backing off afresh
+                    failures = 0  # the stream worked for a while: start backing off afresh
             except (*_TRANSPORT_ERRORS, ValueError) as e:
                 if self._stopped.is_set():
                     return
@@ -503,8 +503,8 @@ class Follower(Generic[M]):
                     _brief(e),
                     self.next_revision,
                 )
-            self._stopped.wait(delay)
-            delay = min(delay * 2, 5.0)
+            failures += 1
+            self._stopped.wait(self.backoff.delay(failures))
 
     def _watch(self) -> bool:
         """Stream events until the stream ends; True if it delivered anything."""

@@ -28,6 +28,7 @@ from ucloud import uploads
 from ucloud.config import Settings
 from ucloud.filescanner.watch import Happening, Watcher, What
 from ucloud.models import File, now
+from ucloud.retry import Backoff
 from ucloud.store import Store, Unavailable
 from ucloud.uploads import Seen, Unusable, sha512_of
 
@@ -74,6 +75,7 @@ class FileScanner:
         self.watcher = Watcher(self.root)
         next_rescan = 0.0
         log.info("scanning %s for users of realm %s", self.root, self.realm)
+        backoff, failures = Backoff.of(self.settings), 0
         try:
             while not stop.is_set():
                 try:
@@ -84,14 +86,17 @@ class FileScanner:
                     for happening in self.watcher.read(timeout=self._tick()):
                         self.on(happening)
                     self.settle()
+                    failures = 0
                 except Unavailable as e:
                     # Nothing is lost: candidates stay, and a failed rescan is done again.
-                    log.warning("etcd unavailable (%s); will retry", type(e).__name__)
-                    stop.wait(1.0)
+                    failures += 1
+                    log.warning("etcd unavailable (%s); will retry", e)
+                    stop.wait(backoff.delay(failures))
                 except Exception:
+                    failures += 1
                     log.exception("scanning failed; rescanning shortly")
                     self.rescan_due = True
-                    stop.wait(5.0)
+                    stop.wait(backoff.delay(failures))
         finally:
             self.watcher.close()
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import failpoints, proc, sdnotify
+from ucloud import failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
 from ucloud.host.hypervisor import (
     Domain,
@@ -37,6 +37,7 @@ from ucloud.host.hypervisor import (
 )
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status, new_id
+from ucloud.retry import Retry
 from ucloud.storage import Storage, StorageError
 from ucloud.store import Change, Conflict, KeepAlive, Snapshot, Store, Unavailable, Versioned
 from ucloud.workqueue import WorkQueue
@@ -56,7 +57,7 @@ class HostAgent:
         self.me = f"host {self.name}"
         self.vms: Mirror[VM] = Mirror()
         self.lock = threading.Lock()  # guards vms (the follower writes, workers read)
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(retry.Backoff.of(settings))
         self.crashes: dict[str, list[float]] = {}
         self.restart_at: dict[str, float] = {}
         self.stopping_since: dict[str, float] = {}
@@ -78,7 +79,7 @@ class HostAgent:
         self._retry(stop, "register the host", self.register)
         self._retry(stop, "take the host's lease", self.take_lease)
         follower = self.store.follow(VM, self.deliver)
-        workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_safely, "vm")
+        workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_or_retry, "vm")
         log.info("host %s is up", self.name)
         sdnotify.notify("READY=1")
         next_resync = time.monotonic() + self.settings.host_resync
@@ -104,16 +105,14 @@ class HostAgent:
             self.hv.close()
 
     def _retry(self, stop: threading.Event, what: str, action: Callable[[], None]) -> None:
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                action()
-                return
-            except (Unavailable, Unreachable, StorageError) as e:
-                log.warning("cannot %s yet (%s); retrying", what, type(e).__name__)
-                sdnotify.notify("WATCHDOG=1")
-                stop.wait(delay)
-                delay = min(delay * 2, 10)
+        retry.until_done(
+            stop,
+            what,
+            action,
+            self.queue.backoff,
+            (Unavailable, Unreachable, StorageError),
+            waiting=lambda: sdnotify.notify("WATCHDOG=1"),  # waiting is not hanging
+        )
 
     def connect_hypervisor(self) -> None:
         self.hv.connect(self.queue.add)
@@ -204,17 +203,13 @@ class HostAgent:
 
     # --- reconcile -----------------------------------------------------------------------------
 
-    def reconcile_safely(self, id: str) -> None:
+    def reconcile_or_retry(self, id: str) -> None:
+        """reconcile(); an unreachable etcd or libvirtd is a reason to retry, not an error (the
+        work queue backs off, and logs anything else with its traceback)."""
         try:
             self.reconcile(id)
-        except Unavailable:
-            self.queue.add_after(id, 1.0)
-        except Unreachable as e:
-            log.warning("hypervisor unreachable while handling VM %s: %s", id, e)
-            self.queue.add_after(id, 2.0)
-        except Exception:
-            log.exception("failed to reconcile VM %s; trying again shortly", id)
-            self.queue.add_after(id, 5.0)
+        except (Unavailable, Unreachable) as e:
+            raise Retry(f"VM {id}: {type(e).__name__}: {e}") from e
 
     def reconcile(self, id: str) -> None:
         if self.lease_left() <= 0:
@@ -336,10 +331,9 @@ class HostAgent:
         except (StorageError, HypervisorError) as e:
             if isinstance(e, Unreachable):
                 raise
-            log.warning("creating VM %s failed: %s", vm.uuid, e)
-            if self.record(found, f"create failed: {e}") is not None:
-                self.queue.add_after(vm.uuid, 5.0)
-            return None
+            if self.record(found, f"create failed: {e}") is None:
+                return None  # it changed meanwhile: the watch brings it back
+            raise Retry(f"creating VM {vm.uuid} failed: {e}") from e
         failpoints.hit("agent-domain-started")
         if self.lease_left() <= 0:
             self.on_lease_lost()  # the start outlasted the lease: it must not run here

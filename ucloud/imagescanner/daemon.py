@@ -30,6 +30,7 @@ from ucloud import uploads
 from ucloud.config import Settings
 from ucloud.imagescanner.inspect import GIB, Refused, inspect, source_spec
 from ucloud.models import File, Image, ImageDesired, ImageStatus
+from ucloud.retry import Backoff, Retry
 from ucloud.storage import Storage, StorageError
 from ucloud.store import Change, Conflict, Guard, Snapshot, Store, Unavailable, Versioned
 from ucloud.uploads import Seen, Unusable, sha512_of
@@ -52,9 +53,8 @@ class ImageScanner:
         self.settings = settings
         self.storage = storage
         self.guard = guard
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(Backoff.of(settings))
         self.stopping = threading.Event()
-        self.failures: dict[str, int] = {}
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -98,35 +98,25 @@ class ImageScanner:
     # --- reconcile -----------------------------------------------------------------------------
 
     def reconcile(self, id: str) -> None:
+        """step(); the work queue retries what raises Retry, with back-off."""
         if self.stopping.is_set():
             return
         try:
-            self.attempt(id)
-        except Exception:  # a worker thread must not die: try this image again later
-            log.exception("handling image %s failed; trying again shortly", id)
-            self.queue.add_after(id, 10.0)
-
-    def attempt(self, id: str) -> None:
-        try:
             self.step(id)
-            self.failures.pop(id, None)
         except Stopped:
             log.info("left image %s unfinished: stopping", id)
-        except Unavailable:
-            self.queue.add_after(id, 1.0)
+        except Unavailable as e:
+            raise Retry(f"image {id}: etcd unavailable ({e})") from e
         except StorageError as e:  # Ceph down, say: worth trying again, a few times
-            log.warning("image %s: %s", id, e)
             self.retry_or_fail(id, f"storing it failed: {e}")
         except Exception as e:
             log.exception("handling image %s failed", id)
             self.retry_or_fail(id, f"it failed ({e})")
 
     def retry_or_fail(self, id: str, reason: str) -> None:
-        count = self.failures[id] = self.failures.get(id, 0) + 1
+        count = self.queue.failures(id) + 1
         if count < ATTEMPTS:
-            self.queue.add_after(id, 5.0 * count)
-            return
-        self.failures.pop(id, None)
+            raise Retry(f"image {id}: {reason}")
         self.discard(id)
         self.fail(id, f"{reason}; tried {count} times: ask the administrator")
 
@@ -265,10 +255,8 @@ class ImageScanner:
         try:
             self.storage.delete_image(image.uuid, pool=image.pool or self.settings.image_pool)
         except StorageError as e:
-            log.warning("cannot delete image %s yet: %s", image.uuid, e)
             self.transition(found, ImageStatus.DELETING, f"cannot delete it yet: {e}")
-            self.queue.add_after(image.uuid, 30.0)
-            return
+            raise Retry(f"cannot delete image {image.uuid} yet: {e}") from e
         if self.store.delete(Image, image.uuid, found.mod_revision, guard=self.guard):
             log.info("image %s (%s) deleted", image.uuid, image.name)
 

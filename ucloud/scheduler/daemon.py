@@ -22,6 +22,7 @@ from typing import Any
 from ucloud.config import Settings
 from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Alive, Host
+from ucloud.retry import Backoff
 from ucloud.scheduler.chores import Chores
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
@@ -78,6 +79,7 @@ class Scheduler:
         """Reconcile until ``stop`` (or ``lost``: leadership gone) is set."""
         self.start()
         next_resync = time.monotonic() + self.settings.scheduler_resync
+        backoff, failures = Backoff.of(self.settings), 0
         try:
             while not stop.is_set() and not (lost and lost.is_set()):
                 self.drain(timeout=0.5)
@@ -86,12 +88,14 @@ class Scheduler:
                         self.resync()
                         next_resync = time.monotonic() + self.settings.scheduler_resync
                     self.step()
+                    failures = 0
                 except Deposed:
                     log.error("another scheduler leads now; stepping down")
                     return
                 except Unavailable as e:
-                    log.warning("etcd unavailable (%s); will retry", type(e).__name__)
-                    stop.wait(1.0)
+                    failures += 1
+                    log.warning("etcd unavailable (%s); will retry", e)
+                    stop.wait(backoff.delay(failures))
         finally:
             self.stop()
 
