@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 .venv/bin/ruff check ucloud tests
+.venv/bin/mypy ucloud        # types ([tool.mypy] in pyproject.toml)
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"

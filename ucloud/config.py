@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -160,7 +161,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {f"UCLOUD_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment and .env files; ``overrides`` win (tests use them)."""
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and .env files; ``overrides`` win (tests use them).
+    Each override is validated (and converted) like the same setting from the environment."""
     files = tuple(f for f in _env_files() if Path(f).is_file())
-    return Settings(_env_file=files or None, **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=files or None, **overrides)

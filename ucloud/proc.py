@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import selectors
@@ -71,10 +72,12 @@ def stream(
     child = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert child.stdout is not None and child.stderr is not None
+    # Buffered pipes (Popen's default bufsize): read1 returns what is there, up to a size.
+    stdout, stderr_pipe = child.stdout, child.stderr
+    assert isinstance(stdout, io.BufferedReader) and isinstance(stderr_pipe, io.BufferedReader)
     stderr = bytearray()
 
-    def drain_stderr(pipe=child.stderr) -> None:
+    def drain_stderr(pipe: io.BufferedReader = stderr_pipe) -> None:
         for chunk in iter(lambda: pipe.read1(4096), b""):
             stderr.extend(chunk)
             del stderr[:-_STDERR_KEEP]
@@ -85,14 +88,14 @@ def stream(
     pending = b""
     try:
         with selectors.DefaultSelector() as sel:
-            sel.register(child.stdout, selectors.EVENT_READ)
+            sel.register(stdout, selectors.EVENT_READ)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommandError(command, -1, f"timed out after {timeout} s")
                 if not sel.select(min(left, 1.0)):
                     continue
-                chunk = child.stdout.read1(4096)
+                chunk = stdout.read1(4096)
                 if not chunk:
                     break
                 *lines, pending = _LINE_END.split(pending + chunk)
@@ -111,7 +114,7 @@ def stream(
         raise
     finally:
         reader.join(timeout=5)
-        child.stdout.close()
-        child.stderr.close()
+        stdout.close()
+        stderr_pipe.close()
     if returncode != 0:
         raise CommandError(command, returncode, stderr.decode(errors="replace"))

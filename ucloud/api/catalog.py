@@ -114,21 +114,29 @@ class Catalog:
                 self._index([self._vms.mirror.put_local(vm.id, vm, revision)])
 
     def _start(self) -> None:
-        for kind in (self._users, self._vms):
-            if self._stopped.is_set():
-                return
-            # Follower.start lists, retrying while etcd is away, then watches.
-            kind.follower = self.store.follow(kind.kind, self._deliverer(kind))
-            if self._stopped.is_set():  # stop() ran while we listed
-                kind.follower.stop()
+        self._follow(self._users)
+        self._follow(self._vms, self._index)
 
-    def _deliverer(self, kind: _Kind[M]) -> Callable[[Snapshot[M] | Change[M]], None]:
+    def _follow(
+        self, kind: _Kind[M], on_diffs: Callable[[list[Diff[M]]], None] | None = None
+    ) -> None:
+        """Follow one kind; ``on_diffs`` sees each delivery's changes, under the lock."""
+        if self._stopped.is_set():
+            return
+        # Follower.start lists, retrying while etcd is away, then watches.
+        follower = kind.follower = self.store.follow(kind.kind, self._deliverer(kind, on_diffs))
+        if self._stopped.is_set():  # stop() ran while we listed
+            follower.stop()
+
+    def _deliverer(
+        self, kind: _Kind[M], on_diffs: Callable[[list[Diff[M]]], None] | None
+    ) -> Callable[[Snapshot[M] | Change[M]], None]:
         def deliver(update: Snapshot[M] | Change[M]) -> None:
             with self._lock:
                 diffs = kind.mirror.apply(update)
                 kind.seen = max(kind.seen, update.revision)
-                if kind is self._vms:
-                    self._index(diffs)  # type: ignore[arg-type]
+                if on_diffs is not None:
+                    on_diffs(diffs)
 
         return deliver
 

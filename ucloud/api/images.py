@@ -7,6 +7,8 @@ create stores, and the store named by the image_store setting exists without bei
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
 
 from ucloud.api import errors
@@ -183,5 +185,5 @@ def visible_image(ref: str, user: Principal) -> Versioned[Image]:
     return named[0]
 
 
-def public(image: Image) -> dict:
+def public(image: Image) -> dict[str, Any]:
     return image.model_dump(mode="json")

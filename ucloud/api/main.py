@@ -18,7 +18,7 @@ from ucloud.logs import setup_logging
 from ucloud.store import Conflict, Store
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__()

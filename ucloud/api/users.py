@@ -37,6 +37,6 @@ def create_user(store: Store, name: str, realm: str) -> User:
     return user
 
 
-def credentials(user: User) -> dict:
+def credentials(user: User) -> dict[str, str]:
     uri = pyotp.TOTP(user.totp_secret).provisioning_uri(name=user.name, issuer_name="ucloud")
     return {"name": user.name, "realm": user.realm, "seed": user.totp_secret, "otpauth": uri}

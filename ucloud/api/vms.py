@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
 
 from ucloud.api import errors
@@ -112,5 +114,5 @@ def find_image(ref: str, user: Principal) -> Image:
     return image
 
 
-def public(vm: VM) -> dict:
+def public(vm: VM) -> dict[str, Any]:
     return vm.model_dump(mode="json")

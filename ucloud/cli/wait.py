@@ -73,7 +73,9 @@ class Goal:
         return None
 
 
-def wait_for(api: API, vm: dict[str, Any], goal: Goal, timeout: float, out: Output) -> dict:
+def wait_for(
+    api: API, vm: dict[str, Any], goal: Goal, timeout: float, out: Output
+) -> dict[str, Any]:
     """Poll until ``goal`` is reached; return the VM's last state (empty once deleted).
 
     Raises VMFailed (ERROR, or overridden), WaitTimeout, or Unreachable when the API stayed
