@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 .venv/bin/ruff check ucloud tests
 .venv/bin/mypy ucloud        # types ([tool.mypy] in pyproject.toml)
+.venv/bin/lint-imports       # which parts may import which ([tool.importlinter])
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"
