@@ -48,6 +48,9 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     grpc.RpcError,
 )
 
+# ValueError: python-etcd3's answer to a call on a closed client (the store was closed).
+_TRANSPORT_OR_CLOSED: tuple[type[BaseException], ...] = (*_TRANSPORT_ERRORS, ValueError)
+
 # What python-etcd3 takes for a failed member (its _FAILED_EP_CODES): the next call goes elsewhere.
 MEMBER_FAILED = (
     grpc.StatusCode.UNAVAILABLE,
@@ -494,7 +497,7 @@ class Follower(Generic[M]):
             try:
                 if self._watch():
                     failures = 0  # the stream worked for a while: start backing off afresh
-            except (*_TRANSPORT_ERRORS, ValueError) as e:
+            except _TRANSPORT_OR_CLOSED as e:
                 if self._stopped.is_set():
                     return
                 log.warning(
@@ -600,7 +603,7 @@ class KeepAlive:
             sent = time.monotonic()
             try:
                 ttl = next(iter(self.store.client.refresh_lease(self.lease.id))).TTL
-            except (*_TRANSPORT_ERRORS, ValueError) as e:  # ValueError: the store was closed
+            except _TRANSPORT_OR_CLOSED as e:  # ValueError: the store was closed
                 log.warning("could not renew lease %x (%s)", self.lease.id, _brief(e))
                 ttl = None
             if ttl is not None and ttl > 0 and sent < self.expires:

@@ -324,9 +324,12 @@ class HostAgent:
             fenced = self.storage.fence_disk(vm.disk_name)
             if fenced:
                 log.warning("VM %s: fenced stale clients of its disk: %s", vm.uuid, fenced)
-                found = self.record(found, f"fenced stale clients of its disk: {', '.join(fenced)}")
-                if found is None:
+                recorded = self.record(
+                    found, f"fenced stale clients of its disk: {', '.join(fenced)}"
+                )
+                if recorded is None:
                     return None
+                found = recorded
             self.hv.start(self.domain_spec(vm))
         except (StorageError, HypervisorError) as e:
             if isinstance(e, Unreachable):
