@@ -342,7 +342,10 @@ def test_image_list_and_delete(client, store, alice, bob, admin):
     assert f"used by 1 VM(s) ({vm.uuid})" in r.json["error"]
     assert store.get(Image, in_use.uuid).value.desired == ImageDesired.CREATED
 
-    assert delete(alice, "theirs").status_code == 404  # by name: only one's own
+    assert delete(alice, "theirs").status_code == 404  # by name: one's own, then public ones
+    r = delete(alice, "debian")  # the same rule as /vm/create's: the public image is found
+    assert (r.status_code, "not yours" in r.json["error"]) == (403, True)
+    assert delete(alice, "a/b").status_code == 404  # not an id: nothing, never another key
     r = delete(alice, "mine")
     assert r.status_code == 202, r.json
     assert (r.json["image"]["uuid"], r.json["image"]["desired"]) == (mine.uuid, "deleted")

@@ -30,10 +30,17 @@ class Stored(BaseModel):
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
     kind: ClassVar[str]
+    id_parts: ClassVar[int] = 1  # '/'-separated parts of an id (a key below the kind's folder)
 
     @property
     def id(self) -> str:
         raise NotImplementedError
+
+    @classmethod
+    def is_id(cls, id: str) -> bool:
+        """Whether ``id`` can be an id of this kind: a key of its folder, not a folder."""
+        parts = id.split("/")
+        return len(parts) == cls.id_parts and all(parts)
 
 
 # --- VMs --------------------------------------------------------------------------------------
@@ -406,6 +413,7 @@ class Network(Stored):
 
 class User(Stored):
     kind: ClassVar[str] = "user"
+    id_parts: ClassVar[int] = 2  # realm/name
 
     name: str
     realm: str

@@ -163,6 +163,8 @@ class Store:
         return f"{self.prefix}/{kind.kind}/"
 
     def key(self, kind: type[Stored], id: str) -> str:
+        if not kind.is_id(id):
+            raise ValueError(f"{id!r} is not a {kind.kind} id")
         return self.folder(kind) + id
 
     def key_of(self, obj: Stored) -> str:
@@ -175,6 +177,10 @@ class Store:
 
     @_etcd_call
     def get(self, kind: type[M], id: str) -> Versioned[M] | None:
+        """The object, or None if there is none (as for an id no object can have: user input
+        such as ``a/b`` or ``''`` finds nothing, it never reaches into another key)."""
+        if not kind.is_id(id):
+            return None
         value, meta = self.client.get(self.key(kind, id))
         if value is None:
             return None

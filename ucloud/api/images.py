@@ -90,6 +90,8 @@ def list_images(body: Listing, user: Principal) -> Reply:
 def delete(body: ImageRef, user: Principal) -> Reply:
     store = context().store
     found = visible_image(body.uuid, user)
+    if found is None:
+        raise errors.NotFound(f"no image {body.uuid}")
     uuid = found.value.uuid
     if not user.owns(found.value):
         raise errors.Forbidden(f"image {body.uuid} is not yours: only its owner may delete it")
@@ -161,7 +163,7 @@ def pool_of(store_name: str) -> str:
 
 
 def owned_file(file_uuid: str, user: Principal) -> File:
-    found = context().store.get(File, file_uuid) if "/" not in file_uuid else None
+    found = context().store.get(File, file_uuid)
     if found is None or not user.owns(found.value):
         # Another user's file is as invisible as a missing one.
         raise errors.NotFound(f"no file {file_uuid}")
@@ -170,19 +172,20 @@ def owned_file(file_uuid: str, user: Principal) -> File:
     return found.value
 
 
-def visible_image(ref: str, user: Principal) -> Versioned[Image]:
-    """The image with uuid ``ref`` if the user may see it, else the user's own named ``ref``."""
+def visible_image(ref: str, user: Principal) -> Versioned[Image] | None:
+    """The image ``ref`` names for ``user``, the one rule of every endpoint: its uuid, if the
+    user may see it (theirs, or public); else its name, among the user's own images, then among
+    the public ones. None if there is none; 400 if the name is ambiguous."""
     store = context().store
-    found = store.get(Image, ref) if "/" not in ref else None
+    found = store.get(Image, ref)
     if found is not None and (found.value.public or user.owns(found.value)):
         return found
     items, _ = store.list(Image)
-    named = [v for v in items.values() if v.value.name == ref and user.owns(v.value)]
-    if len(named) > 1:
+    named = [v for v in items.values() if v.value.name == ref]
+    candidates = [v for v in named if user.owns(v.value)] or [v for v in named if v.value.public]
+    if len(candidates) > 1:
         raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
-    if not named:
-        raise errors.NotFound(f"no image {ref}")
-    return named[0]
+    return candidates[0] if candidates else None
 
 
 def public(image: Image) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from flask import Blueprint
 
 from ucloud.api import errors
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
 from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
 from ucloud.store import Versioned
@@ -84,7 +85,7 @@ def apply(vmid: str, action: Action, user: Principal) -> VM:
 
 
 def owned_vm(vmid: str, user: Principal) -> Versioned[VM]:
-    found = context().catalog.vm(vmid) if "/" not in vmid else None
+    found = context().catalog.vm(vmid)
     if found is None or not user.owns(found.value):
         # Another user's VM is as invisible as a missing one.
         raise errors.NotFound(f"no VM {vmid}")
@@ -92,21 +93,11 @@ def owned_vm(vmid: str, user: Principal) -> Versioned[VM]:
 
 
 def find_image(ref: str, user: Principal) -> Image:
-    """The image named by uuid or by name among the user's own and the public images."""
-    store = context().store
-    found = store.get(Image, ref) if "/" not in ref else None
-    if found is not None and (found.value.public or user.owns(found.value)):
-        image = found.value
-    else:
-        items, _ = store.list(Image)
-        named = [v.value for v in items.values() if v.value.name == ref]
-        own = [i for i in named if user.owns(i)]
-        candidates = own or [i for i in named if i.public]
-        if not candidates:
-            raise errors.BadRequest(f"unknown image {ref!r}: see /image/list")
-        if len(candidates) > 1:
-            raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
-        image = candidates[0]
+    """The image a new VM is made from (see images.visible_image), ready to be cloned."""
+    found = visible_image(ref, user)
+    if found is None:
+        raise errors.BadRequest(f"unknown image {ref!r}: see /image/list")
+    image = found.value
     if image.desired == ImageDesired.DELETED:
         raise errors.Conflict(f"image {ref!r} is being deleted")
     if image.status != ImageStatus.CREATED:
