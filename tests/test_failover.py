@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import register_image
 from tests.servers import Daemon, wait_for
 from tests.stack import (
     Ceph,
@@ -30,7 +31,6 @@ from tests.stack import (
     wait_console,
 )
 from ucloud.config import Settings
-from ucloud.images import register_image
 from ucloud.models import VM, Host, HostStatus, Image, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
