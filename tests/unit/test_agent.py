@@ -1,0 +1,530 @@
+"""The host agent's decisions (ucloud/host/agent.py), one reconcile pass at a time.
+
+The agent runs on the fake hypervisor (ucloud/host/fake_driver.py, recording what it is asked),
+a storage double and the store double (tests/unit/memstore.py, which compares revisions as etcd
+does; its watch delivers only when the test flushes it). These are unit tests of what the agent
+decides: that a feature really works (a QEMU guest boots from an RBD clone, a dead host's VM is
+fenced and runs elsewhere) is shown by tests/test_host.py and tests/test_failover.py on real
+etcd, Ceph and libvirtd.
+
+The agent's ``time`` is a clock the tests move (back-off, ACPI timeout); ``reconcile(id)`` is
+called directly, as one of its workers would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+import ucloud.host.agent
+from tests.unit.memstore import FakeLease, MemStore
+from ucloud.config import Settings
+from ucloud.host.agent import HostAgent
+from ucloud.host.fake_driver import FakeHypervisor
+from ucloud.host.hypervisor import DomainSpec, HypervisorError, Power
+from ucloud.models import VM, Action, Image, ImageStatus, Specs, Status
+from ucloud.retry import Retry
+from ucloud.storage import StorageError
+from ucloud.store import Store
+
+HERE = "node1"
+IMAGE = "image-debian"
+
+
+class Hypervisor(FakeHypervisor):
+    """The fake hypervisor, recording what the agent asks of it. ``acpi = False`` makes a
+    guest that ignores the power button; a name in ``fail_once`` makes that call fail once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+        self.on_start: Callable[[str], None] = lambda vm: None
+        self.acpi = True
+        self.fail_once: set[str] = set()
+
+    def _call(self, what: str, vm: str) -> None:
+        self.calls.append((what, vm))
+        if what in self.fail_once:
+            self.fail_once.discard(what)
+            raise HypervisorError(f"{what} {vm} failed")
+
+    def start(self, spec: DomainSpec) -> None:
+        self._call("start", spec.vm)
+        super().start(spec)
+        self.on_start(spec.vm)
+
+    def suspend(self, vm: str) -> None:
+        self._call("suspend", vm)
+        super().suspend(vm)
+
+    def resume(self, vm: str) -> None:
+        self._call("resume", vm)
+        super().resume(vm)
+
+    def shutdown(self, vm: str) -> None:
+        self._call("shutdown", vm)
+        if self.acpi:
+            super().shutdown(vm)
+
+    def destroy(self, vm: str) -> None:
+        self._call("destroy", vm)
+        super().destroy(vm)
+
+    def reboot(self, vm: str) -> None:
+        self._call("reboot", vm)
+        super().reboot(vm)
+
+    def undefine(self, vm: str) -> None:
+        self._call("undefine", vm)
+        super().undefine(vm)
+
+    def crash(self, vm: str) -> None:
+        """The VM's QEMU dies (nobody asked)."""
+        FakeHypervisor.destroy(self, vm)
+
+    def power(self, vm: str) -> Power | None:
+        dom = self.domain(vm)
+        return dom.power if dom else None
+
+
+class Storage:
+    """Disks as names in a set. ``open_elsewhere[disk]``: clients that a fence finds;
+    ``create_fails``: the error of the next disk creation."""
+
+    def __init__(self) -> None:
+        self.disks: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.open_elsewhere: dict[str, list[str]] = {}
+        self.create_fails = ""
+
+    def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
+        self.calls.append(("create_disk", disk))
+        if self.create_fails:
+            error, self.create_fails = self.create_fails, ""
+            raise StorageError(error)
+        self.disks.add(disk)
+
+    def delete_disk(self, disk: str) -> None:
+        self.calls.append(("delete_disk", disk))
+        self.disks.discard(disk)
+
+    def fence_disk(self, disk: str) -> list[str]:
+        self.calls.append(("fence_disk", disk))
+        return self.open_elsewhere.pop(disk, [])
+
+    def disk_xml(self, disk: str) -> str:
+        return f"<disk name='{disk}'/>"
+
+    def libvirt_secret(self) -> None:
+        return None
+
+
+class Clock:
+    """The agent module's ``time``: ``monotonic()`` moves only when the test says; ``time()`` is
+    the wall clock (records' ``status_since`` are wall-clock times)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def store() -> MemStore:
+    s = MemStore()
+    s.create(
+        Image(uuid=IMAGE, name="debian", owner="admin", owner_realm="x", status=ImageStatus.CREATED)
+    )
+    return s
+
+
+@pytest.fixture
+def hv() -> Hypervisor:
+    return Hypervisor()
+
+
+@pytest.fixture
+def storage() -> Storage:
+    return Storage()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(ucloud.host.agent, "time", c)
+    return c
+
+
+@pytest.fixture
+def agent(
+    store: MemStore,
+    hv: Hypervisor,
+    storage: Storage,
+    clock: Clock,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> HostAgent:
+    settings = Settings(
+        hostname=HERE,
+        state_dir=str(tmp_path),
+        vnc_dir=str(tmp_path_factory.mktemp("vnc")),  # short: socket paths have 107 bytes
+        host_cpu=4,
+        host_ram=8,
+        host_lease_ttl=10,
+        host_start_margin=3,
+        crash_limit=3,
+        crash_window=600,
+        shutdown_timeout=60,
+        creating_deadline=300,
+        notify_command="",
+    )
+    a = HostAgent(cast(Store, store), settings, hv, storage)
+    a.connect_hypervisor()
+    a.register()
+    a.take_lease()
+    store.follow(VM, a.deliver)
+    return a
+
+
+@pytest.fixture
+def lease(store: MemStore, agent: HostAgent) -> FakeLease:
+    return store.leases[-1]
+
+
+def place(store: MemStore, status: Status = Status.SCHEDULED, host: str = HERE, **fields) -> str:
+    """A VM in etcd as the scheduler left it, delivered to the agent's watch."""
+    vm = VM(
+        name="web",
+        owner="alice",
+        owner_realm="users",
+        specs=Specs(cpu=1, ram=1, ssd=10),
+        image=IMAGE,
+        status=status,
+        hostname=host,
+        **fields,
+    )
+    store.create(vm)
+    store.flush()
+    return vm.uuid
+
+
+def change(store: MemStore, id: str, edit: Callable[[VM], None], deliver: bool = True) -> None:
+    """Another daemon's write (compare-and-swap), delivered to the agent unless not ``deliver``."""
+    store.update(VM, id, edit)
+    if deliver:
+        store.flush()
+
+
+def ask(store: MemStore, id: str, action: Action) -> None:
+    """A user's action, as the API writes it."""
+    change(store, id, lambda vm: vm.apply(action, "api"))
+
+
+def vm_in(store: MemStore, id: str) -> VM:
+    found = store.get(VM, id)
+    assert found is not None
+    return found.value
+
+
+@pytest.fixture
+def running(store: MemStore, hv: Hypervisor, storage: Storage, agent: HostAgent) -> str:
+    """A VM the agent has started here; the call records start empty."""
+    id = place(store)
+    agent.reconcile(id)
+    assert vm_in(store, id).status == Status.RUNNING
+    hv.calls.clear()
+    storage.calls.clear()
+    return id
+
+
+# --- starting ----------------------------------------------------------------------------------
+
+
+def test_a_vm_placed_here_is_claimed_naming_its_disk_then_started_then_running(
+    store, hv, storage, agent
+):
+    id = place(store)
+    at_start: list[VM] = []
+    hv.on_start = lambda vm: at_start.append(vm_in(store, vm))
+    agent.reconcile(id)
+    assert [(w.status, w.disk) for w in store.writes_of(VM, id)] == [
+        (Status.SCHEDULED, ""),
+        (Status.CREATING, id),  # the claim names the disk, before the disk is made
+        (Status.RUNNING, id),
+    ]
+    assert [(v.status, v.disk) for v in at_start] == [(Status.CREATING, id)]
+    assert storage.calls == [("create_disk", id), ("fence_disk", id)]
+    assert hv.calls == [("start", id)]
+    assert hv.power(id) == Power.RUNNING
+
+
+def test_a_vm_whose_disk_is_named_keeps_that_disk(store, storage, agent):
+    id = place(store, disk="disk-of-web")  # started before, stopped elsewhere
+    agent.reconcile(id)
+    assert vm_in(store, id).disk == "disk-of-web"
+    assert storage.disks == {"disk-of-web"}
+
+
+def test_stale_clients_of_the_disk_are_fenced_and_logged_before_the_start(store, storage, agent):
+    id = place(store)
+    storage.open_elsewhere[id] = ["client.4242 at 10.0.0.9"]
+    agent.reconcile(id)
+    vm = vm_in(store, id)
+    assert vm.status == Status.RUNNING
+    assert "fenced stale clients of its disk: client.4242 at 10.0.0.9" in [
+        e.message for e in vm.log
+    ]
+
+
+def test_a_failed_creation_is_logged_on_the_vm_and_retried(store, hv, storage, agent):
+    id = place(store)
+    storage.create_fails = "pool ucloud is full"
+    with pytest.raises(Retry):  # the work queue backs off and hands the VM out again
+        agent.reconcile(id)
+    vm = vm_in(store, id)
+    assert (vm.status, vm.log[-1].message) == (
+        Status.CREATING,
+        "create failed: pool ucloud is full",
+    )
+    assert hv.calls == []
+    agent.reconcile(id)
+    assert vm_in(store, id).status == Status.RUNNING
+
+
+def moved_elsewhere(vm: VM) -> None:
+    vm.hostname = "node2"
+
+
+def deleted_by_its_user(vm: VM) -> None:
+    vm.apply(Action.DELETE, "api")
+
+
+@pytest.mark.parametrize("meanwhile", [moved_elsewhere, deleted_by_its_user])
+def test_a_vm_changed_between_the_agents_read_and_its_claim_is_not_started(
+    store, hv, storage, agent, meanwhile
+):
+    id = place(store)
+    change(store, id, meanwhile, deliver=False)  # the agent has not seen it yet
+    written = vm_in(store, id)
+    agent.reconcile(id)
+    assert hv.calls == []
+    assert storage.calls == []
+    assert vm_in(store, id) == written  # the claim lost: nothing was written over it
+
+
+def test_a_running_vm_is_left_alone(store, hv, storage, agent, running):
+    revision = store.revision
+    agent.reconcile(running)
+    assert (hv.calls, storage.calls, store.revision) == ([], [], revision)
+
+
+def test_a_vm_not_running_long_after_its_creation_began_goes_to_error(store, hv, agent):
+    id = place(store, Status.CREATING, status_since=time.time() - 301, disk="d")
+    agent.reconcile(id)
+    vm = vm_in(store, id)
+    assert (vm.status, vm.hostname) == (Status.ERROR, "")
+    assert vm.reason == "not running 300 s after creation began"
+    assert hv.power(id) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ucloud bug: HostAgent.reconcile() hands SCHEDULED and CREATING to create() before it "
+    "looks at desired, so a VM its user stopped while SCHEDULED (stop is allowed there) is "
+    "claimed, its disk made and its domain booted, and only then shut down (ACPI, up to "
+    "shutdown_timeout); nothing else settles a placed VM whose desired is stopped",
+)
+def test_a_vm_stopped_while_scheduled_is_never_started(store, hv, agent):
+    id = place(store)
+    ask(store, id, Action.STOP)
+    agent.reconcile(id)
+    agent.reconcile(id)
+    assert ("start", id) not in hv.calls
+    assert vm_in(store, id).status == Status.STOPPED
+
+
+# --- where VMs are not placed here -------------------------------------------------------------
+
+
+def test_a_local_domain_of_a_vm_placed_elsewhere_is_destroyed(store, hv, agent, running):
+    change(store, running, moved_elsewhere)
+    agent.reconcile(running)
+    assert hv.power(running) is None
+    assert hv.calls == [("undefine", running)]
+    assert vm_in(store, running).hostname == "node2"  # the agent wrote nothing
+
+
+def test_a_local_domain_of_a_vm_that_no_longer_exists_is_destroyed(store, hv, agent, running):
+    assert store.delete(VM, running, store.get(VM, running).mod_revision)
+    store.flush()
+    agent.reconcile(running)
+    assert hv.power(running) is None
+
+
+# --- the lease -----------------------------------------------------------------------------------
+
+
+def test_with_the_lease_lost_the_agent_destroys_its_domains_first_and_starts_nothing(
+    store, hv, storage, agent, lease, running
+):
+    new = place(store)
+    lease.left = 0.0  # lost, or this process was paused past its expiry
+    revision = store.revision
+    agent.reconcile(new)
+    assert hv.calls == [("destroy", running)]
+    assert hv.power(running) == Power.SHUTOFF
+    assert storage.calls == []
+    assert store.revision == revision  # no claim either
+    agent.reconcile(running)
+    assert hv.calls == [("destroy", running)]  # done once for this lease
+
+
+def test_stopping_the_domains_after_a_lost_lease_is_retried_until_it_works(
+    hv, agent, lease, running
+):
+    lease.left = 0.0
+    hv.fail_once.add("destroy")  # libvirtd did not answer then
+    agent.reconcile(running)
+    assert hv.power(running) == Power.RUNNING
+    agent.reconcile(running)  # the next worker's turn
+    assert hv.power(running) == Power.SHUTOFF
+
+
+def test_a_vm_is_claimed_but_not_started_while_the_lease_may_run_out(
+    store, hv, storage, agent, lease
+):
+    id = place(store)
+    lease.left = 2.0  # less than host_start_margin
+    agent.reconcile(id)
+    assert vm_in(store, id).status == Status.CREATING
+    assert (hv.calls, storage.calls) == ([], [])
+    lease.left = 10.0  # renewed
+    agent.reconcile(id)
+    assert vm_in(store, id).status == Status.RUNNING
+
+
+def test_a_start_that_outlasts_the_lease_is_destroyed_at_once(store, hv, agent, lease):
+    id = place(store)
+    hv.on_start = lambda vm: setattr(lease, "left", 0.0)  # the start took too long
+    agent.reconcile(id)
+    assert hv.power(id) == Power.SHUTOFF
+    assert vm_in(store, id).status == Status.CREATING  # never reported RUNNING
+
+
+# --- users' actions ------------------------------------------------------------------------------
+
+
+def test_suspend_pauses_the_domain_and_resume_runs_it_again(store, hv, agent, running):
+    ask(store, running, Action.SUSPEND)
+    agent.reconcile(running)
+    assert (hv.power(running), vm_in(store, running).status) == (Power.PAUSED, Status.SUSPENDED)
+    ask(store, running, Action.RESUME)
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert (hv.power(running), vm.status, vm.reason) == (Power.RUNNING, Status.RUNNING, "resumed")
+    assert hv.calls == [("suspend", running), ("resume", running)]
+
+
+def test_stop_asks_the_guest_then_releases_the_host(store, hv, agent, running):
+    ask(store, running, Action.STOP)
+    agent.reconcile(running)
+    assert hv.calls == [("shutdown", running)]  # ACPI; the fake guest powers off at once
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert (vm.status, vm.hostname, vm.disk) == (Status.STOPPED, "", running)
+    assert vm.observed_generation == vm.generation
+    assert hv.power(running) is None
+
+
+def test_a_guest_that_ignores_acpi_is_stopped_hard_after_the_timeout(
+    store, hv, agent, clock, running
+):
+    hv.acpi = False
+    ask(store, running, Action.STOP)
+    agent.reconcile(running)
+    clock.advance(59)
+    agent.reconcile(running)
+    assert (hv.power(running), vm_in(store, running).status) == (Power.RUNNING, Status.RUNNING)
+    clock.advance(1)
+    agent.reconcile(running)
+    assert hv.calls == [("shutdown", running), ("destroy", running), ("undefine", running)]
+    assert vm_in(store, running).status == Status.STOPPED
+
+
+def test_a_suspended_vm_is_stopped_hard_at_once(store, hv, agent, running):
+    ask(store, running, Action.SUSPEND)
+    agent.reconcile(running)
+    ask(store, running, Action.STOP)
+    agent.reconcile(running)  # a paused guest cannot answer ACPI
+    assert ("shutdown", running) not in hv.calls
+    assert vm_in(store, running).status == Status.STOPPED
+
+
+def test_reboot_resets_the_domain_once_per_request(store, hv, agent, running):
+    ask(store, running, Action.REBOOT)
+    agent.reconcile(running)
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert hv.calls == [("reboot", running)]
+    assert (vm.reboot_done, vm.reboot_seq, vm.log[-1].message) == (1, 1, "rebooted")
+
+
+def test_delete_removes_the_domain_the_disk_then_the_record(store, hv, storage, agent, running):
+    ask(store, running, Action.DELETE)
+    agent.reconcile(running)
+    assert store.get(VM, running) is None
+    assert [w.status if w else None for w in store.writes_of(VM, running)][-2:] == [
+        Status.DELETING,
+        None,
+    ]
+    assert hv.power(running) is None
+    assert storage.disks == set()
+
+
+# --- crashes -------------------------------------------------------------------------------------
+
+
+def test_a_crashed_vm_is_restarted_with_back_off_then_put_in_error(
+    store, hv, agent, clock, running
+):
+    for delay in (1, 2, 4):
+        hv.crash(running)
+        agent.reconcile(running)
+        vm = vm_in(store, running)
+        assert (vm.status, vm.reason) == (Status.KILLED, f"QEMU died; restarting in {delay} s")
+        clock.advance(delay - 0.5)
+        agent.reconcile(running)
+        assert hv.power(running) == Power.SHUTOFF  # not yet
+        clock.advance(0.5)
+        agent.reconcile(running)
+        assert (hv.power(running), vm_in(store, running).status) == (Power.RUNNING, Status.RUNNING)
+    hv.crash(running)  # a fourth death within crash_window: more than crash_limit
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert (vm.status, vm.hostname) == (Status.ERROR, "")
+    assert vm.reason == "its QEMU died 4 times within 600 s"
+    assert hv.power(running) is None
+
+
+def test_deaths_older_than_the_crash_window_are_forgotten(store, hv, agent, clock, running):
+    for delay in (1, 2, 4):
+        hv.crash(running)
+        agent.reconcile(running)
+        clock.advance(delay)
+        agent.reconcile(running)
+    clock.advance(600)
+    hv.crash(running)
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert (vm.status, vm.reason) == (Status.KILLED, "QEMU died; restarting in 1 s")
