@@ -338,13 +338,6 @@ def test_a_vm_not_running_long_after_its_creation_began_goes_to_error(store, hv,
     assert hv.power(id) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ucloud bug: HostAgent.reconcile() hands SCHEDULED and CREATING to create() before it "
-    "looks at desired, so a VM its user stopped while SCHEDULED (stop is allowed there) is "
-    "claimed, its disk made and its domain booted, and only then shut down (ACPI, up to "
-    "shutdown_timeout); nothing else settles a placed VM whose desired is stopped",
-)
 def test_a_vm_stopped_while_scheduled_is_never_started(store, hv, agent):
     id = place(store)
     ask(store, id, Action.STOP)

@@ -55,14 +55,12 @@ def test_sizes_refused_with_a_message(given: object, message: str):
     assert str(refused.value) == message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ucloud bug: schemas._SIZE takes a bare 'B' (bytes) for no unit, i.e. GiB: "
-    "'4096 B' parses as 4096 GiB, which VMSpecs.ram (at most 4096) accepts",
-)
 def test_a_size_in_bytes_is_not_taken_for_gib():
+    # It once parsed as 4096 GiB, which VMSpecs.ram (at most 4096) accepted.
+    assert parse_size("4096 B") == 4096 / (1 << 30)
+    assert parse_size("4294967296B") == 4.0
     with pytest.raises(ValueError):
-        parse_size("4096 B")
+        parse_size("4096 iB")
 
 
 def test_vm_specs_take_the_original_field_names_and_sizes():

@@ -13,8 +13,9 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ucloud.models import Action, check_name
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_UNIT_GIB = {"k": 1 / (1 << 20), "m": 1 / 1024, "g": 1.0, "t": 1024.0, "": 1.0}
+# A number, then no unit (GiB), "B" (bytes), or K/M/G/T with an optional "B" or "iB".
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|[kmgt](?:i?b)?)?\s*$", re.IGNORECASE)
+_UNIT_GIB = {"b": 1 / (1 << 30), "k": 1 / (1 << 20), "m": 1 / 1024, "g": 1.0, "t": 1024.0}
 
 
 def parse_size(value: object) -> float:
@@ -27,7 +28,8 @@ def parse_size(value: object) -> float:
         match = _SIZE.match(value)
         if not match:
             raise ValueError(f"{value!r} is not a size (examples: 10, '10 GB', '512 MiB')")
-        gib = float(match.group(1)) * _UNIT_GIB[match.group(2).lower()]
+        unit = (match.group(2) or "g")[0].lower()
+        gib = float(match.group(1)) * _UNIT_GIB[unit]
     else:
         raise ValueError("must be a size in GiB (a number) or a string such as '10 GB'")
     if gib < 0:

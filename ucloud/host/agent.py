@@ -234,14 +234,14 @@ class HostAgent:
         vm = found.value
         if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
             self.delete(found)
+        elif vm.status == Status.ERROR:
+            return
+        elif vm.desired == Desired.STOPPED:
+            self.stop(found, dom)  # before create: a VM stopped while SCHEDULED never starts
         elif vm.status in (Status.SCHEDULED, Status.CREATING):
             self.create(found, dom)
         elif vm.status == Status.KILLED:
             self.restart_when_due(found)
-        elif vm.status == Status.ERROR:
-            return
-        elif vm.desired == Desired.STOPPED:
-            self.stop(found, dom)
         elif dom is None or dom.power == Power.SHUTOFF:
             self.crashed(found)
         elif vm.desired == Desired.SUSPENDED:
@@ -348,9 +348,6 @@ class HostAgent:
         if time.monotonic() < due:
             self.queue.add_after(found.value.uuid, due - time.monotonic())
             return
-        if found.value.desired == Desired.STOPPED:
-            self.stop(found, self.hv.domain(found.value.uuid))
-            return
         # Claim the restart first, as for a creation: see the module's safety rules.
         claimed = self.claim(found, "restarting after its QEMU died")
         if claimed is not None:
@@ -437,7 +434,6 @@ class HostAgent:
             Status.STOPPED,
             hostname="",
             observed_generation=vm.generation,
-            disk=vm.disk_name,
         )
 
     def delete(self, found: Versioned[VM]) -> None:
