@@ -152,7 +152,7 @@ def test_reads_follow_what_other_daemons_write(client, alice, bob, admin, image,
     assert client.get("/vm/status", json=alice.creds(id=later.uuid)).json["name"] == "later"
 
     # A VM's key removed (the host agent deleted it) leaves the lists.
-    store.delete(VM, mine, store.get(VM, mine).mod_revision)
+    store.delete(store.get(VM, mine))
     wait_for(lambda: listed(client, alice) == [later.uuid], 5, "the deleted VM to leave the list")
     assert client.get("/vm/status", json=alice.creds(id=mine)).status_code == 404
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from ucloud.models import VM, Specs
-from ucloud.store import LIST_PAGE, Store
+import pytest
+
+from ucloud.models import VM, Specs, placement_folder
+from ucloud.store import LIST_PAGE, Compacted, Store
 
 
 def test_list_larger_than_one_grpc_message_is_complete(store: Store):
@@ -27,10 +29,26 @@ def test_list_larger_than_one_grpc_message_is_complete(store: Store):
 
 def test_swap_refuses_a_stale_revision(store: Store):
     vm = VM(name="x", owner="a", owner_realm="r", specs=Specs(cpu=1, ram=1), image="i")
-    first = store.create(vm)
-    vm.name = "y"
-    second = store.swap(vm, first)
-    assert second is not None
-    vm.name = "z"
-    assert store.swap(vm, first) is None  # someone wrote since
+    store.create(vm)
+    first = store.get(VM, vm.uuid)
+    assert store.swap(vm.model_copy(update={"name": "y"}), first) is not None
+    assert store.swap(vm.model_copy(update={"name": "z"}), first) is None  # someone wrote since
     assert store.get(VM, vm.uuid).value.name == "y"
+
+
+def test_reads_at_a_revision_and_index_lists(store: Store):
+    vm = VM(name="x", owner="a", owner_realm="r", specs=Specs(cpu=1, ram=1), image="i")
+    created = store.create(vm)
+    first = store.get(VM, vm.uuid)
+    placed = store.swap(vm.model_copy(update={"hostname": "h1"}), first)
+    assert placed is not None
+    then, now, absent = store.read(VM, [(vm.uuid, created), (vm.uuid, placed), ("nope", placed)])
+    assert (then.value.hostname, then.mod_revision) == ("", created)
+    assert (now.value.hostname, now.mod_revision) == ("h1", placed)
+    assert absent is None
+    entries, revision = store.list_index(placement_folder("h1"))
+    assert entries == {vm.uuid: placed}
+    assert revision >= placed
+    store.client.compact(placed)
+    with pytest.raises(Compacted):
+        store.read(VM, [(vm.uuid, created)])

@@ -33,8 +33,8 @@ class Mirror(Generic[M]):
         """Apply a delivery; return what changed (nothing for an event already seen)."""
         if isinstance(update, Snapshot):
             return self._replace(update)
-        if update.revision <= self.floor:
-            return []
+        if update.seen_at <= self.floor:
+            return []  # (a change read later than the snapshot is newer, whatever its revision)
         before = self.items.get(update.id)
         if before is not None and before.mod_revision >= update.revision:
             return []  # we wrote it ourselves and already applied it

@@ -42,8 +42,25 @@ class Stored(BaseModel):
         parts = id.split("/")
         return len(parts) == cls.id_parts and all(parts)
 
+    def index_keys(self) -> tuple[str, ...]:
+        """The index entries (keys below the store's prefix) that exist exactly while this
+        object is stored as it is now. The store puts and deletes them in the same transaction
+        as the object itself, so an index never disagrees with the records. None by default."""
+        return ()
+
 
 # --- VMs --------------------------------------------------------------------------------------
+
+PLACEMENT = "placement"  # the placement index: <prefix>/placement/<host>/<vm uuid>
+
+
+def placement_folder(host: str) -> str:
+    """The folder (below the store's prefix) of the VMs placed on ``host``."""
+    return f"{PLACEMENT}/{host}/"
+
+
+def placement_key(host: str, vm: str) -> str:
+    return placement_folder(host) + vm
 
 
 class Desired(StrEnum):
@@ -192,6 +209,10 @@ class VM(Stored):
     @property
     def id(self) -> str:
         return self.uuid
+
+    def index_keys(self) -> tuple[str, ...]:
+        """A placed VM's entry in its host's placement index (what its host agent follows)."""
+        return (placement_key(self.hostname, self.uuid),) if self.hostname else ()
 
     def record(self, by: str, message: str) -> None:
         """Append to the VM's short event log."""

@@ -2,7 +2,8 @@
 
 Every read-modify-write is a transaction that compares the key's ``mod_revision`` with the one
 read, and retries on conflict; nothing here writes a key blindly except keys bound to a lease
-that only their owner writes.
+that only their owner writes, and index entries, which are written in the same transaction as
+the object that names them (see ``Stored.index_keys``).
 
 Daemons see only this module's types: python-etcd3's and gRPC's errors are translated here, once,
 into ``Unavailable`` (etcd did not answer) and ``Conflict``; leases and elections are Store
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -60,6 +63,7 @@ MEMBER_FAILED = (
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure list
 LIST_PAGE = 500  # keys a Range answer: a VM with a full event log is about 4 KiB
+INDEX_PAGE = 5000  # index entries a Range answer (keys only: ~80 bytes each)
 
 
 class StoreError(Exception):
@@ -73,6 +77,14 @@ class Unavailable(StoreError):
 
 class Conflict(StoreError):
     """A compare-and-swap lost to another writer too many times, or a create found the key."""
+
+
+class Compacted(StoreError):
+    """A read at a revision etcd has compacted away: read the latest instead."""
+
+
+# What may end a watch stream that reads too (IndexFollower): resumed after a back-off.
+_WATCH_ERRORS: tuple[type[BaseException], ...] = (*_TRANSPORT_OR_CLOSED, StoreError)
 
 
 def _etcd_call(method: Callable[P, R]) -> Callable[P, R]:
@@ -108,12 +120,21 @@ class Snapshot(Generic[M]):
 
 @dataclass(frozen=True)
 class Change(Generic[M]):
-    """One object put or deleted at ``revision`` (``value`` is None for a delete)."""
+    """One object put or deleted at ``revision`` (``value`` is None for a delete).
+
+    A change a follower read rather than watched (IndexFollower) is the object as it was at
+    ``read_at``: ``revision`` is then its mod_revision, which may be older."""
 
     kind: type[M]
     id: str
     value: M | None
     revision: int
+    read_at: int = 0
+
+    @property
+    def seen_at(self) -> int:
+        """The store revision this change describes the object at."""
+        return max(self.revision, self.read_at)
 
 
 class Client(etcd3.MultiEndpointEtcd3Client):
@@ -142,6 +163,28 @@ class Client(etcd3.MultiEndpointEtcd3Client):
         finally:
             if exc.code() in MEMBER_FAILED:
                 self.leave(failed)
+
+    def read_at(self, reads: Sequence[tuple[bytes, int]]) -> list[Any]:
+        """Each key's KeyValue (None if absent) at its own revision, in one transaction of
+        ranges (python-etcd3's transactions cannot read at a revision); fails over as its
+        calls do."""
+        ops = [
+            etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key, revision=revision))
+            for key, revision in reads
+        ]
+        try:
+            response = self.kvstub.Txn(
+                etcdrpc.TxnRequest(success=ops),
+                self.timeout,
+                credentials=self.call_credentials,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as e:
+            self._manage_grpc_errors(e)
+            raise
+        return [
+            r.response_range.kvs[0] if r.response_range.kvs else None for r in response.responses
+        ]
 
 
 class Store:
@@ -173,6 +216,20 @@ class Store:
     def _id_from_key(self, kind: type[Stored], key: bytes) -> str:
         return key.decode()[len(self.folder(kind)) :]
 
+    def index_key(self, path: str) -> str:
+        """The key of an index entry or folder named by a path below the prefix
+        (``Stored.index_keys``, ``models.placement_folder``)."""
+        return f"{self.prefix}/{path}"
+
+    def _index_ops(self, old: Stored | None, new: Stored | None) -> list[Any]:
+        """The index entries to delete and to put when ``old`` (as stored) becomes ``new``."""
+        before = set(old.index_keys()) if old is not None else set()
+        after = set(new.index_keys()) if new is not None else set()
+        t = self.client.transactions
+        return [t.delete(self.index_key(k)) for k in sorted(before - after)] + [
+            t.put(self.index_key(k), b"") for k in sorted(after - before)
+        ]
+
     # --- reads -------------------------------------------------------------------------------
 
     @_etcd_call
@@ -203,6 +260,61 @@ class Store:
                     raise
                 # Compacted between two pages: read the whole list again at a newer revision.
 
+    @_etcd_call
+    def list_index(self, folder: str) -> tuple[dict[str, int], int]:
+        """The entries of an index folder (a path below the prefix, e.g.
+        ``models.placement_folder(host)``): each entry's path below the folder with the revision
+        it was written at, and the store revision the list was read at. Keys only, in pages."""
+        start = self.index_key(folder).encode()
+        end = etcd3.utils.prefix_range_end(start)
+        while True:
+            entries: dict[str, int] = {}
+            revision = 0
+            key = start
+            try:
+                while True:
+                    response = self.client.get_range_response(
+                        key, end, limit=INDEX_PAGE, revision=revision, keys_only=True
+                    )
+                    revision = revision or response.header.revision
+                    for kv in response.kvs:
+                        entries[kv.key[len(start) :].decode()] = kv.mod_revision
+                    if not response.more or not response.kvs:
+                        return entries, revision
+                    key = response.kvs[-1].key + b"\0"
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                # Compacted between two pages: read it all again at a newer revision.
+
+    @_etcd_call
+    def read(
+        self, kind: type[M], reads: Sequence[tuple[str, int]]
+    ) -> Sequence[Versioned[M] | None]:
+        """Objects each as it was at its own revision (None: absent then, or unreadable), in
+        transactions of up to MAX_TXN_OPS reads; Compacted if a revision is compacted away."""
+        found: list[Versioned[M] | None] = []
+        for start in range(0, len(reads), MAX_TXN_OPS):
+            chunk = reads[start : start + MAX_TXN_OPS]
+            try:
+                kvs = self.client.read_at(
+                    [(self.key(kind, id).encode(), revision) for id, revision in chunk]
+                )
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    raise Compacted(f"reading {kind.kind} at revision {chunk[0][1]}") from e
+                raise
+            for (id, _), kv in zip(chunk, kvs, strict=True):
+                if kv is None:
+                    found.append(None)
+                    continue
+                try:
+                    found.append(Versioned(kind.model_validate_json(kv.value), kv.mod_revision))
+                except ValidationError as e:
+                    log.error("skipping unreadable %s %s: %s", kind.kind, id, e)
+                    found.append(None)
+        return found
+
     def _list_pages(
         self, kind: type[M], start: bytes, end: bytes
     ) -> tuple[dict[str, Versioned[M]], int]:
@@ -231,7 +343,10 @@ class Store:
         key = self.key_of(obj)
         ok, responses = self.client.transaction(
             compare=[self.client.transactions.version(key) == 0],
-            success=[self.client.transactions.put(key, obj.model_dump_json(), lease=lease)],
+            success=[
+                self.client.transactions.put(key, obj.model_dump_json(), lease=lease),
+                *self._index_ops(None, obj),
+            ],
             failure=[],
         )
         if not ok:
@@ -243,38 +358,65 @@ class Store:
         """Write a lease-bound key that only its lease holder ever writes (an alive key)."""
         self.client.put(self.key_of(obj), obj.model_dump_json(), lease=lease)
 
-    def swap(self, obj: Stored, mod_revision: int) -> int | None:
-        """Write ``obj`` if its key is still at ``mod_revision``; the new revision, or None."""
-        return self.swap_many([(obj, mod_revision)])
+    def swap(self, obj: M, was: Versioned[M]) -> int | None:
+        """Write ``obj`` over ``was`` (the object as read) if its key is still at was's
+        revision; the new revision, or None."""
+        return self.swap_many([(obj, was)])
 
     @_etcd_call
     def swap_many(
-        self, writes: Sequence[tuple[Stored, int]], guard: Guard | None = None
+        self, writes: Sequence[tuple[M, Versioned[M]]], guard: Guard | None = None
     ) -> int | None:
-        """Write all of ``writes`` in one transaction if every key is still at its revision (and
-        ``guard`` holds); return the new revision, or None if anything changed meanwhile."""
+        """Write each object over the one it was read as, all in one transaction, if every key
+        is still at its revision (and ``guard`` holds); return the new revision, or None if
+        anything changed meanwhile. The index entries that change (``Stored.index_keys``: a
+        VM's host) change in the same transaction, so an index never disagrees with the
+        records: its objects' compares cover it. Each list of a transaction holds at most
+        MAX_TXN_OPS operations: a batch of VMs that move is at most MAX_TXN_OPS // 2 long."""
         if not writes:
             return None
         t = self.client.transactions
-        compare = [t.mod(self.key_of(obj)) == rev for obj, rev in writes]
+        compare = [t.mod(self.key_of(obj)) == was.mod_revision for obj, was in writes]
         if guard is not None:
             compare.append(guard.compare(t))
+        # The objects first: the first answer's header is the transaction's revision.
         success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in writes]
+        for obj, was in writes:
+            success += self._index_ops(was.value, obj)
         assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
         ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
         return responses[0].response_put.header.revision if ok else None
 
     @_etcd_call
-    def delete(
-        self, kind: type[Stored], id: str, mod_revision: int, guard: Guard | None = None
-    ) -> bool:
-        """Delete the key if it is still at ``mod_revision`` (and ``guard`` holds)."""
-        key = self.key(kind, id)
+    def delete(self, found: Versioned[M], guard: Guard | None = None) -> bool:
+        """Delete the object (and its index entries) if its key is still at the revision it
+        was read at (and ``guard`` holds)."""
+        key = self.key_of(found.value)
         t = self.client.transactions
-        compare = [t.mod(key) == mod_revision]
+        compare = [t.mod(key) == found.mod_revision]
         if guard is not None:
             compare.append(guard.compare(t))
-        ok, _ = self.client.transaction(compare=compare, success=[t.delete(key)], failure=[])
+        success = [t.delete(key), *self._index_ops(found.value, None)]
+        ok, _ = self.client.transaction(compare=compare, success=success, failure=[])
+        return ok
+
+    @_etcd_call
+    def fix_index(self, kind: type[Stored], fixes: Sequence[IndexFix], guard: Guard | None) -> bool:
+        """Put and delete index entries so that the index agrees with the records, in one
+        transaction, if every object named is still at the revision the fix was made from (0:
+        still absent) and ``guard`` holds. For entries no write kept in step: those of records
+        from before the index existed, and strays."""
+        t = self.client.transactions
+        compare = [t.mod(self.key(kind, f.id)) == f.mod_revision for f in fixes]
+        if guard is not None:
+            compare.append(guard.compare(t))
+        success = [t.delete(self.index_key(k)) for f in fixes for k in f.delete] + [
+            t.put(self.index_key(k), b"") for f in fixes for k in f.put
+        ]
+        assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        ok, _ = self.client.transaction(compare=compare, success=success, failure=[])
         return ok
 
     def update(
@@ -292,10 +434,10 @@ class Store:
             current = self.get(kind, id)
             if current is None:
                 return None
-            obj = current.value
+            obj = current.value.model_copy(deep=True)  # `current` stays as read: see swap_many
             if change(obj) is False:
                 return current
-            revision = self.swap(obj, current.mod_revision)
+            revision = self.swap(obj, current)
             if revision is not None:
                 return Versioned(obj, revision)
         raise Conflict(f"{kind.kind} {id} kept changing; gave up after {attempts} attempts")
@@ -376,6 +518,27 @@ class Store:
         follower.start()
         return follower
 
+    def follow_index(
+        self, kind: type[M], folder: str, deliver: Callable[[Snapshot[M] | Change[M]], None]
+    ) -> IndexFollower[M]:
+        """Like follow(), for only the ``kind`` objects named in an index folder (a path below
+        the prefix: ``models.placement_folder(host)``, the VMs placed on a host), and the
+        change that takes each out of it. See IndexFollower."""
+        follower = IndexFollower(self, kind, folder, deliver)
+        follower.start()
+        return follower
+
+
+@dataclass(frozen=True)
+class IndexFix:
+    """Index entries (paths below the prefix) to put and delete while object ``id`` is still at
+    ``mod_revision`` (0: while it does not exist): see Store.fix_index."""
+
+    id: str
+    mod_revision: int
+    put: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class Guard:
@@ -390,8 +553,13 @@ class Guard:
 
 
 class WatchStream:
-    """One gRPC watch stream over ``key`` (a whole prefix if ``prefix``) from ``start_revision``:
-    iterate it for etcd's raw watch responses; cancel() ends it from any thread.
+    """One gRPC watch stream over ``key`` (a whole prefix if ``prefix``) from ``start_revision``,
+    and over any key added later with watch(): iterate it for etcd's raw watch responses;
+    cancel() ends it from any thread.
+
+    etcd's Watch API multiplexes: each create request on a stream is answered, in the order
+    sent, by a response marked ``created`` that carries the new watch's id (every later
+    response of that watch carries it too); unwatch() cancels one by that id.
 
     The one place that speaks etcd's watch protocol (python-etcd3 0.13's own watcher dies
     silently when its stream breaks). Errors of the stream come out of the iteration as
@@ -400,31 +568,42 @@ class WatchStream:
     def __init__(
         self,
         store: Store,
-        key: str,
-        start_revision: int,
+        key: str | None,
+        start_revision: int = 0,
         *,
         prefix: bool = False,
         timeout: float | None = None,
     ) -> None:
-        raw = key.encode()
-        create = etcdrpc.WatchCreateRequest(key=raw, start_revision=start_revision)
-        if prefix:
-            create.range_end = etcd3.utils.prefix_range_end(raw)
-        self._request = etcdrpc.WatchRequest(create_request=create)
-        self._done = threading.Event()
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        if key is not None:
+            self.watch(key, start_revision, prefix=prefix)
         client = self._client = store.client
         channel = client.channel  # the member in use; a break moves the client on (see Client)
         self._endpoint = next(e for e in client.endpoints.values() if e.channel is channel)
         self._call = etcdrpc.WatchStub(channel).Watch(
-            self._requests(),
+            self._send(),
             timeout=timeout,
             credentials=client.call_credentials,
             metadata=client.metadata,
         )
 
-    def _requests(self) -> Iterator[Any]:
-        yield self._request
-        self._done.wait()  # closing our side would end the watch
+    def watch(self, key: str, start_revision: int, *, prefix: bool = False) -> None:
+        """Add a watch over ``key`` (a whole prefix if ``prefix``) from ``start_revision``."""
+        raw = key.encode()
+        create = etcdrpc.WatchCreateRequest(key=raw, start_revision=start_revision)
+        if prefix:
+            create.range_end = etcd3.utils.prefix_range_end(raw)
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+
+    def unwatch(self, watch_id: int) -> None:
+        """Cancel one watch; responses of it already on their way may still come."""
+        cancel = etcdrpc.WatchCancelRequest(watch_id=watch_id)
+        self._requests.put(etcdrpc.WatchRequest(cancel_request=cancel))
+
+    def _send(self) -> Iterator[Any]:
+        # Ends only at cancel(): closing our side would end the watches.
+        while (request := self._requests.get()) is not None:
+            yield request
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -437,8 +616,8 @@ class WatchStream:
             raise
 
     def cancel(self) -> None:
-        self._done.set()
         self._call.cancel()
+        self._requests.put(None)
 
 
 class Follower(Generic[M]):
@@ -554,6 +733,222 @@ class Follower(Generic[M]):
                 return
         self.deliver(Change(self.kind, id, value, revision))
         self.next_revision = revision + 1
+
+
+class IndexFollower(Generic[M]):
+    """List-then-watch of the objects one index folder names (a host's placement index: the
+    VMs placed on it), over one multiplexed watch stream that carries a watch of the folder
+    and one of each object it names. It delivers what a Follower of the kind would, for those
+    objects alone: a Snapshot of them, then each Change of each, including the one that takes
+    it out of the folder (a VM placed elsewhere, or deleted); after that one it is no longer
+    watched.
+
+    - Listing: the folder's entries at revision R, each object read as it was at R: the
+      Snapshot. The folder and each object are then watched from R + 1.
+    - An entry put at P: the object as it was at P is read and delivered (the transaction that
+      put the entry also wrote the object, or, for a repaired index, found it so), then
+      watched from P + 1. An entry deleted at Q: the object as it was at Q is delivered, and
+      its watch cancelled. A read delivers ``Change.read_at``: its revision is the object's.
+    - Each object's changes come in revision order, never one older than one delivered
+      before (its reads and its watch overlap; the older is dropped).
+    - A broken stream: every watch is made again, on a new stream, from its next revision
+      (resumed, not replayed). A compacted revision, of the folder or of any object: list
+      again (a new Snapshot).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        kind: type[M],
+        folder: str,
+        deliver: Callable[[Snapshot[M] | Change[M]], None],
+    ) -> None:
+        self.store = store
+        self.kind = kind
+        self.folder = folder  # below the prefix
+        self.folder_key = store.index_key(folder)
+        self.deliver = deliver
+        self.backoff = Backoff.of(store.settings)
+        self.next_revision = 0  # of the folder's watch; 0: list first
+        self.watched: dict[str, int] = {}  # object id -> the revision to deliver its changes from
+        self.live = False  # as Follower.live
+        self._stopped = threading.Event()
+        self._stream: WatchStream | None = None
+        self._thread = threading.Thread(target=self._run, name=f"follow-{folder}", daemon=True)
+
+    def start(self) -> None:
+        """List (retrying until etcd answers) and deliver the first Snapshot before returning,
+        then watch in the background."""
+        self._list_until_done()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _list_until_done(self) -> None:
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                entries, revision = self.store.list_index(self.folder)
+                ids = [id for id in entries if self.kind.is_id(id)]
+                found = self.store.read(self.kind, [(id, revision) for id in ids])
+            except (Unavailable, Compacted) as e:
+                log.warning("listing %s: %s; retrying", self.folder, e)
+                failures += 1
+                self._stopped.wait(self.backoff.delay(failures))
+                continue
+            items = {id: v for id, v in zip(ids, found, strict=True) if v is not None}
+            self.deliver(Snapshot(self.kind, items, revision))
+            self.watched = dict.fromkeys(ids, revision + 1)
+            self.next_revision = revision + 1
+            return
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopped.is_set():
+            if self.next_revision == 0:
+                self._list_until_done()
+                continue
+            try:
+                if self._watch():
+                    failures = 0  # the stream worked for a while: start backing off afresh
+            except Compacted as e:
+                log.warning("%s: %s; listing again", self.folder, e)
+                self.next_revision = 0
+            except _WATCH_ERRORS as e:
+                if self._stopped.is_set():
+                    return
+                log.warning(
+                    "watch on %s broke (%s); resuming at revision %d",
+                    self.folder,
+                    _brief(e),
+                    self.next_revision,
+                )
+            if self.next_revision == 0:
+                continue  # compacted: a list is the remedy, at once (it backs off if it fails)
+            failures += 1
+            self._stopped.wait(self.backoff.delay(failures))
+
+    def _watch(self) -> bool:
+        """Stream events until the stream ends; True if it delivered anything."""
+        stream = WatchStream(self.store, None)
+        self._stream = stream
+        if self._stopped.is_set():  # stop() ran before the stream existed
+            stream.cancel()
+        pending: deque[str | None] = deque()  # whom each unanswered create is for (None: folder)
+        by_watch: dict[int, str | None] = {}  # etcd's watch id -> None (the folder) or object id
+        watch_of: dict[str, int] = {}  # object id -> its watch's id
+
+        def watch(id: str | None, start: int) -> None:
+            if id is None:
+                stream.watch(self.folder_key, start, prefix=True)
+            else:
+                stream.watch(self.store.key(self.kind, id), start)
+            pending.append(id)
+
+        def unwatch(id: str) -> None:
+            watch_id = watch_of.pop(id, None)
+            if watch_id is not None:  # else it is still being created: see below
+                del by_watch[watch_id]
+                stream.unwatch(watch_id)
+
+        watch(None, self.next_revision)
+        for watched, start in self.watched.items():
+            watch(watched, start)
+        delivered = False
+        try:
+            for response in stream:
+                self.live = True
+                if response.created:
+                    created = pending.popleft()
+                    if response.canceled:
+                        log.warning("%s: etcd refused a watch: %s", self.folder, response)
+                        return delivered
+                    if created is not None and (created not in self.watched or created in watch_of):
+                        stream.unwatch(response.watch_id)  # left the folder since, or a double
+                    else:
+                        by_watch[response.watch_id] = created
+                        if created is not None:
+                            watch_of[created] = response.watch_id
+                    continue
+                if response.watch_id not in by_watch:
+                    continue  # the last of a watch cancelled here
+                if response.compact_revision:
+                    log.warning("%s: watch position compacted; listing again", self.folder)
+                    self.next_revision = 0
+                    return delivered
+                if response.canceled:
+                    return delivered  # etcd ended one: make them all again on a new stream
+                of = by_watch[response.watch_id]
+                if of is None:
+                    if self._folder_changed(response.events, watch, unwatch):
+                        delivered = True
+                else:
+                    for event in response.events:
+                        if self._object_changed(of, event):
+                            delivered = True
+            return delivered
+        finally:
+            self.live = False
+            stream.cancel()
+
+    def _folder_changed(
+        self,
+        events: Sequence[Any],
+        watch: Callable[[str, int], None],
+        unwatch: Callable[[str], None],
+    ) -> bool:
+        """Entries put and deleted: read each object as of then, deliver it, (un)watch it."""
+        changes: list[tuple[str, bool, int]] = []  # (id, put, revision)
+        for event in events:
+            id = event.kv.key.decode()[len(self.folder_key) :]
+            if self.kind.is_id(id):
+                changes.append((id, event.type != kv_pb2.Event.DELETE, event.kv.mod_revision))
+        # A failure here leaves everything as it was: the new stream brings these events again.
+        found = self.store.read(self.kind, [(id, revision) for id, _, revision in changes])
+        for (id, put, revision), value in zip(changes, found, strict=True):
+            start = self.watched.get(id)
+            if (start is None and put) or (start is not None and revision >= start):
+                self.deliver(
+                    Change(
+                        self.kind,
+                        id,
+                        value.value if value is not None else None,
+                        value.mod_revision if value is not None else revision,
+                        read_at=revision,
+                    )
+                )
+            if put:
+                if start is None:
+                    watch(id, revision + 1)
+                self.watched[id] = max(start or 0, revision + 1)
+            elif start is not None:
+                del self.watched[id]
+                unwatch(id)
+        if events:
+            self.next_revision = events[-1].kv.mod_revision + 1
+        return bool(changes)
+
+    def _object_changed(self, id: str, event: Any) -> bool:
+        revision = event.kv.mod_revision
+        start = self.watched.get(id)
+        if start is None or revision < start:
+            return False  # left the folder, or older than what was delivered (a read)
+        self.watched[id] = revision + 1
+        value: M | None = None
+        if event.type != kv_pb2.Event.DELETE:
+            try:
+                value = self.kind.model_validate_json(event.kv.value)
+            except ValidationError as e:
+                log.error("ignoring unreadable %s %s: %s", self.kind.kind, id, e)
+                return False
+        self.deliver(Change(self.kind, id, value, revision))
+        return True
 
 
 def _brief(e: BaseException) -> str:

@@ -167,30 +167,30 @@ class MemStore:
             self.revision += 1
             self._put(self.key_of(obj), obj.model_dump_json(), self.revision, lease)
 
-    def swap(self, obj: Stored, mod_revision: int) -> int | None:
-        return self.swap_many([(obj, mod_revision)])
+    def swap(self, obj: Stored, was: Versioned[Any]) -> int | None:
+        return self.swap_many([(obj, was)])
 
     def swap_many(
-        self, writes: Sequence[tuple[Stored, int]], guard: Guard | None = None
+        self, writes: Sequence[tuple[Stored, Versioned[Any]]], guard: Guard | None = None
     ) -> int | None:
+        # (The real store also keeps index entries, such as the placement index, in step: no
+        # reader of this double follows an index.)
         if not writes:
             return None
         with self._lock:
             if not self._holds(guard):
                 return None
-            if any(self._mod(self.key_of(obj)) != rev for obj, rev in writes):
+            if any(self._mod(self.key_of(obj)) != was.mod_revision for obj, was in writes):
                 return None
             self.revision += 1
             for obj, _ in writes:
                 self._put(self.key_of(obj), obj.model_dump_json(), self.revision)
             return self.revision
 
-    def delete(
-        self, kind: type[Stored], id: str, mod_revision: int, guard: Guard | None = None
-    ) -> bool:
+    def delete(self, found: Versioned[Any], guard: Guard | None = None) -> bool:
         with self._lock:
-            key = self.key(kind, id)
-            if not self._holds(guard) or self._mod(key) != mod_revision:
+            key = self.key_of(found.value)
+            if not self._holds(guard) or self._mod(key) != found.mod_revision:
                 return False
             if key in self.keys:  # etcd: a transaction that deletes nothing writes nothing
                 self.revision += 1
@@ -209,10 +209,10 @@ class MemStore:
             current = self.get(kind, id)
             if current is None:
                 return None
-            obj = current.value
+            obj = current.value.model_copy(deep=True)
             if change(obj) is False:
                 return current
-            revision = self.swap(obj, current.mod_revision)
+            revision = self.swap(obj, current)
             if revision is not None:
                 return Versioned(obj, revision)
         raise Conflict(f"{kind.kind} {id} kept changing; gave up after {attempts} attempts")

@@ -359,7 +359,7 @@ def test_a_local_domain_of_a_vm_placed_elsewhere_is_destroyed(store, hv, agent, 
 
 
 def test_a_local_domain_of_a_vm_that_no_longer_exists_is_destroyed(store, hv, agent, running):
-    assert store.delete(VM, running, store.get(VM, running).mod_revision)
+    assert store.delete(store.get(VM, running))
     store.flush()
     agent.reconcile(running)
     assert hv.power(running) is None

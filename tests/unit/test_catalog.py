@@ -133,7 +133,7 @@ def test_a_listing_is_kept_until_one_of_its_owners_vms_changes(store, vms, catal
 
 def test_a_deleted_vm_leaves_the_listings(store, vms, catalog):
     web = vms["web"].uuid
-    assert store.delete(VM, web, store.get(VM, web).mod_revision)
+    assert store.delete(store.get(VM, web))
     store.flush()
     assert names(catalog.vms_json(ALICE)) == ["db"]
     assert names(catalog.vms_json(None)) == ["db", "bobs"]
@@ -143,7 +143,7 @@ def test_a_deleted_vm_leaves_the_listings(store, vms, catalog):
 def test_own_write_is_served_at_once_and_its_event_changes_nothing(store, vms, catalog):
     web = store.get(VM, vms["web"].uuid)
     web.value.status = Status.SCHEDULED
-    revision = store.swap(web.value, web.mod_revision)
+    revision = store.swap(web.value, web)
     catalog.wrote(web.value, revision)  # before the watch brings it
     assert catalog.vm(web.value.uuid).value.status == Status.SCHEDULED
     listing = catalog.vms_json(ALICE)
@@ -156,7 +156,7 @@ def test_own_write_is_served_at_once_and_its_event_changes_nothing(store, vms, c
 def test_own_write_older_than_what_the_watch_brought_is_ignored(store, vms, catalog):
     web = store.get(VM, vms["web"].uuid)
     web.value.status = Status.SCHEDULED
-    ours = store.swap(web.value, web.mod_revision)
+    ours = store.swap(web.value, web)
     set_status(store, web.value.uuid, Status.RUNNING)  # someone else, right after
     store.flush()  # the watch was faster than our wrote()
     catalog.wrote(web.value, ours)

@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit.memstore import MemStore
 from ucloud.models import VM, Specs, Status
-from ucloud.store import Change, Conflict, Guard, Snapshot
+from ucloud.store import Change, Conflict, Guard, Snapshot, Versioned
 
 
 def vm(name: str = "web") -> VM:
@@ -21,7 +21,7 @@ def test_every_write_takes_the_next_global_revision():
     ra = store.create(a)
     rb = store.create(b)
     assert rb == ra + 1 == store.revision
-    both = store.swap_many([(a, ra), (b, rb)])
+    both = store.swap_many([(a, Versioned(a, ra)), (b, Versioned(b, rb))])
     assert both == rb + 1  # one transaction, one revision
     assert store.get(VM, a.uuid).mod_revision == store.get(VM, b.uuid).mod_revision == both
 
@@ -37,26 +37,27 @@ def test_create_refuses_an_existing_key():
 def test_swap_and_delete_refuse_a_stale_revision():
     store = MemStore()
     v = vm()
-    first = store.create(v)
-    v.name = "renamed"
-    second = store.swap(v, first)
+    first = Versioned(v, store.create(v))
+    renamed = v.model_copy(update={"name": "renamed"})
+    second = store.swap(renamed, first)
     assert second is not None
-    assert store.swap(v, first) is None
-    assert store.swap_many([(vm("other"), 0), (v, first)]) is None  # all or nothing
-    assert store.get(VM, "other") is None
-    assert not store.delete(VM, v.uuid, first)
-    assert store.delete(VM, v.uuid, second)
+    assert store.swap(renamed, first) is None
+    other = vm("other")
+    assert store.swap_many([(other, Versioned(other, 0)), (renamed, first)]) is None  # all or none
+    assert store.get(VM, other.uuid) is None
+    assert not store.delete(first)
+    assert store.delete(Versioned(renamed, second))
     assert store.get(VM, v.uuid) is None
 
 
 def test_a_guard_must_hold_for_a_write():
     store = MemStore()
     v = vm()
-    rev = store.create(v)
+    was = Versioned(v, store.create(v))
     leader = vm("leader")
     created = store.create(leader)
-    assert store.swap_many([(v, rev)], Guard(store.key_of(leader), created + 1)) is None
-    assert store.swap_many([(v, rev)], Guard(store.key_of(leader), created)) is not None
+    assert store.swap_many([(v, was)], Guard(store.key_of(leader), created + 1)) is None
+    assert store.swap_many([(v, was)], Guard(store.key_of(leader), created)) is not None
 
 
 def test_values_are_copies():
@@ -80,7 +81,7 @@ def test_update_retries_until_its_compare_holds():
         if not raced:  # another writer gets in between our read and our write, once
             other = store.get(VM, obj.uuid)
             other.value.name = "theirs"
-            raced.append(store.swap(other.value, other.mod_revision))
+            raced.append(store.swap(other.value, other))
         obj.status = Status.SCHEDULED
 
     written = store.update(VM, v.uuid, change)
@@ -97,7 +98,7 @@ def test_follow_delivers_a_snapshot_then_each_change_in_order():
     assert isinstance(got[0], Snapshot) and set(got[0].items) == {first.uuid}
     second = vm("second")
     r2 = store.create(second)
-    assert store.delete(VM, first.uuid, store.get(VM, first.uuid).mod_revision)
+    assert store.delete(store.get(VM, first.uuid))
     r3 = store.revision
     assert len(got) == 1  # until flushed
     assert store.flush() == 2

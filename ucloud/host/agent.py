@@ -1,8 +1,9 @@
 """The host agent's reconcile loop.
 
-It registers its host, keeps the host's alive key on a lease, mirrors the VMs, and reconciles
-each VM placed on it (and each local domain) towards the VM's desired state, one step per
-pass, in a keyed work queue: a VM is never handled by two workers at once.
+It registers its host, keeps the host's alive key on a lease, mirrors the VMs placed on it
+(following its folder of the placement index, and each VM it names: never the other hosts'
+VMs), and reconciles each VM placed on it (and each local domain) towards the VM's desired
+state, one step per pass, in a keyed work queue: a VM is never handled by two workers at once.
 
 Safety rules (docs/design-decisions.md, "No VM runs twice"):
 - a domain is started only after a compare-and-swap has moved its VM to CREATING, and that
@@ -36,7 +37,17 @@ from ucloud.host.hypervisor import (
     Unreachable,
 )
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Alive, Desired, Host, Image, Specs, Status, new_id
+from ucloud.models import (
+    VM,
+    Alive,
+    Desired,
+    Host,
+    Image,
+    Specs,
+    Status,
+    new_id,
+    placement_folder,
+)
 from ucloud.retry import Retry
 from ucloud.storage import Storage, StorageError
 from ucloud.store import Change, Conflict, KeepAlive, Snapshot, Store, Unavailable, Versioned
@@ -78,7 +89,8 @@ class HostAgent:
         self._retry(stop, "connect to the hypervisor", self.connect_hypervisor)
         self._retry(stop, "register the host", self.register)
         self._retry(stop, "take the host's lease", self.take_lease)
-        follower = self.store.follow(VM, self.deliver)
+        # The VMs placed here, and the change that takes each elsewhere (see IndexFollower).
+        follower = self.store.follow_index(VM, placement_folder(self.name), self.deliver)
         workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_or_retry, "vm")
         log.info("host %s is up", self.name)
         sdnotify.notify("READY=1")
@@ -251,7 +263,7 @@ class HostAgent:
 
     def write(self, found: Versioned[VM], vm: VM) -> Versioned[VM] | None:
         """Compare-and-swap the VM; None if it changed meanwhile (the watch re-queues it)."""
-        revision = self.store.swap(vm, found.mod_revision)
+        revision = self.store.swap(vm, found)
         if revision is None:
             return None
         with self.lock:
@@ -446,7 +458,7 @@ class HostAgent:
         self.storage.delete_disk(vm.disk_name)
         for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
             path.unlink(missing_ok=True)
-        if self.store.delete(VM, vm.uuid, found.mod_revision):
+        if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
             self.crashes.pop(vm.uuid, None)
 

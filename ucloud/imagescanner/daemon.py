@@ -257,7 +257,7 @@ class ImageScanner:
         except StorageError as e:
             self.transition(found, ImageStatus.DELETING, f"cannot delete it yet: {e}")
             raise Retry(f"cannot delete image {image.uuid} yet: {e}") from e
-        if self.store.delete(Image, image.uuid, found.mod_revision, guard=self.guard):
+        if self.store.delete(found, guard=self.guard):
             log.info("image %s (%s) deleted", image.uuid, image.name)
 
     # --- writes --------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class ImageScanner:
         image.set_status(status, reason)
         if status == ImageStatus.CREATING:
             image.progress = 0.0
-        revision = self.store.swap_many([(image, found.mod_revision)], guard=self.guard)
+        revision = self.store.swap_many([(image, found)], guard=self.guard)
         return None if revision is None else Versioned(image, revision)
 
     def update(self, id: str, change: Callable[[Image], bool]) -> Versioned[Image] | None:
@@ -282,7 +282,7 @@ class ImageScanner:
             image = found.value.model_copy(deep=True)
             if not change(image):
                 return found
-            revision = self.store.swap_many([(image, found.mod_revision)], guard=self.guard)
+            revision = self.store.swap_many([(image, found)], guard=self.guard)
             if revision is not None:
                 return Versioned(image, revision)
             if self.guard is not None and self.stopping.is_set():

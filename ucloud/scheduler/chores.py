@@ -61,7 +61,7 @@ class Chores:
                 stopped = vm.model_copy(deep=True)
                 stopped.set_status(Status.STOPPED, ME)
                 stopped.observed_generation = stopped.generation
-                self.writes.vm(stopped, found.mod_revision)
+                self.writes.vm(stopped, found)
 
     def hand_over_for_deletion(self, found: Versioned[VM]) -> bool:
         """A VM with a disk but no host: a live host agent removes the disk, then the VM.
@@ -72,5 +72,5 @@ class Chores:
         vm = found.value.model_copy(deep=True)
         vm.hostname = host
         vm.set_status(Status.DELETING, ME, f"host {host} removes its disk")
-        self.writes.vm(vm, found.mod_revision)
+        self.writes.vm(vm, found)
         return True

@@ -6,6 +6,7 @@ parts, and in one thread runs a pass of each:
   DEAD past the grace are taken off it and their disks fenced before they may run elsewhere;
 - Chores (chores.py): VMs without a host whose desired state needs a step;
 - Placer (placer.py): placement and the SCHEDULED deadlines;
+- PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
 compare-and-swaps, so a deposed scheduler cannot write. Only the periodic resync looks at
 everything.
@@ -24,6 +25,7 @@ from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Alive, Host
 from ucloud.retry import Backoff
 from ucloud.scheduler.chores import Chores
+from ucloud.scheduler.index import PlacementIndex
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
 from ucloud.scheduler.placer import Placer
@@ -63,6 +65,7 @@ class Scheduler:
         )
         self.chores = Chores(self.vms, self.ledger, self.writes)
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
+        self.index = PlacementIndex(self.vms, self.writes)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -79,11 +82,15 @@ class Scheduler:
         """Reconcile until ``stop`` (or ``lost``: leadership gone) is set."""
         self.start()
         next_resync = time.monotonic() + self.settings.scheduler_resync
+        index_checked = False  # once the first snapshots are in: then at each resync
         backoff, failures = Backoff.of(self.settings), 0
         try:
             while not stop.is_set() and not (lost and lost.is_set()):
                 self.drain(timeout=0.5)
                 try:
+                    if not index_checked:
+                        self.index.repair()
+                        index_checked = True
                     if time.monotonic() >= next_resync:
                         self.resync()
                         next_resync = time.monotonic() + self.settings.scheduler_resync
@@ -138,6 +145,7 @@ class Scheduler:
         for id, v in self.vms.items.items():
             self.vm_changed((id, v, v))
         self.placer.resync()
+        self.index.repair()
 
     # --- changes, to every part ----------------------------------------------------------------
 

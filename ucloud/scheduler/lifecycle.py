@@ -99,7 +99,7 @@ class HostLifecycle:
         host = found.value.model_copy(deep=True)
         host.status = status
         host.status_since = time.time()
-        return self.writes.host(host, found.mod_revision)
+        return self.writes.host(host, found)
 
     def evacuate(self, name: str) -> None:
         """Take every VM off a dead host: KILLED, no host, and (unless the host never claimed
@@ -120,7 +120,7 @@ class HostLifecycle:
                 vm.fencing = name
             vm.hostname = ""
             vm.set_status(Status.KILLED, ME, f"host {name} died")
-            writes.append((vm, found.mod_revision))
+            writes.append((vm, found))
         self.writes.vms_in_batches(writes)
 
     # --- fencing -------------------------------------------------------------------------------
@@ -155,5 +155,5 @@ class HostLifecycle:
             )
             vm.fencing = ""
             vm.set_status(Status.KILLED, ME, why)
-            writes.append((vm, found.mod_revision))
+            writes.append((vm, found))
         self.writes.vms_in_batches(writes)

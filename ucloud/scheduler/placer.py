@@ -102,7 +102,7 @@ class Placer:
             return
         try:
             revision = self.writes.store.swap_many(
-                [(vm, was.mod_revision) for vm, was in batch], self.writes.guard
+                [(vm, was) for vm, was in batch], self.writes.guard
             )
         except Unavailable:
             # Unknown whether it was written. Believe it was not: if it was, the watch brings
@@ -134,7 +134,7 @@ class Placer:
         vm = vm.model_copy(deep=True)
         vm.set_status(Status.PENDING, ME, reason)
         log.info("VM %s waits: %s", vm.uuid, reason)
-        self.writes.vm(vm, found.mod_revision)
+        self.writes.vm(vm, found)
 
     # --- deadlines -----------------------------------------------------------------------------
 
@@ -159,5 +159,5 @@ class Placer:
                 vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
             else:
                 vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
-            if not self.writes.vm(vm, found.mod_revision):
+            if not self.writes.vm(vm, found):
                 heapq.heappush(self.deadlines, (now + 1.0, id))  # look again shortly

@@ -10,9 +10,12 @@ from collections.abc import Callable, Sequence
 
 from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Host
-from ucloud.store import MAX_TXN_OPS, Guard, Store, Versioned
+from ucloud.store import MAX_TXN_OPS, Guard, IndexFix, Store, Versioned
 
-BATCH = MAX_TXN_OPS - 1  # one compare is the leadership guard
+# VMs a transaction: each is a put and, when its host changes, one placement index entry put or
+# deleted (the scheduler never moves a VM from one host straight to another: that would be a
+# third operation). One compare more is the leadership guard.
+BATCH = MAX_TXN_OPS // 2
 
 
 class Deposed(Exception):
@@ -36,15 +39,15 @@ class Writes:
         self.on_vm = on_vm
         self.on_host = on_host
 
-    def vm(self, vm: VM, mod_revision: int) -> bool:
-        revision = self.store.swap_many([(vm, mod_revision)], self.guard)
+    def vm(self, vm: VM, was: Versioned[VM]) -> bool:
+        revision = self.store.swap_many([(vm, was)], self.guard)
         if revision is None:
             self.check_guard()
             return False
         self.on_vm(self.vms.put_local(vm.uuid, vm, revision))
         return True
 
-    def vms_in_batches(self, writes: Sequence[tuple[VM, int]]) -> None:
+    def vms_in_batches(self, writes: Sequence[tuple[VM, Versioned[VM]]]) -> None:
         """Many VMs, BATCH to a transaction; a batch that loses a race is written one VM at a
         time, and those that changed meanwhile are left to the watch."""
         for start in range(0, len(writes), BATCH):
@@ -52,28 +55,45 @@ class Writes:
             revision = self.store.swap_many(chunk, self.guard)
             if revision is None:
                 self.check_guard()
-                for vm, mod_revision in chunk:
-                    self.vm(vm, mod_revision)
+                for vm, was in chunk:
+                    self.vm(vm, was)
                 continue
             for vm, _ in chunk:
                 self.on_vm(self.vms.put_local(vm.uuid, vm, revision))
 
     def delete_vm(self, found: Versioned[VM]) -> bool:
-        if not self.store.delete(VM, found.value.uuid, found.mod_revision, self.guard):
+        if not self.store.delete(found, self.guard):
             self.check_guard()
             return False
         if (diff := self.vms.drop_local(found.value.uuid)) is not None:
             self.on_vm(diff)
         return True
 
-    def host(self, host: Host, mod_revision: int) -> bool:
-        revision = self.store.swap_many([(host, mod_revision)], self.guard)
+    def host(self, host: Host, was: Versioned[Host]) -> bool:
+        revision = self.store.swap_many([(host, was)], self.guard)
         if revision is None:
             self.check_guard()
             return False
         self.hosts.put_local(host.name, host, revision)
         self.on_host(host.name)
         return True
+
+    def fix_index(self, fixes: Sequence[IndexFix]) -> None:
+        """Index fixes, as many to a transaction as etcd takes; a batch that fails is tried
+        one fix at a time, and those whose VM changed meanwhile are left to the next pass."""
+        batch: list[IndexFix] = []
+        ops = 0
+        for fix in [*fixes, None]:
+            size = len(fix.put) + len(fix.delete) if fix is not None else 0
+            if batch and (fix is None or len(batch) == BATCH or ops + size > MAX_TXN_OPS):
+                if not self.store.fix_index(VM, batch, self.guard):
+                    self.check_guard()
+                    for one in batch:
+                        self.store.fix_index(VM, [one], self.guard)
+                batch, ops = [], 0
+            if fix is not None:
+                batch.append(fix)
+                ops += size
 
     def check_guard(self) -> None:
         """Raise Deposed if this scheduler no longer leads (a write failed: maybe that is why)."""
