@@ -178,11 +178,17 @@ def pair(settings, store, client, alice, ceph: Ceph, guests, libvirtds, tmp_path
             if name not in p.agents or not p.agents[name].alive():
                 p.start_agent(name)
         wait_for(lambda: not store.list(VM)[0], 90, "the test's VMs to be deleted")
+        # Nothing of this test may run on in the shared libvirtds. A restarted agent removes
+        # the domains of deleted VMs once it has listed them: wait for it.
+        for name, lv in libvirtds.items():
+            wait_for(
+                lambda lv=lv: not lv.virsh("list", "--all", "--name").split(),
+                30,
+                f"{name}'s libvirtd to hold no domain",
+            )
         for agent in p.agents.values():
             agent.stop()
         scheduler.stop()
-        for lv in libvirtds.values():  # nothing of this test may run on in the shared libvirtds
-            assert not lv.virsh("list", "--all", "--name").split()
         storage.delete_image(image.uuid)
 
 
