@@ -521,3 +521,30 @@ def test_deaths_older_than_the_crash_window_are_forgotten(store, hv, agent, cloc
     agent.reconcile(running)
     vm = vm_in(store, running)
     assert (vm.status, vm.reason) == (Status.KILLED, "QEMU died; restarting in 1 s")
+
+
+def test_a_death_whose_write_loses_a_race_counts_once(store, hv, agent, running):
+    hv.crash(running)
+    change(store, running, lambda vm: vm.record("api", "a user looked"), deliver=False)
+    agent.reconcile(running)  # its KILLED loses to that write: nothing counted
+    store.flush()
+    agent.reconcile(running)
+    vm = vm_in(store, running)
+    assert (vm.status, vm.reason) == (Status.KILLED, "QEMU died; restarting in 1 s")
+
+
+def test_vms_stopped_for_a_lost_lease_are_restarted_and_no_crash(store, hv, agent, lease, running):
+    for _ in range(5):  # etcd flapping: more losses than crash_limit
+        store.leases[-1].left = 0.0
+        agent.reconcile(running)
+        assert hv.power(running) == Power.SHUTOFF
+        agent.take_lease()
+        agent.reconcile(running)
+        vm = vm_in(store, running)
+        assert (vm.status, vm.reason) == (
+            Status.KILLED,
+            "stopped when its host lost its lease; restarting",
+        )
+        agent.reconcile(running)
+        assert (hv.power(running), vm_in(store, running).status) == (Power.RUNNING, Status.RUNNING)
+    assert agent.crashes.get(running, []) == []

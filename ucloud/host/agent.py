@@ -76,6 +76,9 @@ class HostAgent:
         self.lease_lost = threading.Event()
         self.lease_lock = threading.Lock()
         self.domains_stopped = False  # since the lease was lost
+        # Domains this agent stopped because its lease was lost: if their VMs are still placed
+        # here when it holds a lease again, they are restarted, and that is no crash.
+        self.stopped_for_lease: set[str] = set()
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
         if len(str(self.vnc_socket(new_id()))) > 107:
@@ -185,6 +188,7 @@ class HostAgent:
             for vm in domains:
                 try:
                     self.hv.destroy(vm)
+                    self.stopped_for_lease.add(vm)
                 except HypervisorError as e:
                     log.error("could not stop VM %s: %s", vm, e)
                     failed = True
@@ -242,6 +246,7 @@ class HostAgent:
                 )
                 log.warning("destroying local domain of VM %s: it is %s", id, where)
                 self.hv.undefine(id)
+            self.stopped_for_lease.discard(id)
             return
         vm = found.value
         if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
@@ -366,34 +371,54 @@ class HostAgent:
             self.create(claimed, None)
 
     def crashed(self, found: Versioned[VM]) -> None:
-        """The VM should run here but its QEMU is gone: report, then restart with back-off."""
+        """The VM should run here but its QEMU is gone: report, then restart with back-off.
+        A death counts (and is reported) once, when its KILLED is written: a write that loses
+        a race is redone when the VM comes back, and must not count the same death again."""
         vm = found.value
+        if vm.uuid in self.stopped_for_lease:
+            # Stopped by this agent when its lease was lost, and still placed here: no crash.
+            why = "stopped when its host lost its lease; restarting"
+            if self.transition(found, Status.KILLED, why) is not None:
+                self.stopped_for_lease.discard(vm.uuid)
+                self.restart_at.pop(vm.uuid, None)
+                self.queue.add(vm.uuid)
+            return
         now = time.monotonic()
         recent = [t for t in self.crashes.get(vm.uuid, []) if now - t < self.settings.crash_window]
         recent.append(now)
-        self.crashes[vm.uuid] = recent
-        message = f"VM {vm.uuid} ({vm.name}) stopped unexpectedly on {self.name}"
-        log.warning(message)
-        self.notify(vm, message)
         if len(recent) > self.settings.crash_limit:
-            self.give_up(
-                found, f"its QEMU died {len(recent)} times within {self.settings.crash_window:g} s"
-            )
+            reason = f"its QEMU died {len(recent)} times within {self.settings.crash_window:g} s"
+            if self.give_up(found, reason):
+                self.crashes.pop(vm.uuid, None)
+                self.report(vm)
             return
         delay = min(2.0 ** (len(recent) - 1), 60.0)
         self.restart_at[vm.uuid] = now + delay
-        if (
-            self.transition(found, Status.KILLED, f"QEMU died; restarting in {delay:g} s")
-            is not None
-        ):
-            self.queue.add_after(vm.uuid, delay)
+        if self.transition(found, Status.KILLED, f"QEMU died; restarting in {delay:g} s") is None:
+            return  # it changed meanwhile: the watch brings it back; nothing was counted
+        self.crashes[vm.uuid] = recent
+        self.report(vm)
+        self.queue.add_after(vm.uuid, delay)
 
-    def give_up(self, found: Versioned[VM], reason: str) -> None:
-        """ERROR, and release the host: a user's start places the VM afresh."""
+    def report(self, vm: VM) -> None:
+        message = f"VM {vm.uuid} ({vm.name}) stopped unexpectedly on {self.name}"
+        log.warning(message)
+        self.notify(vm, message)
+
+    def give_up(self, found: Versioned[VM], reason: str) -> bool:
+        """ERROR, and release the host: a user's start places the VM afresh. False if the VM
+        changed meanwhile (nothing written)."""
         vm = found.value
         self.hv.undefine(vm.uuid)
-        self.transition(found, Status.ERROR, reason, hostname="", observed_generation=vm.generation)
+        if (
+            self.transition(
+                found, Status.ERROR, reason, hostname="", observed_generation=vm.generation
+            )
+            is None
+        ):
+            return False
         log.error("VM %s is in ERROR: %s", vm.uuid, reason)
+        return True
 
     def keep_running(self, found: Versioned[VM], dom: Domain) -> None:
         vm = found.value
