@@ -620,22 +620,23 @@ class WatchStream:
         self._requests.put(None)
 
 
-class Follower(Generic[M]):
-    """List-then-watch of one kind of object that does not lose events.
-
-    It owns its gRPC watch stream (python-etcd3 0.13's watcher thread dies with a NameError
-    when a stream breaks, without telling anyone), in a thread of its own: when the stream
-    breaks it watches again from the revision after the last event delivered; when etcd has
-    compacted that revision away it lists again and delivers a fresh Snapshot. Deliveries are
-    in revision order, on the follower's thread.
-    """
+class _Following(Generic[M]):
+    """What Follower and IndexFollower share: list and deliver a Snapshot (retrying until etcd
+    answers), then watch in a thread of their own; after a broken stream, resume after a
+    back-off; after a compaction, list again. Deliveries are in revision order, on the
+    follower's thread. Subclasses say how to list (``_list``) and how to watch (``_watch``)."""
 
     def __init__(
-        self, store: Store, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
+        self,
+        store: Store,
+        kind: type[M],
+        deliver: Callable[[Snapshot[M] | Change[M]], None],
+        name: str,
     ) -> None:
         self.store = store
         self.kind = kind
         self.deliver = deliver
+        self.name = name
         self.backoff = Backoff.of(store.settings)
         self.next_revision = 0  # 0: list first
         # True while a watch stream is open: what was delivered is current but for events in
@@ -643,7 +644,7 @@ class Follower(Generic[M]):
         self.live = False
         self._stopped = threading.Event()
         self._stream: WatchStream | None = None
-        self._thread = threading.Thread(target=self._run, name=f"follow-{kind.kind}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"follow-{name}", daemon=True)
 
     def start(self) -> None:
         """List (retrying until etcd answers) and deliver the first Snapshot before returning,
@@ -659,19 +660,24 @@ class Follower(Generic[M]):
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
+    def _list(self) -> None:
+        """Read, deliver a Snapshot, and set next_revision past it (Unavailable, Compacted)."""
+        raise NotImplementedError
+
+    def _watch(self) -> bool:
+        """Stream events until the stream ends; True if it delivered anything."""
+        raise NotImplementedError
+
     def _list_until_done(self) -> None:
         failures = 0
         while not self._stopped.is_set():
             try:
-                items, revision = self.store.list(self.kind)
-            except Unavailable as e:
-                log.warning("listing %s: etcd unavailable (%s); retrying", self.kind.kind, e)
+                self._list()
+                return
+            except (Unavailable, Compacted) as e:
+                log.warning("listing %s: %s; retrying", self.name, e)
                 failures += 1
                 self._stopped.wait(self.backoff.delay(failures))
-                continue
-            self.deliver(Snapshot(self.kind, items, revision))
-            self.next_revision = revision + 1
-            return
 
     def _run(self) -> None:
         failures = 0
@@ -682,17 +688,42 @@ class Follower(Generic[M]):
             try:
                 if self._watch():
                     failures = 0  # the stream worked for a while: start backing off afresh
-            except _TRANSPORT_OR_CLOSED as e:
+            except Compacted as e:
+                log.warning("%s: %s; listing again", self.name, e)
+                self.next_revision = 0
+            except _WATCH_ERRORS as e:
                 if self._stopped.is_set():
                     return
                 log.warning(
                     "watch on %s broke (%s); resuming at revision %d",
-                    self.kind.kind,
+                    self.name,
                     _brief(e),
                     self.next_revision,
                 )
+            if self.next_revision == 0:
+                continue  # compacted: a list is the remedy, at once (it backs off if it fails)
             failures += 1
             self._stopped.wait(self.backoff.delay(failures))
+
+
+class Follower(_Following[M]):
+    """List-then-watch of one kind of object that does not lose events.
+
+    It owns its gRPC watch stream (python-etcd3 0.13's watcher thread dies with a NameError
+    when a stream breaks, without telling anyone): when the stream breaks it watches again
+    from the revision after the last event delivered; when etcd has compacted that revision
+    away it lists again and delivers a fresh Snapshot.
+    """
+
+    def __init__(
+        self, store: Store, kind: type[M], deliver: Callable[[Snapshot[M] | Change[M]], None]
+    ) -> None:
+        super().__init__(store, kind, deliver, kind.kind)
+
+    def _list(self) -> None:
+        items, revision = self.store.list(self.kind)
+        self.deliver(Snapshot(self.kind, items, revision))
+        self.next_revision = revision + 1
 
     def _watch(self) -> bool:
         """Stream events until the stream ends; True if it delivered anything."""
@@ -735,7 +766,7 @@ class Follower(Generic[M]):
         self.next_revision = revision + 1
 
 
-class IndexFollower(Generic[M]):
+class IndexFollower(_Following[M]):
     """List-then-watch of the objects one index folder names (a host's placement index: the
     VMs placed on it), over one multiplexed watch stream that carries a watch of the folder
     and one of each object it names. It delivers what a Follower of the kind would, for those
@@ -763,76 +794,20 @@ class IndexFollower(Generic[M]):
         folder: str,
         deliver: Callable[[Snapshot[M] | Change[M]], None],
     ) -> None:
-        self.store = store
-        self.kind = kind
+        super().__init__(store, kind, deliver, folder)
         self.folder = folder  # below the prefix
         self.folder_key = store.index_key(folder)
-        self.deliver = deliver
-        self.backoff = Backoff.of(store.settings)
-        self.next_revision = 0  # of the folder's watch; 0: list first
+        # next_revision: of the folder's watch
         self.watched: dict[str, int] = {}  # object id -> the revision to deliver its changes from
-        self.live = False  # as Follower.live
-        self._stopped = threading.Event()
-        self._stream: WatchStream | None = None
-        self._thread = threading.Thread(target=self._run, name=f"follow-{folder}", daemon=True)
 
-    def start(self) -> None:
-        """List (retrying until etcd answers) and deliver the first Snapshot before returning,
-        then watch in the background."""
-        self._list_until_done()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        stream = self._stream
-        if stream is not None:
-            stream.cancel()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _list_until_done(self) -> None:
-        failures = 0
-        while not self._stopped.is_set():
-            try:
-                entries, revision = self.store.list_index(self.folder)
-                ids = [id for id in entries if self.kind.is_id(id)]
-                found = self.store.read(self.kind, [(id, revision) for id in ids])
-            except (Unavailable, Compacted) as e:
-                log.warning("listing %s: %s; retrying", self.folder, e)
-                failures += 1
-                self._stopped.wait(self.backoff.delay(failures))
-                continue
-            items = {id: v for id, v in zip(ids, found, strict=True) if v is not None}
-            self.deliver(Snapshot(self.kind, items, revision))
-            self.watched = dict.fromkeys(ids, revision + 1)
-            self.next_revision = revision + 1
-            return
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stopped.is_set():
-            if self.next_revision == 0:
-                self._list_until_done()
-                continue
-            try:
-                if self._watch():
-                    failures = 0  # the stream worked for a while: start backing off afresh
-            except Compacted as e:
-                log.warning("%s: %s; listing again", self.folder, e)
-                self.next_revision = 0
-            except _WATCH_ERRORS as e:
-                if self._stopped.is_set():
-                    return
-                log.warning(
-                    "watch on %s broke (%s); resuming at revision %d",
-                    self.folder,
-                    _brief(e),
-                    self.next_revision,
-                )
-            if self.next_revision == 0:
-                continue  # compacted: a list is the remedy, at once (it backs off if it fails)
-            failures += 1
-            self._stopped.wait(self.backoff.delay(failures))
+    def _list(self) -> None:
+        entries, revision = self.store.list_index(self.folder)
+        ids = [id for id in entries if self.kind.is_id(id)]
+        found = self.store.read(self.kind, [(id, revision) for id in ids])
+        items = {id: v for id, v in zip(ids, found, strict=True) if v is not None}
+        self.deliver(Snapshot(self.kind, items, revision))
+        self.watched = dict.fromkeys(ids, revision + 1)
+        self.next_revision = revision + 1
 
     def _watch(self) -> bool:
         """Stream events until the stream ends; True if it delivered anything."""
