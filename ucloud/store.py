@@ -363,6 +363,18 @@ class Store:
         revision; the new revision, or None."""
         return self.swap_many([(obj, was)])
 
+    def swap_edited(
+        self, was: Versioned[M], edit: Callable[[M], object], guard: Guard | None = None
+    ) -> Versioned[M] | None:
+        """The one way a daemon changes what it read: a copy of ``was``'s object, changed by
+        ``edit`` (a status set and recorded, a field filled in), compare-and-swapped over it.
+        The object as written, or None if it changed meanwhile (nothing written). ``was``
+        stays as read: a mirror may still hold it."""
+        obj = was.value.model_copy(deep=True)
+        edit(obj)
+        revision = self.swap_many([(obj, was)], guard)
+        return None if revision is None else Versioned(obj, revision)
+
     @_etcd_call
     def swap_many(
         self, writes: Sequence[tuple[M, Versioned[M]]], guard: Guard | None = None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ucloud.models import Stored
-from ucloud.store import Change, Conflict, Guard, M, Snapshot, Versioned
+from ucloud.store import Change, Conflict, Guard, M, Snapshot, Store, Versioned
 
 
 @dataclass
@@ -169,6 +169,9 @@ class MemStore:
 
     def swap(self, obj: Stored, was: Versioned[Any]) -> int | None:
         return self.swap_many([(obj, was)])
+
+    # The real one, on this double's swap_many: it only copies, edits and swaps.
+    swap_edited = Store.swap_edited
 
     def swap_many(
         self, writes: Sequence[tuple[Stored, Versioned[Any]]], guard: Guard | None = None

@@ -266,29 +266,28 @@ class HostAgent:
         else:
             self.keep_running(found, dom)
 
-    def write(self, found: Versioned[VM], vm: VM) -> Versioned[VM] | None:
-        """Compare-and-swap the VM; None if it changed meanwhile (the watch re-queues it)."""
-        revision = self.store.swap(vm, found)
-        if revision is None:
-            return None
-        with self.lock:
-            self.vms.put_local(vm.uuid, vm, revision)
-        return Versioned(vm, revision)
+    def write(self, found: Versioned[VM], edit: Callable[[VM], object]) -> Versioned[VM] | None:
+        """Store.swap_edited, mirrored; None if the VM changed meanwhile (the watch re-queues
+        it)."""
+        written = self.store.swap_edited(found, edit)
+        if written is not None:
+            with self.lock:
+                self.vms.put_local(written.value.uuid, written.value, written.mod_revision)
+        return written
 
     def record(self, found: Versioned[VM], message: str) -> Versioned[VM] | None:
         """Add an event to the VM's log."""
-        vm = found.value.model_copy(deep=True)
-        vm.record(self.me, message)
-        return self.write(found, vm)
+        return self.write(found, lambda vm: vm.record(self.me, message))
 
     def transition(
         self, found: Versioned[VM], status: Status, reason: str = "", **fields: object
     ) -> Versioned[VM] | None:
-        vm = found.value.model_copy(deep=True)
-        for k, v in fields.items():
-            setattr(vm, k, v)
-        vm.set_status(status, self.me, reason)
-        return self.write(found, vm)
+        def edit(vm: VM) -> None:
+            for k, v in fields.items():
+                setattr(vm, k, v)
+            vm.set_status(status, self.me, reason)
+
+        return self.write(found, edit)
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -428,10 +427,12 @@ class HostAgent:
             return
         if vm.reboot_seq > vm.reboot_done:
             self.hv.reboot(vm.uuid)
-            updated = vm.model_copy(deep=True)
-            updated.reboot_done = vm.reboot_seq
-            updated.record(self.me, "rebooted")
-            self.write(found, updated)
+
+            def rebooted(vm: VM) -> None:
+                vm.reboot_done = vm.reboot_seq
+                vm.record(self.me, "rebooted")
+
+            self.write(found, rebooted)
             return
         if vm.status != Status.RUNNING:
             self.transition(found, Status.RUNNING)

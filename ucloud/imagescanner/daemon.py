@@ -266,12 +266,13 @@ class ImageScanner:
         self, found: Versioned[Image], status: ImageStatus, reason: str = ""
     ) -> Versioned[Image] | None:
         """Compare-and-swap the image into ``status``; None if it changed meanwhile."""
-        image = found.value.model_copy(deep=True)
-        image.set_status(status, reason)
-        if status == ImageStatus.CREATING:
-            image.progress = 0.0
-        revision = self.store.swap_many([(image, found)], guard=self.guard)
-        return None if revision is None else Versioned(image, revision)
+
+        def edit(image: Image) -> None:
+            image.set_status(status, reason)
+            if status == ImageStatus.CREATING:
+                image.progress = 0.0
+
+        return self.store.swap_edited(found, edit, self.guard)
 
     def update(self, id: str, change: Callable[[Image], bool]) -> Versioned[Image] | None:
         """Read-modify-write under the leadership guard (Store.update has no guard)."""
