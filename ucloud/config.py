@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,24 +23,37 @@ def _env_files() -> tuple[str, ...]:
     return ("/etc/ucloud/ucloud.env", ".env")
 
 
-class Settings(BaseSettings):
+class _Group(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UCLOUD_", extra="ignore")
+    read_by: ClassVar[str]
 
-    # etcd
+
+class CommonSettings(_Group):
+    read_by = "every daemon"
+
     etcd_endpoints: str = Field(
         "127.0.0.1:2379", description="comma-separated host:port of the etcd cluster's members"
     )
     etcd_prefix: str = "/v1"
     etcd_timeout: float = Field(5.0, description="seconds for one etcd request")
 
-    # logging
     log_level: str = "INFO"
 
-    # retries (every daemon): a failed step is tried again after initial, 2 x initial, ...
+    # a failed step is tried again after retry_initial, twice that, ... at most retry_max
     retry_initial: float = Field(0.5, description="seconds before the first retry of a failure")
     retry_max: float = Field(30.0, description="seconds between retries at most")
 
-    # API
+    def etcd_members(self) -> list[tuple[str, int]]:
+        members = []
+        for item in self.etcd_endpoints.split(","):
+            host, _, port = item.strip().rpartition(":")
+            members.append((host or "127.0.0.1", int(port)))
+        return members
+
+
+class APISettings(_Group):
+    read_by = "ucloud-api"
+
     api_bind: str = "127.0.0.1:5000"
     api_workers: int = 2
     api_threads: int = 4
@@ -49,7 +63,10 @@ class Settings(BaseSettings):
         1, description="how many 30 s steps before and after now a token may be from"
     )
 
-    # scheduler
+
+class SchedulerSettings(_Group):
+    read_by = "ucloud-scheduler"
+
     cpu_allocation_ratio: float = 4.0
     ram_allocation_ratio: float = 1.0
     disk_allocation_ratio: float = 1.0
@@ -64,13 +81,11 @@ class Settings(BaseSettings):
         description="seconds between a host's lease expiring and its VMs being moved (they "
         "are fenced first, so no wait is needed for safety)",
     )
-    fence_expiry: float = Field(
-        7 * 86400.0,
-        description="seconds a fenced storage client stays block-listed (Ceph); a fenced QEMU "
-        "must be gone by then (see the operator manual: the agent's watchdog)",
-    )
 
-    # host agent
+
+class HostSettings(_Group):
+    read_by = "ucloud-host"
+
     hostname: str = Field(default_factory=socket.gethostname)
     host_lease_ttl: int = Field(10, description="seconds without renewal before a host is dead")
     host_cpu: int = Field(0, description="CPUs to offer; 0: all of the machine's")
@@ -99,7 +114,21 @@ class Settings(BaseSettings):
         "", description="run with the VM uuid and a message when a VM crashes (empty: none)"
     )
 
-    # storage
+    @model_validator(mode="after")
+    def _start_margin_fits_the_lease(self) -> Self:
+        # The agent renews its lease every third of the TTL: a margin above two thirds of it
+        # would refuse every start.
+        if self.host_start_margin > self.host_lease_ttl * 2 / 3:
+            raise ValueError(
+                f"host_start_margin ({self.host_start_margin:g} s) must be at most two thirds "
+                f"of host_lease_ttl ({self.host_lease_ttl} s)"
+            )
+        return self
+
+
+class StorageSettings(_Group):
+    read_by = "ucloud-host, ucloud-scheduler (fencing), ucloud-imagescanner"
+
     storage: str = Field("rbd", description="'rbd' (Ceph) or 'file' (qcow2 overlays)")
     ceph_conf: str = "/etc/ceph/ceph.conf"
     ceph_user: str = Field("ucloud", description="cephx user, without 'client.'")
@@ -108,7 +137,20 @@ class Settings(BaseSettings):
     image_pool: str = Field("ucloud", description="pool of images")
     image_dir: str = Field("/var/lib/ucloud/images", description="images, for the file driver")
 
-    # scanners
+    fence_expiry: float = Field(
+        7 * 86400.0,
+        description="seconds a fenced storage client stays block-listed (Ceph); a fenced QEMU "
+        "must be gone by then (see the operator manual: the agent's watchdog)",
+    )
+
+    image_convert_rate: int = Field(
+        0, description="bytes a second one image conversion may read; 0: no limit"
+    )
+
+
+class FileScannerSettings(_Group):
+    read_by = "ucloud-filescanner"
+
     upload_root: str = Field(
         "/var/www", description="users' upload directories: <upload_root>/<user name>/"
     )
@@ -121,14 +163,16 @@ class Settings(BaseSettings):
     filescanner_rescan: float = Field(
         300.0, description="seconds between full rescans of upload_root (inotify's safety net)"
     )
+
+
+class ImageScannerSettings(_Group):
+    read_by = "ucloud-imagescanner (image_store: ucloud-api too)"
+
     image_store: str = Field(
         "images", description="the image store of requests that name none; its pool: image_pool"
     )
     image_max_size: float = Field(100.0, description="GiB: the largest virtual size of an image")
     image_workers: int = Field(1, description="images converted at once")
-    image_convert_rate: int = Field(
-        0, description="bytes a second one image conversion may read; 0: no limit"
-    )
     image_progress_interval: float = Field(
         3.0, description="seconds between progress updates in an image's record"
     )
@@ -137,23 +181,29 @@ class Settings(BaseSettings):
         5, description="seconds before a dead image scanner is replaced by a standby"
     )
 
-    @model_validator(mode="after")
-    def _start_margin_fits_the_lease(self) -> Settings:
-        # The agent renews its lease every third of the TTL: a margin above two thirds of it
-        # would refuse every start.
-        if self.host_start_margin > self.host_lease_ttl * 2 / 3:
-            raise ValueError(
-                f"host_start_margin ({self.host_start_margin:g} s) must be at most two thirds "
-                f"of host_lease_ttl ({self.host_lease_ttl} s)"
-            )
-        return self
 
-    def etcd_members(self) -> list[tuple[str, int]]:
-        members = []
-        for item in self.etcd_endpoints.split(","):
-            host, _, port = item.strip().rpartition(":")
-            members.append((host or "127.0.0.1", int(port)))
-        return members
+class Settings(
+    CommonSettings,
+    APISettings,
+    SchedulerSettings,
+    HostSettings,
+    StorageSettings,
+    FileScannerSettings,
+    ImageScannerSettings,
+):
+    """Every setting, flat (``settings.host_lease_ttl``, ``UCLOUD_HOST_LEASE_TTL``), defined
+    in groups by the daemon that reads them: a part that needs one group may say so in its
+    type (``SchedulerSettings``)."""
+
+    groups: ClassVar[tuple[type[_Group], ...]] = (
+        CommonSettings,
+        APISettings,
+        SchedulerSettings,
+        HostSettings,
+        StorageSettings,
+        FileScannerSettings,
+        ImageScannerSettings,
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -166,3 +216,32 @@ def load_settings(**overrides: Any) -> Settings:
     Each override is validated (and converted) like the same setting from the environment."""
     files = tuple(f for f in _env_files() if Path(f).is_file())
     return Settings(_env_file=files or None, **overrides)
+
+
+def example_env() -> str:
+    """conf/ucloud.env.example: every setting with its default, by group
+    (``python -m ucloud.config > conf/ucloud.env.example``)."""
+    lines = [
+        "# ucloud settings: every UCLOUD_* variable with its default.",
+        "# Copy to /etc/ucloud/ucloud.env (or point UCLOUD_ENV_FILE at a copy) and change what"
+        " you need.",
+        "# All daemons read the same file; each uses the settings it needs.",
+    ]
+    for group in Settings.groups:
+        lines += ["", f"# --- read by {group.read_by} ---"]
+        for name in group.__annotations__:
+            field = Settings.model_fields.get(name)
+            if field is None:
+                continue
+            if field.description:
+                lines += ["# " + line for line in textwrap.wrap(field.description, 94)]
+            if name == "hostname":
+                default: object = "(this machine's hostname)"
+            else:
+                default = field.get_default(call_default_factory=True)
+            lines.append(f"#UCLOUD_{name.upper()}={default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(example_env(), end="")

@@ -7,7 +7,7 @@ A host's usage lives in exactly one place: its HostState while the host has a re
 
 from __future__ import annotations
 
-from ucloud.config import Settings
+from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, ZERO, Alive, Host, Specs
 from ucloud.scheduler import placement
@@ -15,7 +15,9 @@ from ucloud.scheduler.placement import HostState
 
 
 class Ledger:
-    def __init__(self, settings: Settings, hosts: Mirror[Host], alive: Mirror[Alive]) -> None:
+    def __init__(
+        self, settings: SchedulerSettings, hosts: Mirror[Host], alive: Mirror[Alive]
+    ) -> None:
         self.settings = settings
         self.hosts = hosts
         self.alive = alive

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ucloud.config import Settings
+from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Alive, Host, HostStatus, Status
 from ucloud.scheduler.ledger import Ledger
@@ -29,7 +29,7 @@ FENCE_THREADS = 16  # each block-list entry is a monitor proposal: many at once 
 class HostLifecycle:
     def __init__(
         self,
-        settings: Settings,
+        settings: SchedulerSettings,
         vms: Mirror[VM],
         hosts: Mirror[Host],
         alive: Mirror[Alive],

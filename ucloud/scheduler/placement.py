@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ucloud.config import Settings
+from ucloud.config import SchedulerSettings
 from ucloud.models import VM, AdminState, Host, HostStatus, Specs
 
 
@@ -27,7 +27,7 @@ class HostState:
     used: Specs = field(default_factory=lambda: Specs(cpu=0, ram=0))
 
     @classmethod
-    def of(cls, host: Host, alive: bool, settings: Settings) -> HostState:
+    def of(cls, host: Host, alive: bool, settings: SchedulerSettings) -> HostState:
         c = host.capacity
         return cls(
             host=host,

@@ -14,7 +14,7 @@ import heapq
 import logging
 import time
 
-from ucloud.config import Settings
+from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Status
 from ucloud.scheduler import placement
@@ -28,7 +28,9 @@ ME = "scheduler"
 
 
 class Placer:
-    def __init__(self, settings: Settings, vms: Mirror[VM], ledger: Ledger, writes: Writes) -> None:
+    def __init__(
+        self, settings: SchedulerSettings, vms: Mirror[VM], ledger: Ledger, writes: Writes
+    ) -> None:
         self.settings = settings
         self.vms = vms
         self.ledger = ledger
