@@ -370,8 +370,7 @@ class Store:
         ``edit`` (a status set and recorded, a field filled in), compare-and-swapped over it.
         The object as written, or None if it changed meanwhile (nothing written). ``was``
         stays as read: a mirror may still hold it."""
-        obj = was.value.model_copy(deep=True)
-        edit(obj)
+        obj = edited(was, edit)
         revision = self.swap_many([(obj, was)], guard)
         return None if revision is None else Versioned(obj, revision)
 
@@ -550,6 +549,14 @@ class IndexFix:
     mod_revision: int
     put: tuple[str, ...] = ()
     delete: tuple[str, ...] = ()
+
+
+def edited(was: Versioned[M], edit: Callable[[M], object]) -> M:
+    """A copy of ``was``'s object changed by ``edit``; ``was`` stays as read (a mirror may
+    hold it). What every write of a daemon starts from (Store.swap_edited)."""
+    obj = was.value.model_copy(deep=True)
+    edit(obj)
+    return obj
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,12 @@ class Chores:
                 elif self.writes.delete_vm(found):
                     log.info("VM %s deleted (it never had a disk)", id)
             else:
-                stopped = vm.model_copy(deep=True)
-                stopped.set_status(Status.STOPPED, ME)
-                stopped.observed_generation = stopped.generation
-                self.writes.vm(stopped, found)
+
+                def stopped(vm: VM) -> None:
+                    vm.set_status(Status.STOPPED, ME)
+                    vm.observed_generation = vm.generation
+
+                self.writes.vm(found, stopped)
 
     def hand_over_for_deletion(self, found: Versioned[VM]) -> bool:
         """A VM with a disk but no host: a live host agent removes the disk, then the VM.
@@ -69,8 +71,10 @@ class Chores:
         host = self.ledger.least_loaded_up_host()
         if host is None:
             return False
-        vm = found.value.model_copy(deep=True)
-        vm.hostname = host
-        vm.set_status(Status.DELETING, ME, f"host {host} removes its disk")
-        self.writes.vm(vm, found)
+
+        def deleting(vm: VM) -> None:
+            vm.hostname = host
+            vm.set_status(Status.DELETING, ME, f"host {host} removes its disk")
+
+        self.writes.vm(found, deleting)
         return True

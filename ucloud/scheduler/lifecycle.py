@@ -15,7 +15,7 @@ from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Alive, Host, HostStatus, Status
 from ucloud.scheduler.ledger import Ledger
-from ucloud.scheduler.writes import Writes
+from ucloud.scheduler.writes import Edit, Writes
 from ucloud.storage import Storage, StorageError
 from ucloud.store import Versioned
 
@@ -96,10 +96,11 @@ class HostLifecycle:
             self.to_check.discard(name)
 
     def write_host(self, found: Versioned[Host], status: HostStatus) -> bool:
-        host = found.value.model_copy(deep=True)
-        host.status = status
-        host.status_since = time.time()
-        return self.writes.host(host, found)
+        def change(host: Host) -> None:
+            host.status = status
+            host.status_since = time.time()
+
+        return self.writes.host(found, change)
 
     def evacuate(self, name: str) -> None:
         """Take every VM off a dead host: KILLED, no host, and (unless the host never claimed
@@ -109,19 +110,16 @@ class HostLifecycle:
         may ever have the disk open there."""
         vms = self.ledger.vms_on(name)
         log.warning("host %s is dead: moving its %d VMs", name, len(vms))
-        writes = []
-        for id in vms:
-            found = self.vms.get(id)
-            if found is None:
-                continue
-            vm = found.value.model_copy(deep=True)
+
+        def take_off(vm: VM) -> None:
             if vm.status != Status.SCHEDULED:  # claimed there: its disk may be open there
                 vm.disk = vm.disk_name
                 vm.fencing = name
             vm.hostname = ""
             vm.set_status(Status.KILLED, ME, f"host {name} died")
-            writes.append((vm, found))
-        self.writes.vms_in_batches(writes)
+
+        found = [v for id in vms if (v := self.vms.get(id)) is not None]
+        self.writes.vms_in_batches([(v, take_off) for v in found])
 
     # --- fencing -------------------------------------------------------------------------------
 
@@ -141,19 +139,26 @@ class HostLifecycle:
 
         with ThreadPoolExecutor(min(FENCE_THREADS, len(todo) or 1)) as pool:
             results = list(pool.map(fence_one, todo))
-        writes = []
+        changes: list[tuple[Versioned[VM], Edit[VM]]] = []
         for found, fenced in zip(todo, results, strict=True):
-            vm = found.value.model_copy(deep=True)
             if isinstance(fenced, StorageError):
-                log.error("VM %s waits: cannot fence its disk: %s", vm.uuid, fenced)
+                log.error("VM %s waits: cannot fence its disk: %s", found.value.uuid, fenced)
                 self.fence_after = time.monotonic() + FENCE_RETRY
                 continue
-            why = f"host {vm.fencing} died; " + (
-                f"fenced its disk's clients {', '.join(fenced)}"
-                if fenced
-                else "no client had its disk open"
-            )
-            vm.fencing = ""
-            vm.set_status(Status.KILLED, ME, why)
-            writes.append((vm, found))
-        self.writes.vms_in_batches(writes)
+            changes.append((found, fenced_now(fenced)))
+        self.writes.vms_in_batches(changes)
+
+
+def fenced_now(clients: list[str]) -> Edit[VM]:
+    """The change that lets a VM be placed again, its disk's ``clients`` fenced."""
+
+    def change(vm: VM) -> None:
+        why = f"host {vm.fencing} died; " + (
+            f"fenced its disk's clients {', '.join(clients)}"
+            if clients
+            else "no client had its disk open"
+        )
+        vm.fencing = ""
+        vm.set_status(Status.KILLED, ME, why)
+
+    return change

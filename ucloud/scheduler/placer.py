@@ -19,8 +19,8 @@ from ucloud.mirror import Mirror
 from ucloud.models import VM, Status
 from ucloud.scheduler import placement
 from ucloud.scheduler.ledger import Ledger
-from ucloud.scheduler.writes import BATCH, Writes
-from ucloud.store import Unavailable, Versioned
+from ucloud.scheduler.writes import BATCH, Edit, Writes
+from ucloud.store import Unavailable, Versioned, edited
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,7 @@ class Placer:
                 self.unfit.add(id)
                 self.mark_unplaceable(found, reason)
                 continue
-            placed = vm.model_copy(deep=True)
-            placed.hostname = host.name
-            placed.attempts += 1
-            placed.observed_generation = placed.generation
-            placed.set_status(Status.SCHEDULED, ME, f"placed on {host.name}")
+            placed = edited(found, placed_on(host.name))
             batch.append((placed, found))
             # Count it against the host now, so the next VM of this pass sees it.
             self.writes.on_vm(self.vms.put_local(id, placed, 0))
@@ -133,12 +129,20 @@ class Placer:
         vm = found.value
         if vm.status == Status.PENDING and vm.reason == reason:
             return
-        vm = vm.model_copy(deep=True)
-        vm.set_status(Status.PENDING, ME, reason)
         log.info("VM %s waits: %s", vm.uuid, reason)
-        self.writes.vm(vm, found)
+        self.writes.vm(found, lambda vm: vm.set_status(Status.PENDING, ME, reason))
 
     # --- deadlines -----------------------------------------------------------------------------
+
+    def too_late(self, vm: VM) -> None:
+        """The change of a VM SCHEDULED past its deadline: placed again, or in ERROR."""
+        late = f"host {vm.hostname} did not start it within {self.settings.scheduled_deadline:g} s"
+        vm.hostname = ""
+        if vm.attempts >= self.settings.schedule_attempts:
+            vm.observed_generation = vm.generation
+            vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
+        else:
+            vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
 
     def check_deadlines(self) -> None:
         """Re-place VMs whose host has not taken them up in time; give up after a few tries."""
@@ -151,15 +155,15 @@ class Placer:
                 continue
             if found.value.status_since > deadline:
                 continue  # SCHEDULED again since: a later entry stands for it
-            vm = found.value.model_copy(deep=True)
-            late = (
-                f"host {vm.hostname} did not start it within {self.settings.scheduled_deadline:g} s"
-            )
-            vm.hostname = ""
-            if vm.attempts >= self.settings.schedule_attempts:
-                vm.observed_generation = vm.generation
-                vm.set_status(Status.ERROR, ME, f"{late}, after {vm.attempts} attempts")
-            else:
-                vm.set_status(Status.PENDING, ME, f"{late}; placing it again")
-            if not self.writes.vm(vm, found):
+            if not self.writes.vm(found, self.too_late):
                 heapq.heappush(self.deadlines, (now + 1.0, id))  # look again shortly
+
+
+def placed_on(host: str) -> Edit[VM]:
+    def change(vm: VM) -> None:
+        vm.hostname = host
+        vm.attempts += 1
+        vm.observed_generation = vm.generation
+        vm.set_status(Status.SCHEDULED, ME, f"placed on {host}")
+
+    return change

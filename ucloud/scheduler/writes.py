@@ -10,12 +10,15 @@ from collections.abc import Callable, Sequence
 
 from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Host
-from ucloud.store import MAX_TXN_OPS, Guard, IndexFix, Store, Versioned
+from ucloud.store import MAX_TXN_OPS, Guard, IndexFix, M, Store, Versioned, edited
 
 # VMs a transaction: each is a put and, when its host changes, one placement index entry put or
 # deleted (the scheduler never moves a VM from one host straight to another: that would be a
 # third operation). One compare more is the leadership guard.
 BATCH = MAX_TXN_OPS // 2
+
+
+Edit = Callable[[M], object]  # changes an object in place (see ucloud.store.edited)
 
 
 class Deposed(Exception):
@@ -39,7 +42,11 @@ class Writes:
         self.on_vm = on_vm
         self.on_host = on_host
 
-    def vm(self, vm: VM, was: Versioned[VM]) -> bool:
+    def vm(self, was: Versioned[VM], edit: Edit[VM]) -> bool:
+        """Change a VM as read (Store.swap_edited, guarded) and mirror it."""
+        return self._vm(edited(was, edit), was)
+
+    def _vm(self, vm: VM, was: Versioned[VM]) -> bool:
         revision = self.store.swap_many([(vm, was)], self.guard)
         if revision is None:
             self.check_guard()
@@ -47,16 +54,17 @@ class Writes:
         self.on_vm(self.vms.put_local(vm.uuid, vm, revision))
         return True
 
-    def vms_in_batches(self, writes: Sequence[tuple[VM, Versioned[VM]]]) -> None:
-        """Many VMs, BATCH to a transaction; a batch that loses a race is written one VM at a
-        time, and those that changed meanwhile are left to the watch."""
+    def vms_in_batches(self, changes: Sequence[tuple[Versioned[VM], Edit[VM]]]) -> None:
+        """Many VMs changed as read, BATCH to a transaction; a batch that loses a race is
+        written one VM at a time, and those that changed meanwhile are left to the watch."""
+        writes = [(edited(was, edit), was) for was, edit in changes]
         for start in range(0, len(writes), BATCH):
             chunk = writes[start : start + BATCH]
             revision = self.store.swap_many(chunk, self.guard)
             if revision is None:
                 self.check_guard()
                 for vm, was in chunk:
-                    self.vm(vm, was)
+                    self._vm(vm, was)
                 continue
             for vm, _ in chunk:
                 self.on_vm(self.vms.put_local(vm.uuid, vm, revision))
@@ -69,7 +77,8 @@ class Writes:
             self.on_vm(diff)
         return True
 
-    def host(self, host: Host, was: Versioned[Host]) -> bool:
+    def host(self, was: Versioned[Host], edit: Edit[Host]) -> bool:
+        host = edited(was, edit)
         revision = self.store.swap_many([(host, was)], self.guard)
         if revision is None:
             self.check_guard()
