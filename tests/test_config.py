@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ucloud.config import Settings, example_env, load_settings
+from ucloud.config import GROUPS, Settings, example_env, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "ucloud.env.example"
 
@@ -14,7 +14,7 @@ def test_example_lists_every_setting_by_group():
     missing = [n for n in Settings.model_fields if f"UCLOUD_{n.upper()}=" not in text]
     assert missing == [], f"conf/ucloud.env.example lacks {missing}"
     assert text == example_env(), "regenerate it: python -m ucloud.config > conf/ucloud.env.example"
-    grouped = [n for g in Settings.groups for n in g.__annotations__ if n in Settings.model_fields]
+    grouped = [n for g in GROUPS for n in g.__annotations__ if n in Settings.model_fields]
     assert sorted(grouped) == sorted(Settings.model_fields)  # each setting in one group
 
 

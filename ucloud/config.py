@@ -195,15 +195,9 @@ class Settings(
     in groups by the daemon that reads them: a part that needs one group may say so in its
     type (``SchedulerSettings``)."""
 
-    groups: ClassVar[tuple[type[_Group], ...]] = (
-        CommonSettings,
-        APISettings,
-        SchedulerSettings,
-        HostSettings,
-        StorageSettings,
-        FileScannerSettings,
-        ImageScannerSettings,
-    )
+
+# The groups, in the order of Settings' bases (conf/ucloud.env.example follows it).
+GROUPS: tuple[type[_Group], ...] = tuple(b for b in Settings.__bases__ if issubclass(b, _Group))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -227,7 +221,7 @@ def example_env() -> str:
         " you need.",
         "# All daemons read the same file; each uses the settings it needs.",
     ]
-    for group in Settings.groups:
+    for group in GROUPS:
         lines += ["", f"# --- read by {group.read_by} ---"]
         for name in group.__annotations__:
             field = Settings.model_fields.get(name)
