@@ -65,7 +65,7 @@ from bench.profile import Profile
 from tests.conftest import make_account, make_image
 from ucloud.config import Settings
 from ucloud.models import VM, Alive, Host, HostStatus, Specs
-from ucloud.store import KeepAlive, Store, WatchStream
+from ucloud.store import Store, WatchStream
 
 FLAVORS = [(1, 1.0), (1, 2.0), (2, 4.0), (4, 8.0)]  # (cpu, ram GiB), round robin
 HOST_CLASSES = [(16, 64.0), (32, 128.0), (64, 256.0)]  # (cpu, ram GiB), random
@@ -242,9 +242,8 @@ def scenario(args: argparse.Namespace, hosts: int, mode: str) -> Outcome:
             api_bind=f"127.0.0.1:{free_port()}",
         )
         store = Store(settings)
-        lease = store.lease(60)
-        keepalive = KeepAlive(store, lease, lambda: None).start()
-        add_hosts(store, hosts, lease)
+        keepalive = store.hold_lease(60, lambda: None)
+        add_hosts(store, hosts, keepalive.lease)
         account = make_account(store, "alice")
         image = make_image(store, "bench-image")
 

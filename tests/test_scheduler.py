@@ -15,7 +15,7 @@ from tests.servers import Daemon, Etcd, wait_for
 from ucloud.config import Settings
 from ucloud.models import VM, AdminState, Alive, Desired, Host, HostStatus, Specs, Status
 from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import KeepAlive, Store, Unavailable
+from ucloud.store import Store, Unavailable
 
 
 class FakeAgent:
@@ -28,9 +28,8 @@ class FakeAgent:
         self.store, self.name = store, name
         if register:
             store.create(Host(name=name, capacity=Specs(cpu=cpu, ram=ram)))
-        self.lease = store.lease(store.settings.host_lease_ttl)
-        store.put_owned(Alive(name=name), self.lease)
-        self.keepalive = KeepAlive(store, self.lease, lambda: None).start()
+        self.keepalive = store.hold_lease(store.settings.host_lease_ttl, lambda: None)
+        store.put_owned(Alive(name=name), self.keepalive.lease)
 
     def die(self) -> None:
         """Stop renewing: the alive key goes when the lease expires."""

@@ -966,13 +966,13 @@ class KeepAlive:
         store: Store,
         lease: etcd3.Lease,
         on_lost: Callable[[], None],
-        granted_at: float | None = None,
+        granted_at: float,
     ) -> None:
         self.store = store
         self.lease = lease
         self.on_lost = on_lost
         self.ttl = lease.ttl
-        self.expires = (time.monotonic() if granted_at is None else granted_at) + self.ttl
+        self.expires = granted_at + self.ttl  # see remaining()
         self._lost = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
