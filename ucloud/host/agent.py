@@ -375,12 +375,12 @@ class HostAgent:
         a race is redone when the VM comes back, and must not count the same death again."""
         vm = found.value
         if vm.uuid in self.stopped_for_lease:
-            # Stopped by this agent when its lease was lost, and still placed here: no crash.
-            why = "stopped when its host lost its lease; restarting"
-            if self.transition(found, Status.KILLED, why) is not None:
+            # Stopped by this agent when its lease was lost, and still placed here: no crash,
+            # and no wait. Claimed like any start (see the module's safety rules).
+            claimed = self.claim(found, "restarting: it was stopped when its host lost its lease")
+            if claimed is not None:
                 self.stopped_for_lease.discard(vm.uuid)
-                self.restart_at.pop(vm.uuid, None)
-                self.queue.add(vm.uuid)
+                self.create(claimed, None)
             return
         now = time.monotonic()
         recent = [t for t in self.crashes.get(vm.uuid, []) if now - t < self.settings.crash_window]
