@@ -6,11 +6,20 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, firstboot
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
-from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.models import (
+    PUBLIC_EXCLUDE,
+    VM,
+    Action,
+    Image,
+    ImageDesired,
+    ImageStatus,
+    Specs,
+    TransitionError,
+)
 from ucloud.store import Versioned
 
 bp = Blueprint("vm", __name__)
@@ -28,6 +37,7 @@ def create(body: VMCreate, user: Principal) -> Reply:
         image=image.uuid,
         networks=body.networks,
     )
+    vm.first_boot = firstboot.for_new_vm(body, user, vm.uuid)
     vm.record("api", f"created by {user.realm}/{user.name}")
     ctx = context()
     ctx.catalog.wrote(vm, ctx.store.create(vm))
@@ -106,4 +116,4 @@ def find_image(ref: str, user: Principal) -> Image:
 
 
 def public(vm: VM) -> dict[str, Any]:
-    return vm.model_dump(mode="json")
+    return vm.model_dump(mode="json", exclude=PUBLIC_EXCLUDE)

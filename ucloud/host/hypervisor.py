@@ -39,6 +39,7 @@ class DomainSpec:
     disk_xml: str
     console_log: str
     vnc_socket: str
+    seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
 class Hypervisor(Protocol):
