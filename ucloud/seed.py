@@ -23,6 +23,7 @@ import io
 import json
 import re
 import threading
+import time as _time
 from time import gmtime, strftime, struct_time
 from typing import Any
 
@@ -127,6 +128,9 @@ class _FixedClock:
 
     def strftime(self, fmt: str, t: Any = None) -> str:
         return strftime(fmt, t if t is not None else gmtime(self.at))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)  # what reading an ISO uses (strptime, mktime...)
 
 
 _clock = _FixedClock()
