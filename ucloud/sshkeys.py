@@ -63,6 +63,10 @@ def parse(text: str) -> PublicKey:
     line = text.strip()
     if not line:
         raise InvalidKey("the public key is empty")
+    if "PRIVATE KEY" in line:
+        raise InvalidKey(
+            "this is a private key: give the public one (the .pub file), and keep this secret"
+        )
     if len(line) > MAX_LINE:
         raise InvalidKey(f"the public key is longer than {MAX_LINE} characters")
     if "\n" in line or "\r" in line:
