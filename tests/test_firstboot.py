@@ -153,7 +153,9 @@ def test_seeds_hold_what_cloud_init_accepts(two_hosts: Hosts, tmp_path):
     image = make_image(h.store)
     pub = keygen(tmp_path, "laptop")
     h.add_key(pub)
-    config = "#cloud-config\nruncmd:\n  - [sh, -c, 'echo made by $(hostname)']\npackages: []\n"
+    config = (
+        "#cloud-config\nruncmd:\n  - [sh, -c, 'echo made by $(hostname)']\npackage_update: false\n"
+    )
     default = h.create(image, hostname="db-1")
     custom = h.create(image, user_data=config)
     for vmid, user_data in ((default, None), (custom, config)):
@@ -178,6 +180,7 @@ def test_seeds_hold_what_cloud_init_accepts(two_hosts: Hosts, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_busybox_guest_boots_with_its_seed_once_per_instance(
     two_hosts: Hosts, storage: RBDStorage, guests, tmp_path
 ):
@@ -243,6 +246,7 @@ def ci_fingerprint(pub: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # on a fresh machine this includes building the image (2-4 min)
 def test_debian_guest_takes_hostname_key_and_user_data_with_cloud_init(
     two_hosts: Hosts, storage: RBDStorage, debian_guest, tmp_path
 ):
