@@ -23,6 +23,7 @@ from tests.servers import Daemon, wait_for
 from tests.stack import (
     FIRST_BOOT,
     FIRST_BOOT_BEFORE,
+    NO_SEED,
     SEED,
     USER_DATA_BEGIN,
     USER_DATA_END,
@@ -34,7 +35,7 @@ from tests.stack import (
 )
 from ucloud import seed
 from ucloud.config import Settings
-from ucloud.models import VM, Host, HostStatus, Image, Status
+from ucloud.models import VM, Host, HostStatus, Image, Specs, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
@@ -182,7 +183,7 @@ def test_seeds_hold_what_cloud_init_accepts(two_hosts: Hosts, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_busybox_guest_boots_with_its_seed_once_per_instance(
-    two_hosts: Hosts, storage: RBDStorage, guests, tmp_path
+    two_hosts: Hosts, storage: RBDStorage, guests, libvirtds, tmp_path
 ):
     h = two_hosts
     image = register_image(h.store, storage, str(guests.linux), "linux", "root", "ucloud-admin")
@@ -190,6 +191,12 @@ def test_busybox_guest_boots_with_its_seed_once_per_instance(
         keys = [keygen(tmp_path, "laptop"), keygen(tmp_path, "desktop")]
         for pub in keys:
             h.add_key(pub)
+        # A VM recorded before first-boot seeds existed (no first_boot): it boots as before.
+        before = VM(
+            name="old", owner=h.user.name, owner_realm=h.user.realm, specs=Specs(**SPECS),
+            image=image.uuid,
+        )  # fmt: skip
+        h.store.create(before)
         script = '#!/bin/sh\necho "hello from $(hostname): $(( 6 * 7 ))"\n'
         vmid = h.create(image, hostname="guest-one", user_data=script)
         first = h.wait(vmid, Status.RUNNING).hostname
@@ -217,6 +224,12 @@ def test_busybox_guest_boots_with_its_seed_once_per_instance(
         assert yaml.safe_load(files["meta-data"])["public-keys"] == [
             k.read_text().strip() for k in keys
         ]
+
+        old_host = h.wait(before.uuid, Status.RUNNING).hostname
+        old_console = wait_console(h.state(old_host), before.uuid, "UCLOUD-LINUX-BOOT-OK")
+        assert NO_SEED in old_console and SEED not in old_console
+        assert "cdrom" not in libvirtds[old_host].virsh("dumpxml", f"ucloud-{before.uuid}")
+        assert not h.seed_file(old_host, before.uuid).exists()
 
         # Restarted on the other host: the same seed, the same instance, no first boot again.
         h.act(vmid, "stop")
