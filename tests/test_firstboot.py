@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Account, register_image
+from tests.conftest import Account, make_image, register_image
 from tests.failover_stack import NODES, libvirtds_fixture, start_scheduler  # noqa: F401
 from tests.seedfiles import read_seed
 from tests.servers import Daemon, wait_for
@@ -61,6 +61,18 @@ def cloud_init_schema(path: Path) -> str:
     return result.stdout
 
 
+def add_key(client, user: Account, pub: Path) -> None:
+    r = client.post("/key/add", json=user.creds(key_name=pub.stem, public_key=pub.read_text()))
+    assert r.status_code == 201, r.json
+
+
+def create_vm(client, user: Account, image: Image, **fields: object) -> str:
+    body = user.creds(vm_name="vm", specs=SPECS, image=image.uuid)
+    r = client.post("/vm/create", json={**body, **fields})
+    assert r.status_code == 202, r.json
+    return r.json["uuid"]
+
+
 @dataclass
 class Hosts:
     """Two hypervisors (agents and libvirtds), a scheduler, the API in-process."""
@@ -75,15 +87,10 @@ class Hosts:
     tmp: Path
 
     def add_key(self, pub: Path) -> None:
-        body = self.user.creds(key_name=pub.stem, public_key=pub.read_text())
-        r = self.client.post("/key/add", json=body)
-        assert r.status_code == 201, r.json
+        add_key(self.client, self.user, pub)
 
     def create(self, image: Image, **fields: object) -> str:
-        body = self.user.creds(vm_name="vm", specs=SPECS, image=image.uuid)
-        r = self.client.post("/vm/create", json={**body, **fields})
-        assert r.status_code == 202, r.json
-        return r.json["uuid"]
+        return create_vm(self.client, self.user, image, **fields)
 
     def act(self, vmid: str, action: str) -> None:
         r = self.client.post("/vm/action", json=self.user.creds(vmid=vmid, action=action))
@@ -145,22 +152,21 @@ def storage(two_hosts: Hosts) -> RBDStorage:
     return RBDStorage(two_hosts.hosts[NODES[0]])
 
 
-def test_seeds_hold_what_cloud_init_accepts(two_hosts: Hosts, tmp_path):
+def test_seeds_hold_what_cloud_init_accepts(client, store, alice, tmp_path):
     """For keys, hostname and user-data as the API records them: the seed's YAML passes
     cloud-init's schema check, and its meta-data names the instance, hostname and keys."""
-    h = two_hosts
-    from tests.conftest import make_image
-
-    image = make_image(h.store)
+    image = make_image(store)
     pub = keygen(tmp_path, "laptop")
-    h.add_key(pub)
+    add_key(client, alice, pub)
     config = (
         "#cloud-config\nruncmd:\n  - [sh, -c, 'echo made by $(hostname)']\npackage_update: false\n"
     )
-    default = h.create(image, hostname="db-1")
-    custom = h.create(image, user_data=config)
+    default = create_vm(client, alice, image, hostname="db-1")
+    custom = create_vm(client, alice, image, user_data=config)
     for vmid, user_data in ((default, None), (custom, config)):
-        vm = h.vm(vmid)
+        found = store.get(VM, vmid)
+        assert found is not None
+        vm = found.value
         label, spaces = read_seed(seed.iso(vm))
         assert label == "cidata"
         files = spaces["rr_path"]
@@ -260,7 +266,7 @@ def ci_fingerprint(pub: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # on a fresh machine this includes building the image (2-4 min)
-def test_debian_guest_takes_hostname_key_and_user_data_with_cloud_init(
+def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
     two_hosts: Hosts, storage: RBDStorage, debian_guest, tmp_path
 ):
     h = two_hosts
@@ -290,6 +296,22 @@ def test_debian_guest_takes_hostname_key_and_user_data_with_cloud_init(
         # cloud-init put the key into the default user's authorized_keys and says so.
         assert "Authorized keys from /home/debian/.ssh/authorized_keys for user debian" in console
         assert ci_fingerprint(pub) in console
+        assert "BEGIN SSH HOST KEY FINGERPRINTS" in console  # made on first boot
+
+        # Started again on the other host: cloud-init finds the same instance-id, keeps the
+        # hostname, and runs no first-boot module again (no user-data, no new host keys).
+        h.act(vmid, "stop")
+        h.wait(vmid, Status.STOPPED, timeout=120)
+        h.maintenance(host, True)
+        h.act(vmid, "start")
+        other = h.wait(vmid, Status.RUNNING, timeout=300).hostname
+        assert other != host
+        again = wait_console(h.state(other), vmid, "Cloud-init v. 22.4.2 finished", timeout=600)
+        assert "DataSourceNoCloud [seed=/dev/sr0]" in again
+        wait_console(h.state(other), vmid, "deb-guest login:", timeout=120)
+        assert "UCLOUD-DEBIAN-USERDATA" not in again
+        assert "BEGIN SSH HOST KEY FINGERPRINTS" not in again
+        assert "Authorized keys from" not in again
     finally:
         for vmid in h.store.list(VM)[0]:
             h.client.post("/vm/delete", json=h.user.creds(vmid=vmid))
