@@ -70,9 +70,19 @@ class VMSpecs(Body):
 
 
 class VMCreate(Credentials):
-    vm_name: str = Field(min_length=1, max_length=64, description="a name for the VM")
+    vm_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a name for the VM; default: a generated one, unique among yours",
+    )
     specs: VMSpecs
-    image: str = Field(min_length=1, description="an image's uuid or name")
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="an image's uuid or name; default: the cluster's default image",
+    )
     networks: list[str] = Field(
         default_factory=list,
         validation_alias=AliasChoices("networks", "network"),

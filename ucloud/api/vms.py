@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, original
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
@@ -18,10 +18,10 @@ bp = Blueprint("vm", __name__)
 
 @endpoint(bp, "/vm/create", summary="Create a VM", responses={202: "queued"})
 def create(body: VMCreate, user: Principal) -> Reply:
-    image = find_image(body.image, user)
+    image = find_image(original.image_ref(body.image), user)
     specs = Specs(cpu=body.specs.cpu, ram=body.specs.ram, ssd=body.specs.ssd, hdd=body.specs.hdd)
     vm = VM(
-        name=body.vm_name,
+        name=original.vm_name(body.vm_name, user),
         owner=user.name,
         owner_realm=user.realm,
         specs=specs,
