@@ -201,6 +201,10 @@ class VM(Stored):
     reboot_done: int = 0
     attempts: int = 0  # placements tried since the last success
     disk: str = ""  # the VM's disk (storage driver's name), recorded when a host claims it
+    # Its empty second disk (specs.hdd GiB) and that disk's pool, recorded in the same claim,
+    # so whoever fences or deletes the VM knows it too; empty: it has none (yet).
+    hdd_disk: str = ""
+    hdd_pool: str = ""
     # The host the VM left without a clean stop (its host died): every storage client that may
     # still have the disk open there must be fenced before the VM runs anywhere again.
     fencing: str = ""
@@ -234,6 +238,13 @@ class VM(Stored):
         claims the VM's first start, before it makes the disk, so whoever fences a dead host
         knows it; a record from before that rule names none, and the agent then used the uuid."""
         return self.disk or self.uuid
+
+    @property
+    def disks(self) -> list[tuple[str, str]]:
+        """Every disk a host may have opened for the VM, as (name, pool; empty: the storage's
+        pool of system disks): what fencing block-lists and deletion removes."""
+        hdd = [(self.hdd_disk, self.hdd_pool)] if self.hdd_disk else []
+        return [(self.disk_name, ""), *hdd]
 
     @property
     def wants_host(self) -> bool:
