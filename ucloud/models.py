@@ -7,6 +7,7 @@ only by the API (what the user asked); ``status`` fields only by the scheduler a
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from enum import StrEnum
@@ -462,11 +463,15 @@ class User(Stored):
         return check_name(v)
 
 
-NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters, not starting
+# with '.'. One pattern for the check and for the API's OpenAPI document (ECMA and Python read
+# it alike: ASCII classes, no look-around).
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(value: str) -> str:
-    """Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters."""
-    if not 1 <= len(value) <= 64 or not set(value) <= NAME_CHARS or value.startswith("."):
+    """``value`` if it matches NAME_PATTERN (a full match: ``$`` would allow a final newline)."""
+    if _NAME.fullmatch(value) is None:
         raise ValueError("must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")
     return value
