@@ -3,10 +3,16 @@ and ``specs`` alone gets a generated name and the cluster's default image."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
 import pyotp
 import pytest
+import requests
+from werkzeug.serving import make_server
 
 from tests.conftest import Account, make_image
+from tests.servers import free_port, wait_for
 from ucloud.config import Settings
 from ucloud.models import VM, Image
 from ucloud.store import Store
@@ -91,3 +97,37 @@ def test_no_default_image_is_a_clear_400(settings, store, alice, default, messag
     assert r.status_code == 400
     assert message in r.json["error"]
     assert store.list(VM)[0] == {}
+
+
+@pytest.fixture
+def api_url(app) -> Iterator[str]:
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    thread.join(10)
+
+
+def test_a_script_of_the_original_documents_creates_inspects_and_deletes(api_url, alice, scheduler):
+    """What a user's old script sends, over HTTP, and nothing else: the original's field
+    names and size strings, GET with a JSON body."""
+    specs = {"cpu": 1, "ram": "1 GB", "os-ssd": "10 GB", "hdd": "0 GB"}
+    r = requests.post(f"{api_url}/vm/create", json=original(alice, specs=specs), timeout=10)
+    assert r.status_code == 202, r.text
+    vmid = r.json()["uuid"]
+    r = requests.get(f"{api_url}/vm/status", json=original(alice, id=vmid), timeout=10)
+    assert r.status_code == 200, r.text
+    assert (r.json()["specs"], r.json()["desired"]) == (
+        {"cpu": 1, "ram": 1.0, "hdd": 0.0, "ssd": 10.0},
+        "running",
+    )
+    r = requests.post(f"{api_url}/vm/delete", json=original(alice, vmid=vmid), timeout=10)
+    assert r.status_code == 202, r.text
+
+    def gone() -> bool:
+        status = requests.get(f"{api_url}/vm/status", json=original(alice, id=vmid), timeout=10)
+        return status.status_code == 404
+
+    wait_for(gone, 30, "the VM to be deleted")
