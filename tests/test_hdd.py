@@ -92,3 +92,33 @@ def test_an_hdd_disk_is_made_in_its_pool_seen_by_the_guest_kept_and_deleted(
     assert vm.hdd_disk not in ceph.rbd("ls", hdd_pool).split()
     assert vm.disk not in ceph.rbd("ls", ceph.pool).split()
     RBDStorage(cluster.host).delete_image(linux.uuid)
+
+
+def test_the_file_driver_makes_grows_and_deletes_an_empty_disk(settings, tmp_path):
+    from ucloud.storage.file import FileStorage
+
+    storage = FileStorage(settings.model_copy(update={"state_dir": str(tmp_path)}))
+    storage.create_blank_disk("vm1-hdd", 1)
+    path = tmp_path / "disks" / "vm1-hdd.qcow2"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert (info["format"], info["virtual-size"], info.get("backing-filename")) == (
+        "qcow2",
+        1 << 30,
+        None,
+    )
+    storage.create_blank_disk("vm1-hdd", 2)  # again, larger: grown, not made anew
+    storage.create_blank_disk("vm1-hdd", 1)  # smaller: never shrunk
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True
+    ).stdout
+    assert json.loads(out)["virtual-size"] == 2 << 30
+    assert "<target dev=\"vdb\" bus='virtio'/>" in storage.disk_xml("vm1-hdd", target="vdb")
+    storage.delete_disk("vm1-hdd")
+    assert not storage.disk_exists("vm1-hdd")

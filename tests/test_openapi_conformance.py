@@ -25,8 +25,9 @@ import requests
 from tests.conftest import make_account, make_image
 from tests.servers import Etcd, free_port, wait_for
 from tests.stack import daemon
+from ucloud.api.schemas import SIZE_PATTERN
 from ucloud.config import load_settings
-from ucloud.models import VM, File, Host, Specs
+from ucloud.models import NAME_PATTERN, VM, File, Host, Specs
 from ucloud.store import Store
 
 # Per operation and phase: the run takes about 10 s here. A deeper run, with another seed:
@@ -107,3 +108,34 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
     finally:
         api.stop()
         store.close()
+
+
+def test_the_document_names_every_answer_and_the_rules_the_server_enforces(client, app):
+    doc = client.get("/openapi.json").json
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert {"400", "401", "405", "413", "503"} <= codes, (path, method)
+            assert "Allow" in op["responses"]["405"]["headers"]
+            assert any(c.startswith("2") for c in codes), (path, method)
+    vm_ops = doc["paths"]
+    assert {"404", "409"} <= set(vm_ops["/vm/action"]["post"]["responses"])
+    assert "404" in vm_ops["/vm/status"]["get"]["responses"]
+    assert "403" in vm_ops["/host/create"]["post"]["responses"]  # administrators only
+    assert "403" not in vm_ops["/vm/create"]["post"]["responses"]
+    schemas = doc["components"]["schemas"]
+    hostname = schemas["HostCreate"]["properties"]["hostname"]
+    assert (hostname["pattern"], hostname["maxLength"]) == (NAME_PATTERN, 64)
+    ram = schemas["VMSpecs"]["properties"]["ram"]["anyOf"]
+    assert ram[0] == {"type": "number", "exclusiveMinimum": 0, "maximum": 4096}
+    assert ram[1]["pattern"] == SIZE_PATTERN
+    reply = vm_ops["/vm/status"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert reply["schema"] == {"$ref": "#/components/schemas/VM"}
+    assert "hdd_disk" in schemas["VM"]["properties"]
+
+
+def test_a_wrong_method_is_405_with_the_methods_allowed(client):
+    r = client.delete("/vm/create")
+    assert r.status_code == 405
+    assert set(r.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
+    assert "error" in r.json
