@@ -33,6 +33,7 @@ from ucloud.store import Store
 # Per operation and phase: the run takes about 10 s here. A deeper run, with another seed:
 # UCLOUD_ST_EXAMPLES=200 UCLOUD_ST_SEED=7 pytest tests/test_openapi_conformance.py
 EXAMPLES = int(os.environ.get("UCLOUD_ST_EXAMPLES", "10"))
+ROOT = Path(__file__).resolve().parent.parent  # where the hooks module is importable from
 SEED = int(os.environ.get("UCLOUD_ST_SEED", "16"))  # the same requests in every run
 
 
@@ -80,6 +81,9 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
         env = {
             **os.environ,
             "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
             "UCLOUD_ST_NAME": admin.name,
             "UCLOUD_ST_REALM": admin.realm,
             "UCLOUD_ST_SECRET": admin.secret,
@@ -99,9 +103,11 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
             "--workers=1",
             "--no-color",
             "--generation-database=none",
-            f"--report-dir={tmp_path / 'report'}",
         ]
-        run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        # In tmp_path: schemathesis keeps a folder of its own (.schemathesis) where it runs.
+        run = subprocess.run(
+            argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
         print(run.stdout[-3000:])  # the summary, shown with pytest -s
         assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
         assert api.alive()
