@@ -74,6 +74,8 @@ def test_an_hdd_disk_is_made_in_its_pool_seen_by_the_guest_kept_and_deleted(
     # Attached as the second virtio disk, and the guest's kernel found it.
     blocks = libvirtd.virsh("domblklist", f"ucloud-{vmid}")
     assert re.search(rf"^\s*vdb\s+{hdd_pool}/{vm.hdd_disk}\s*$", blocks, re.M), blocks
+    capacity = libvirtd.virsh("domblkinfo", f"ucloud-{vmid}", "vdb")
+    assert re.search(rf"^Capacity:\s+{2 << 30}$", capacity, re.M), capacity
     line = wait_console(cluster.state, vmid, LINUX_BOOT, timeout=120)
     disks = re.search(r"disks=([^=]*) nics=", line)
     assert disks is not None and disks.group(1).split()[:2] == ["vda", "vdb"], line
