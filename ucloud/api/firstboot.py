@@ -8,21 +8,22 @@ from ucloud.api import errors
 from ucloud.api.endpoint import Principal, context
 from ucloud.api.keys import owned_keys
 from ucloud.api.schemas import VMCreate
-from ucloud.models import FirstBoot
+from ucloud.models import VM, FirstBoot
 
 
-def for_new_vm(body: VMCreate, user: Principal, vm_uuid: str) -> FirstBoot:
-    """The first-boot data ``body`` asks for, or a 4xx that says what is wrong with it."""
+def for_new_vm(body: VMCreate, user: Principal, vm: VM) -> FirstBoot:
+    """The first-boot data ``body`` asks for the new ``vm``, or a 4xx that says what is wrong
+    with it."""
     return seed.first_boot(
-        hostname=_hostname(body, vm_uuid),
+        hostname=_hostname(body, vm),
         ssh_keys=_keys(body.ssh_keys, user),
         user_data=_user_data(body.user_data),
     )
 
 
-def _hostname(body: VMCreate, vm_uuid: str) -> str:
+def _hostname(body: VMCreate, vm: VM) -> str:
     if body.hostname is None:
-        return seed.hostname_for(body.vm_name, vm_uuid)
+        return seed.hostname_for(vm.name, vm.uuid)
     try:
         return seed.check_hostname(body.hostname)
     except ValueError as e:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint
 
 from ucloud import sshkeys
-from ucloud.api import errors
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import KeyAdd, KeyRef, Listing
 from ucloud.models import SSHKey
@@ -26,6 +26,7 @@ bp = Blueprint("key", __name__)
     "/key/add",
     summary="Add an SSH public key",
     responses={201: "added", 400: "not a key ucloud accepts", 409: "name taken"},
+    reply=replies.KeyDone,
 )
 def add(body: KeyAdd, user: Principal) -> Reply:
     try:
@@ -48,13 +49,17 @@ def add(body: KeyAdd, user: Principal) -> Reply:
     return {"message": "key added", "key": public(new)}, 201
 
 
-@endpoint(bp, "/key/list", "GET", summary="The caller's SSH keys")
+@endpoint(bp, "/key/list", "GET", summary="The caller's SSH keys", reply=replies.KeyList)
 def list_keys(body: Listing, user: Principal) -> Reply:
     return {"keys": [public(k) for k in owned_keys(user)]}, 200
 
 
 @endpoint(
-    bp, "/key/delete", summary="Delete an SSH key", responses={200: "deleted", 404: "no such key"}
+    bp,
+    "/key/delete",
+    summary="Delete an SSH key",
+    responses={200: "deleted", 404: "no such key"},
+    reply=replies.KeyDone,
 )
 def delete(body: KeyRef, user: Principal) -> Reply:
     store = context().store
