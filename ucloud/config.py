@@ -63,6 +63,14 @@ class APISettings(_Group):
         1, description="how many 30 s steps before and after now a token may be from"
     )
 
+    # Each user's limits unless an administrator set their own (`ucloud quota set`); -1: none.
+    quota_vms: int = Field(20, ge=-1, description="VMs a user may have (default limit)")
+    quota_cpu: int = Field(64, ge=-1, description="CPUs of a user's running VMs")
+    quota_ram: float = Field(128.0, ge=-1, description="GiB of RAM of a user's running VMs")
+    quota_disk: float = Field(2048.0, ge=-1, description="GiB of disk (ssd + hdd) of a user's VMs")
+    quota_networks: int = Field(10, ge=-1, description="networks a user may have")
+    quota_images: int = Field(20, ge=-1, description="images a user may have")
+
 
 class SchedulerSettings(_Group):
     read_by = "ucloud-scheduler"
@@ -72,6 +80,9 @@ class SchedulerSettings(_Group):
     disk_allocation_ratio: float = 1.0
     scheduler_lease_ttl: int = Field(5, description="seconds before a dead leader is replaced")
     scheduler_resync: float = Field(30.0, description="seconds between full reconciles")
+    quota_recount: float = Field(
+        300.0, description="seconds between recounts of every user's quota usage (a repair)"
+    )
     scheduled_deadline: float = Field(
         120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
     )

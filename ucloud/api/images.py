@@ -11,10 +11,13 @@ from typing import Any
 
 from flask import Blueprint
 
+from ucloud import quota
 from ucloud.api import errors
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.quotas import charged
 from ucloud.api.schemas import ImageCreate, ImageRef, Listing, StoreCreate
 from ucloud.models import VM, File, Image, ImageDesired, ImageStore
+from ucloud.quota import Plan
 from ucloud.store import Conflict, Versioned
 
 bp = Blueprint("image", __name__)
@@ -67,7 +70,7 @@ def create(body: ImageCreate, user: Principal) -> Reply:
         file=file.uuid,
         sha512=file.sha512,
     )
-    ctx.store.create(image)
+    charged((user.realm, user.name), lambda: Plan([(image, None)], quota.of_image(image)))
     return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
 
 
@@ -105,16 +108,22 @@ def delete(body: ImageRef, user: Principal) -> Reply:
             "delete them first"
         )
 
-    def change(image: Image) -> bool:
-        if image.desired == ImageDesired.DELETED:
-            return False
-        image.desired = ImageDesired.DELETED
-        return True
+    owner = (found.value.owner_realm, found.value.owner)
+    deleted: list[Image] = []
 
-    written = store.update(Image, uuid, change)
-    if written is None:
-        raise errors.NotFound(f"no image {body.uuid}")
-    return {"message": "image deletion queued", "image": public(written.value)}, 202
+    def plan() -> Plan | None:
+        now = store.get(Image, uuid)
+        if now is None:
+            raise errors.NotFound(f"no image {body.uuid}")
+        deleted[:] = [now.value]
+        if now.value.desired == ImageDesired.DELETED:
+            return None
+        image = now.value.model_copy(update={"desired": ImageDesired.DELETED})
+        deleted[:] = [image]
+        return Plan([(image, now)], quota.of_image(image) - quota.of_image(now.value))
+
+    charged(owner, plan)
+    return {"message": "image deletion queued", "image": public(deleted[0])}, 202
 
 
 # --- image stores ---------------------------------------------------------------------------

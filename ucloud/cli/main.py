@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, images, vms
+from ucloud.cli import admin, images, quota, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -146,6 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
     p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+
+    # quota
+    p = groups.add_parser(
+        "quota",
+        help="your limits and usage (administrators: anyone's; quota set)",
+        description="your limits and usage (administrators: anyone's, and quota set)",
+        parents=[common],
+    )
+    p.set_defaults(handler=quota.show)
+    p.add_argument("--user", help="whose quota (administrators); default: yours")
+    p.add_argument("--realm", help="that user's realm; default: yours")
+    quota_sub = p.add_subparsers(dest="command", metavar="ACTION")
+    p = command(quota_sub, "set", "set a user's limits (administrators)", quota.set_limits)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    for resource, what in (
+        ("vms", "VMs"),
+        ("cpu", "CPUs of VMs that should run"),
+        ("ram", "memory of VMs that should run: 64G"),
+        ("disk", "disk of all VMs: 2T"),
+        ("networks", "networks"),
+        ("images", "images"),
+    ):
+        p.add_argument(
+            f"--{resource}",
+            metavar="LIMIT",
+            help=f"{what}; 'none': no limit, 'default': the cluster's default",
+        )
 
     # user
     user = groups.add_parser("user", help="users (administrators)").add_subparsers(
