@@ -51,6 +51,12 @@ class Storage(Protocol):
         ``size_gib`` large. Idempotent: an existing disk is left as it is (only grown)."""
         ...
 
+    def grow_disk(self, disk: str, size_gib: float) -> None:
+        """Make ``disk`` at least ``size_gib`` large; a larger disk is left as it is (never
+        shrunk). How a resized VM's disks grow: the agent makes each disk its size before
+        every start (create_disk grows the system disk this way)."""
+        ...
+
     def delete_disk(self, disk: str) -> None:
         """Remove ``disk``; nothing happens if it is already gone."""
         ...

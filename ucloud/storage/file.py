@@ -71,6 +71,12 @@ class FileStorage:
                 ]
             )
             os.replace(partial, path)
+        self.grow_disk(disk, size_gib)
+
+    def grow_disk(self, disk: str, size_gib: float) -> None:
+        path = self._disk(disk)
+        if not path.is_file():
+            raise StorageError(f"disk {disk} does not exist in {self.disks}")
         wanted = int(size_gib * (1 << 30))
         if _virtual_size(path) < wanted:
             proc.run(["qemu-img", "resize", "-q", str(path), str(wanted)])

@@ -150,7 +150,6 @@ class RBDStorage:
     # --- disks ---------------------------------------------------------------------------------
 
     def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
-        wanted = int(size_gib * (1 << 30))
         pool = pool or self.settings.image_pool
         with (
             self._ioctx(pool) as parent,
@@ -162,9 +161,18 @@ class RBDStorage:
                 pass  # made by an earlier attempt
             except rbd.ImageNotFound as e:
                 raise StorageError(f"image {image} is not in pool {pool}") from e
-            with rbd.Image(child, disk) as img:
-                if img.size() < wanted:
-                    img.resize(wanted)
+        self.grow_disk(disk, size_gib)
+
+    def grow_disk(self, disk: str, size_gib: float) -> None:
+        wanted = int(size_gib * (1 << 30))
+        with self._ioctx(self.settings.ceph_pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, disk) as img:
+                    if img.size() < wanted:
+                        log.info("growing disk %s to %d bytes", disk, wanted)
+                        img.resize(wanted, allow_shrink=False)
+            except rbd.ImageNotFound as e:
+                raise StorageError(f"disk {disk} does not exist") from e
 
     def delete_disk(self, disk: str) -> None:
         with self._ioctx(self.settings.ceph_pool) as ioctx:
