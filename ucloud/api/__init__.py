@@ -9,7 +9,18 @@ from ucloud.store import Store
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
-    from ucloud.api import endpoint, errors, hosts, images, openapi, quotas, resize, users, vms
+    from ucloud.api import (
+        accounts,
+        endpoint,
+        errors,
+        hosts,
+        images,
+        openapi,
+        quotas,
+        resize,
+        users,
+        vms,
+    )
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -17,6 +28,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, resize, hosts, users, images, quotas, openapi):
+    for module in (vms, resize, hosts, users, accounts, images, quotas, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -108,22 +108,32 @@ def delete(body: ImageRef, user: Principal) -> Reply:
             "delete them first"
         )
 
-    owner = (found.value.owner_realm, found.value.owner)
-    deleted: list[Image] = []
+    deleted = mark_deleted(uuid)
+    if deleted is None:
+        raise errors.NotFound(f"no image {body.uuid}")
+    return {"message": "image deletion queued", "image": public(deleted)}, 202
+
+
+def mark_deleted(uuid: str) -> Image | None:
+    """Ask for the image's deletion (desired ``deleted``), freeing its owner's quota in the
+    same transaction; the image as now recorded, or None if there is none."""
+    store = context().store
+    result: list[Image] = []
 
     def plan() -> Plan | None:
         now = store.get(Image, uuid)
-        if now is None:
-            raise errors.NotFound(f"no image {body.uuid}")
-        deleted[:] = [now.value]
-        if now.value.desired == ImageDesired.DELETED:
+        result[:] = [now.value] if now is not None else []
+        if now is None or now.value.desired == ImageDesired.DELETED:
             return None
         image = now.value.model_copy(update={"desired": ImageDesired.DELETED})
-        deleted[:] = [image]
+        result[:] = [image]
         return Plan([(image, now)], quota.of_image(image) - quota.of_image(now.value))
 
-    charged(owner, plan)
-    return {"message": "image deletion queued", "image": public(deleted[0])}, 202
+    first = store.get(Image, uuid)
+    if first is None:
+        return None
+    charged((first.value.owner_realm, first.value.owner), plan)
+    return result[0] if result else None
 
 
 # --- image stores ---------------------------------------------------------------------------

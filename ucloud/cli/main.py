@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
     p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+    p = command(
+        host,
+        "delete",
+        "delete a host that runs no VM and is DEAD or in maintenance",
+        admin.delete_host,
+    )
+    p.add_argument("name", help="the host's name")
 
     # quota
     p = groups.add_parser(
@@ -187,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(user, "create", "create a user and print its TOTP seed", admin.create_user)
     p.add_argument("name", help="the new user's name")
     p.add_argument("--realm", required=True, help="the new user's realm")
+    command(user, "list", "every user, with what they own", admin.list_users)
+    p = command(
+        user, "delete", "delete a user (refused while they own anything)", admin.delete_user
+    )
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p.add_argument(
+        "--delete-owned",
+        action="store_true",
+        help="also delete the user's VMs, images and files (through the normal paths)",
+    )
+    p = command(user, "reset-totp", "give a user a new TOTP seed, print it", admin.reset_totp)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
     return parser
 
 
