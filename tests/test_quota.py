@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -194,8 +195,14 @@ def test_recount_leaves_a_record_changed_after_its_list(client, alice, image, st
 # --- the real API under parallel requests -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ServedAPI:
+    url: str
+    pid: int  # gunicorn's master
+
+
 @pytest.fixture
-def api(settings: Settings, tmp_path: Path) -> Iterator[str]:
+def api(settings: Settings, tmp_path: Path) -> Iterator[ServedAPI]:
     port = free_port()
     served = settings.model_copy(
         update={"api_bind": f"127.0.0.1:{port}", "api_workers": 2, "api_threads": 8}
@@ -211,7 +218,7 @@ def api(settings: Settings, tmp_path: Path) -> Iterator[str]:
 
     try:
         wait_for(up, 30, "the API")
-        yield url
+        yield ServedAPI(url, process.pid)
     finally:
         process.stop()
 
@@ -223,7 +230,7 @@ def test_parallel_creates_never_exceed_the_limit(api, alice, image, store):
     def one(i: int) -> None:
         body = alice.creds(vm_name=f"p{i}", specs={"cpu": 1, "ram": 1, "ssd": 1}, image=image.uuid)
         barrier.wait()
-        results.append(requests.post(f"{api}/vm/create", json=body, timeout=60).status_code)
+        results.append(requests.post(f"{api.url}/vm/create", json=body, timeout=60).status_code)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for t in threads:

@@ -71,6 +71,13 @@ class APISettings(_Group):
     quota_networks: int = Field(10, ge=-1, description="networks a user may have")
     quota_images: int = Field(20, ge=-1, description="images a user may have")
 
+    upload_max_size: float = Field(
+        100.0, gt=0, description="GiB: the largest file uploaded over the API (PUT /file/upload)"
+    )
+    api_uploads_at_once: int = Field(
+        2, ge=1, description="uploads one API worker takes at a time (each holds a thread)"
+    )
+
 
 class SchedulerSettings(_Group):
     read_by = "ucloud-scheduler"
@@ -160,7 +167,7 @@ class StorageSettings(_Group):
 
 
 class FileScannerSettings(_Group):
-    read_by = "ucloud-filescanner"
+    read_by = "ucloud-filescanner (upload_root, upload_realm: ucloud-api too, for uploads)"
 
     upload_root: str = Field(
         "/var/www", description="users' upload directories: <upload_root>/<user name>/"

@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         openapi,
         quotas,
         resize,
+        uploads,
         users,
         vms,
     )
@@ -28,6 +29,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, resize, hosts, users, accounts, images, quotas, openapi):
+    for module in (vms, resize, hosts, users, accounts, images, uploads, quotas, openapi):
         app.register_blueprint(module.bp)
     return app

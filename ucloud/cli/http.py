@@ -51,6 +51,24 @@ class API:
             ) from e
         return data if isinstance(data, dict) else {"items": data}
 
+    def put_file(self, path: str, headers: dict[str, str], body: Any, size: int) -> JSON:
+        """PUT a streamed body (a file-like object ``size`` bytes long), authenticated by
+        headers: the body is the file, so the credentials cannot travel in it."""
+        creds = self.config.credentials()
+        headers = {
+            **headers,
+            "X-UCloud-User": creds["name"],
+            "X-UCloud-Realm": creds["realm"],
+            "X-UCloud-Token": creds["token"],
+            "Content-Length": str(size),
+            "Content-Type": "application/octet-stream",
+        }
+        response = self._send("PUT", path, data=body, headers=headers)
+        if response.status_code >= 400:
+            raise self._failure(path, response)
+        data = response.json()
+        return data if isinstance(data, dict) else {"items": data}
+
     def offers(self, path: str) -> bool | None:
         """Whether the server has ``path``, from its OpenAPI document (None: cannot tell)."""
         if self._offered is None:

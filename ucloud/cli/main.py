@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, images, quota, vms
+from ucloud.cli import admin, images, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="ACTION", required=True
     )
     command(file, "list", "your uploaded files, to make images from", images.list_files)
+    p = command(file, "upload", "upload a file into your upload directory", upload.upload)
+    p.add_argument("path", help="the file to upload")
+    p.add_argument("--name", help="its name there (default: the file's own name)")
 
     # image
     image = groups.add_parser("image", help="disk images").add_subparsers(
