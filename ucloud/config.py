@@ -198,6 +198,23 @@ class ImageScannerSettings(_Group):
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
     )
+    import_allow_networks: str = Field(
+        "",
+        description="comma-separated networks images may be fetched from by URL although they "
+        "are loopback, link-local or private (e.g. an internal mirror's 10.1.2.0/24); others "
+        "are refused",
+    )
+    import_timeout: float = Field(
+        30.0, gt=0, description="seconds to connect, or to wait for data, when fetching a URL"
+    )
+    import_deadline: float = Field(
+        3600.0, gt=0, description="seconds a whole download from a URL may take"
+    )
+    import_dir: str = Field(
+        "/var/lib/ucloud/imports",
+        description="where images fetched by URL are kept while they are converted (not /tmp: "
+        "often in memory); files there are unlinked at once",
+    )
 
 
 class Settings(

@@ -15,6 +15,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         errors,
         hosts,
         images,
+        imports,
         openapi,
         quotas,
         resize,
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, resize, hosts, users, accounts, images, uploads, quotas, openapi):
+    modules = (vms, resize, hosts, users, accounts, images, imports, uploads, quotas, openapi)
+    for module in modules:
         app.register_blueprint(module.bp)
     return app

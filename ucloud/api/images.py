@@ -46,32 +46,51 @@ def list_files(body: Listing, user: Principal) -> Reply:
     responses={202: "queued", 404: "no such file", 409: "name taken"},
 )
 def create(body: ImageCreate, user: Principal) -> Reply:
-    ctx = context()
-    if body.public and not user.admin:
-        raise errors.Forbidden("only administrators may make public images")
     file = owned_file(body.file_uuid, user)
-    store_name = body.image_store or ctx.settings.image_store
+    image = new_image(
+        user, body.image_name, body.image_store, body.public, file=file.uuid, sha512=file.sha512
+    )
+    return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
+
+
+def new_image(
+    user: Principal,
+    name: str,
+    store_name: str | None,
+    public: bool,
+    *,
+    file: str = "",
+    sha512: str = "",
+    url: str = "",
+) -> Image:
+    """Record a request for an image (made from a file, or a URL), charged to the
+    user's quota; what the image scanner then makes. 403, 400 or 409 if it cannot be."""
+    ctx = context()
+    if public and not user.admin:
+        raise errors.Forbidden("only administrators may make public images")
+    store_name = store_name or ctx.settings.image_store
     pool = pool_of(store_name)
     items, _ = ctx.store.list(Image)
     if any(
-        i.value.name == body.image_name
+        i.value.name == name
         and (i.value.owner, i.value.owner_realm) == (user.name, user.realm)
         and i.value.desired != ImageDesired.DELETED
         for i in items.values()
     ):
-        raise errors.Conflict(f"you already have an image named {body.image_name}")
+        raise errors.Conflict(f"you already have an image named {name}")
     image = Image(
-        name=body.image_name,
+        name=name,
         owner=user.name,
         owner_realm=user.realm,
-        public=body.public,
+        public=public,
         store=store_name,
         pool=pool,
-        file=file.uuid,
-        sha512=file.sha512,
+        file=file,
+        sha512=sha512,
+        url=url,
     )
     charged((user.realm, user.name), lambda: Plan([(image, None)], quota.of_image(image)))
-    return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
+    return image
 
 
 @endpoint(bp, "/image/list", "GET", summary="Public images and the caller's own")
