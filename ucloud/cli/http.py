@@ -110,7 +110,7 @@ class API:
                 status,
                 "the server is older than this client; ask its administrator to upgrade it",
             )
-        return Refused(message, status, _hint(status, self.config))
+        return Refused(message, status, _hint(status, message, self.config))
 
 
 def _error_message(response: requests.Response) -> str:
@@ -125,13 +125,15 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code} {response.reason}" + (f": {text}" if text else "")
 
 
-def _hint(status: int, config: ClientConfig) -> str:
+def _hint(status: int, message: str, config: ClientConfig) -> str:
     if status == 401:
         return (
             f"check UCLOUD_USER, UCLOUD_REALM and UCLOUD_SEED (in {config.path} or the "
             "environment), and that this machine's clock is right: tokens depend on it"
         )
-    if status == 403:
+    if status == 403 and message.startswith("quota exceeded"):
+        return "see your limits and usage with: ucloud quota"
+    if status == 403 and "administrators" in message:
         return f"this needs an administrator's account; you are {config.realm}/{config.user}"
     return ""
 
