@@ -52,6 +52,8 @@ class Route:
     summary: str
     admin: bool
     responses: dict[int, str]
+    # The whole OpenAPI operation, for a route whose body is not a JSON object (an upload).
+    operation: dict[str, Any] | None = None
 
 
 ROUTES: list[Route] = []

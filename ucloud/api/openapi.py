@@ -42,6 +42,8 @@ def document() -> dict[str, Any]:
 
 
 def _operation(route: Route, schema: dict[str, Any]) -> dict[str, Any]:
+    if route.operation is not None:
+        return route.operation
     error = {"content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
     responses: dict[str, Any] = {
         str(code): {"description": text} for code, text in route.responses.items()

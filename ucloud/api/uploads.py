@@ -49,21 +49,51 @@ class UploadHeaders(Credentials):
     sha512: str = Field(pattern=r"^[0-9a-f]{128}$", description="the file's sha512, hex")
 
 
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+_RESPONSES = {
+    201: "stored; the file scanner registers it",
+    400: "bad name or headers, or the size or sha512 differ",
+    401: "unknown user or wrong token",
+    403: "not a user of the upload realm",
+    409: "a file of that name exists",
+    411: "no Content-Length",
+    413: "too large",
+    503: "too many uploads at once",
+}
 ROUTES.append(
     Route(
         "/file/upload/{name}",
         "PUT",
         UploadHeaders,
-        "Upload a file into your upload directory (body: the file; credentials in headers)",
+        "Upload a file into your upload directory",
         False,
-        {
-            201: "stored; the file scanner registers it",
-            400: "bad name, or size or sha512 differ",
-            403: "not a user of the upload realm",
-            409: "a file of that name exists",
-            411: "no Content-Length",
-            413: "too large",
-            503: "too many uploads at once",
+        _RESPONSES,
+        operation={
+            "summary": "Upload a file into your upload directory (the body is the file)",
+            "operationId": "file_upload",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                _header("X-UCloud-User", "your user name"),
+                _header("X-UCloud-Realm", "your realm"),
+                _header("X-UCloud-Token", "a current TOTP token"),
+                _header("X-UCloud-SHA512", "the file's sha512, hex"),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            "responses": {str(code): {"description": text} for code, text in _RESPONSES.items()},
         },
     )
 )
