@@ -94,8 +94,7 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
     who = f"{body.user_realm}/{body.user}"
     if owner == (user.realm, user.name):
         raise errors.Conflict("you cannot delete yourself: ask another administrator")
-    found = ctx.store.get(User, who)
-    if found is None:
+    if ctx.store.get(User, who) is None:
         raise errors.NotFound(f"no user {who}")
     owned = Owned.read(ctx.store)
     counts = owned.counts(owner)
@@ -109,11 +108,10 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
     deleted = delete_owned(owned, owner, user)
     # The user goes, then what they own is looked at again: a request authenticated before
     # the user went may have created something meanwhile.
-    ctx.store.delete(found)
-    for kind in (Quota, Usage):
-        record = ctx.store.get(kind, who)
-        if record is not None:
-            ctx.store.delete(record)
+    for kind in (User, Quota, Usage):
+        # Compared with the record as read: one changed meanwhile (a seed reset) is read again.
+        while (record := ctx.store.get(kind, who)) is not None and not ctx.store.delete(record):
+            pass
     more = delete_owned(Owned.read(ctx.store), owner, user)
     total = Counter(deleted) + Counter(more)
     log.info("user %s deleted by %s/%s; deleting %s", who, user.realm, user.name, dict(total))
