@@ -201,6 +201,7 @@ def charge(
     transaction, or None. QuotaExceeded when over a limit (nothing written); store.Conflict
     when the objects kept changing."""
     realm, name = owner
+    limits: Amounts | None = None  # read once: a limit set meanwhile applies from the next
     for _ in range(100):
         planned = plan()
         if planned is None:
@@ -210,8 +211,10 @@ def charge(
         if not change.is_zero():
             found = store.get(Usage, f"{realm}/{name}")
             usage = Usage(name=name, realm=realm, used=current(store, owner, found))
-            override = store.get(Quota, f"{realm}/{name}")
-            check(usage.used, change, effective(settings, override.value if override else None))
+            if limits is None:
+                override = store.get(Quota, f"{realm}/{name}")
+                limits = effective(settings, override.value if override else None)
+            check(usage.used, change, limits)
             usage.used = (usage.used + change).rounded()
             writes.append((usage, found))
         revision = store.swap_many(writes)

@@ -6,6 +6,7 @@ the change and the owner's usage in one compare-and-swap transaction.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -49,10 +50,18 @@ class QuotaSet(Credentials):
     images: int | None = Field(None, ge=UNLIMITED, description="images")
 
 
+# One user's changes in one worker wait for each other here instead of racing in etcd: each
+# would read the same usage, and all but one compare-and-swap would fail and be redone (8
+# threads creating VMs for one user ran at a sixth of the rate). Other workers still race,
+# safely. Locks by a hash of the owner: a bounded number, whoever the users are.
+_OWNER_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
 def charged(owner: quota.Owner, plan: Callable[[], Plan | None]) -> int | None:
     """quota.charge with this worker's store and settings (QuotaExceeded answers 403)."""
     ctx = context()
-    return quota.charge(ctx.store, ctx.settings, owner, plan)
+    with _OWNER_LOCKS[hash(owner) % len(_OWNER_LOCKS)]:
+        return quota.charge(ctx.store, ctx.settings, owner, plan)
 
 
 @endpoint(
