@@ -4,7 +4,9 @@ through the real API (gunicorn) by the CLI, registered by the real file scanner.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,14 @@ CONTENT = b"an image, say\n" * 1000
 def settings(settings: Settings, tmp_path: Path) -> Settings:
     root = tmp_path / "uploads"
     root.mkdir()
+    # A short gunicorn worker timeout: uploads through the real API outlast it.
     return settings.model_copy(
-        update={"upload_root": str(root), "upload_max_size": 3.0, "upload_settle": 0.5}
+        update={
+            "upload_root": str(root),
+            "upload_max_size": 3.0,
+            "upload_settle": 0.5,
+            "api_worker_timeout": 2,
+        }
     )
 
 
@@ -148,3 +156,49 @@ def test_a_2_gib_sparse_file_streams_through_the_api(
         assert listing(settings, "alice") == ["big.img"]
     finally:
         scanner.stop()
+
+
+def raw_upload(served: ServedAPI, account: Account, name: str, body: bytes, send) -> None:
+    """Headers for ``body``, then ``send(connection, body)`` sends (some of) it."""
+    connection = http.client.HTTPConnection(served.url.removeprefix("http://"), timeout=30)
+    connection.putrequest("PUT", f"/file/upload/{name}")
+    for key, value in {
+        "X-UCloud-User": account.name,
+        "X-UCloud-Realm": account.realm,
+        "X-UCloud-Token": auth.current_token(account.secret),
+        "X-UCloud-SHA512": hashlib.sha512(body).hexdigest(),
+        "Content-Length": str(len(body)),
+    }.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    try:
+        send(connection, body)
+    finally:
+        connection.close()
+
+
+def test_slow_and_broken_uploads_through_the_real_api(
+    api: ServedAPI,  # noqa: F811
+    settings,
+    alice,
+):
+    answers = []
+
+    def slowly(connection, body: bytes) -> None:
+        # Five seconds of a slow client: past the workers' 2 s timeout.
+        for i in range(0, len(body), len(body) // 5):
+            connection.send(body[i : i + len(body) // 5])
+            time.sleep(1)
+        answers.append(connection.getresponse().status)
+
+    raw_upload(api, alice, "slow.img", CONTENT, slowly)
+    assert answers == [201]
+    assert (Path(settings.upload_root) / "alice" / "slow.img").read_bytes() == CONTENT
+
+    def half(connection, body: bytes) -> None:
+        connection.send(body[: len(body) // 2])  # then the client goes away
+
+    raw_upload(api, alice, "broken.img", CONTENT, half)
+    spool = Path(settings.upload_root) / ".ucloud-uploads"
+    wait_for(lambda: os.listdir(spool) == [], 10, "the broken upload's part to be removed")
+    assert listing(settings, "alice") == ["slow.img"]

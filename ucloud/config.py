@@ -74,6 +74,12 @@ class APISettings(_Group):
     upload_max_size: float = Field(
         100.0, gt=0, description="GiB: the largest file uploaded over the API (PUT /file/upload)"
     )
+    api_worker_timeout: int = Field(
+        30,
+        ge=1,
+        description="seconds a silent gunicorn worker lives before it is killed (its main loop's "
+        "heartbeat: a long request, an upload, does not count)",
+    )
     api_uploads_at_once: int = Field(
         2, ge=1, description="uploads one API worker takes at a time (each holds a thread)"
     )
