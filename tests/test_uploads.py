@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -202,3 +204,65 @@ def test_slow_and_broken_uploads_through_the_real_api(
     spool = Path(settings.upload_root) / ".ucloud-uploads"
     wait_for(lambda: os.listdir(spool) == [], 10, "the broken upload's part to be removed")
     assert listing(settings, "alice") == ["slow.img"]
+
+
+class Held(io.RawIOBase):
+    """A request body that waits for ``go`` before it gives its bytes: an upload under way."""
+
+    def __init__(self, body: bytes, started: threading.Event, go: threading.Event) -> None:
+        self.body, self.started, self.go = io.BytesIO(body), started, go
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True  # the test client measures the body by seeking
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.body.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.body.tell()
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        self.started.set()
+        assert self.go.wait(10)
+        data = self.body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_a_worker_takes_a_few_uploads_at_once(app, client, alice, settings):
+    started, go = threading.Event(), threading.Event()
+    first: list[int] = []
+
+    def held_upload(name: str) -> None:
+        r = client.put(
+            f"/file/upload/{name}",
+            input_stream=Held(CONTENT, started, go),
+            headers={
+                "X-UCloud-User": alice.name,
+                "X-UCloud-Realm": alice.realm,
+                "X-UCloud-Token": auth.current_token(alice.secret),
+                "X-UCloud-SHA512": hashlib.sha512(CONTENT).hexdigest(),
+                "Content-Length": str(len(CONTENT)),
+            },
+        )
+        first.append(r.status_code)
+
+    uploads_at_once = settings.api_uploads_at_once
+    threads = []
+    for n in range(uploads_at_once):
+        started.clear()
+        thread = threading.Thread(target=held_upload, args=(f"held{n}.img",))
+        thread.start()
+        threads.append(thread)
+        assert started.wait(10)
+    r = put(client, alice, "second.img", CONTENT)
+    assert r.status_code == 503
+    assert r.json["error"] == "too many uploads at once on this server; try again shortly"
+    go.set()
+    for thread in threads:
+        thread.join(10)
+    assert first == [201] * uploads_at_once
+    assert put(client, alice, "third.img", CONTENT).status_code == 201
