@@ -28,6 +28,7 @@ class Server:
 
     def __init__(self, files: dict[str, bytes], redirects: dict[str, str]) -> None:
         self.asked: list[str] = []
+        self.released = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +37,16 @@ class Server:
                 if self.path in redirects:
                     self.send_response(302)
                     self.send_header("Location", redirects[self.path])
+                    self.end_headers()
+                elif self.path == "/stall":  # promises a body, then sends nothing
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.flush()
+                    server.released.wait(30)
+                elif self.path == "/huge":  # announces more than the limit
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(2 << 30))
                     self.end_headers()
                 elif self.path in files:
                     body = files[self.path]
@@ -55,6 +66,7 @@ class Server:
         self.thread.start()
 
     def stop(self) -> None:
+        self.released.set()
         self.http.shutdown()
         self.http.server_close()
         self.thread.join(10)
@@ -70,7 +82,7 @@ def settings(settings: Settings, ceph: Ceph, tmp_path: Path) -> Settings:
             "image_pool": ceph.pool,
             "image_max_size": 1.0,
             "import_dir": str(tmp_path / "imports"),
-            "import_timeout": 5.0,
+            "import_timeout": 1.0,
         }
     )
 
@@ -155,6 +167,16 @@ def test_loopback_link_local_and_redirects_to_them_are_refused(
     assert refused.status == ImageStatus.ERROR
     assert "169.254.169.254 is a link-local address" in refused.reason
     assert server.asked == ["/metadata"]
+    # A download that stalls past import_timeout, one larger than the limit.
+    for name, path, why in (
+        ("stalled", "/stall", f"fetching {server.url}/stall failed after 0 bytes: timed out"),
+        ("huge", "/huge", f"{server.url}/huge is 2147483648 bytes; at most 1073741824 bytes"),
+    ):
+        uuid = ask(client, alice, name, server.url + path)
+        allowed.step(uuid)
+        assert image(store, uuid).reason.startswith(why)
+        assert uuid not in rbd_ls(ceph)
+    assert os.listdir(settings.import_dir) == []
     # A server's refusal is the image's reason too.
     uuid = ask(client, alice, "missing", server.url + "/nothing")
     allowed.step(uuid)
