@@ -20,8 +20,9 @@ from ucloud.models import VM, AdminState, Desired, Host, Specs, Status
 
 bp = Blueprint("resize", __name__)
 
-# The disks a resize may grow, each a field of Specs. (The hdd disk joins once it is provisioned.)
-GROWABLE_DISKS = ("ssd",)
+# The disks a resize may grow, each a field of Specs: the system disk and the HDD disk (made at
+# the next start if the VM had none).
+GROWABLE_DISKS = ("ssd", "hdd")
 
 
 class VMResize(VMRef):
@@ -31,6 +32,9 @@ class VMResize(VMRef):
     ram: Size | None = Field(None, gt=0, le=4096, description="memory in GiB")
     ssd: Size | None = Field(
         None, gt=0, le=65536, description="system disk in GiB: it may only grow"
+    )
+    hdd: Size | None = Field(
+        None, ge=0, le=65536, description="the second (HDD) disk in GiB: it may only grow"
     )
 
 

@@ -77,6 +77,7 @@ ROUTES.append(
         "Upload a file into your upload directory",
         False,
         _RESPONSES,
+        None,
         operation={
             "summary": "Upload a file into your upload directory (the body is the file)",
             "operationId": "file_upload",
