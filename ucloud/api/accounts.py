@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from ucloud import auth, uploads
 from ucloud.api import errors
@@ -56,7 +56,7 @@ class UserRef(Credentials):
 
 
 class UserDelete(UserRef):
-    delete_owned: bool = Field(
+    delete_owned: StrictBool = Field(
         False, description="also delete the user's VMs, images and files (else: 409 if any)"
     )
 

@@ -51,7 +51,7 @@ def list_files(body: Listing, user: Principal) -> Reply:
     summary="Make an image from an uploaded file",
     responses={
         202: "queued",
-        403: "only administrators make public images",
+        403: "only administrators make public images; or over the images quota",
         404: "no such file",
         409: "name taken",
     },

@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Blueprint
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from ucloud.api.endpoint import Principal, Reply, endpoint
 from ucloud.api.images import new_image, public
@@ -24,7 +24,7 @@ class ImageImport(Credentials):
     image_store: Name | None = Field(
         None, description="the image store to keep it in; default: the cluster's default store"
     )
-    public: bool = Field(False, description="usable by every user (administrators only)")
+    public: StrictBool = Field(False, description="usable by every user (administrators only)")
 
     @field_validator("url")
     @classmethod
@@ -45,7 +45,11 @@ class ImageImport(Credentials):
     bp,
     "/image/import",
     summary="Make an image from an http(s) URL (fetched by the image scanner)",
-    responses={202: "queued", 403: "over quota", 409: "name taken"},
+    responses={
+        202: "queued",
+        403: "only administrators make public images; or over the images quota",
+        409: "name taken",
+    },
 )
 def import_image(body: ImageImport, user: Principal) -> Reply:
     image = new_image(user, body.image_name, body.image_store, body.public, url=body.url)

@@ -59,16 +59,30 @@ def _header(name: str, description: str) -> dict[str, Any]:
     }
 
 
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _RESPONSES = {
     201: "stored; the file scanner registers it",
     400: "bad name or headers, or the size or sha512 differ",
     401: "unknown user or wrong token",
     403: "not a user of the upload realm",
+    405: "the path does not take this method; the Allow header lists those it takes",
     409: "a file of that name exists",
     411: "no Content-Length",
-    413: "too large",
-    503: "too many uploads at once",
+    413: "too large (setting UCLOUD_UPLOAD_MAX_SIZE)",
+    503: "too many uploads at once, or the cluster store (etcd) is unavailable",
 }
+
+
+def _answer(code: int, text: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": text}
+    if code >= 400:
+        answer["content"] = _ERROR
+    if code == 405:
+        allow = {"description": "the methods the path takes", "schema": {"type": "string"}}
+        answer["headers"] = {"Allow": {**allow, "required": True}}
+    return answer
+
+
 ROUTES.append(
     Route(
         "/file/upload/{name}",
@@ -94,7 +108,7 @@ ROUTES.append(
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             },
-            "responses": {str(code): {"description": text} for code, text in _RESPONSES.items()},
+            "responses": {str(code): _answer(code, text) for code, text in _RESPONSES.items()},
         },
     )
 )

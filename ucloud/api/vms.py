@@ -24,7 +24,11 @@ bp = Blueprint("vm", __name__)
     bp,
     "/vm/create",
     summary="Create a VM",
-    responses={202: "queued", 409: "its image is not ready or being deleted"},
+    responses={
+        202: "queued",
+        403: "over the owner's quota (the message names the limit and the usage)",
+        409: "its image is not ready or being deleted",
+    },
     reply=replies.VMCreated,
 )
 def create(body: VMCreate, user: Principal) -> Reply:
@@ -73,7 +77,12 @@ def list_vms(body: Listing, user: Principal) -> Reply:
     bp,
     "/vm/action",
     summary="start, stop, suspend, resume or reboot a VM",
-    responses={202: "queued", 404: "no such VM of the caller's", 409: "not in this state"},
+    responses={
+        202: "queued",
+        403: "a start over the owner's quota (the message names the limit and the usage)",
+        404: "no such VM of the caller's",
+        409: "not in this state",
+    },
     reply=replies.VMQueued,
 )
 def action(body: VMAction, user: Principal) -> Reply:
