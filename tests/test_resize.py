@@ -56,14 +56,20 @@ def test_refusals_change_nothing(client, alice, bob, stopped, store, image):
     r = resize(client, alice, stopped, ssd=2)
     assert r.status_code == 409
     assert r.json["error"] == "disks only grow: ssd is 4 GiB, 2 GiB asked"
+    r = resize(client, alice, stopped, hdd=3)
+    assert r.status_code == 200
+    r = resize(client, alice, stopped, hdd=1)
+    assert r.status_code == 409
+    assert r.json["error"] == "disks only grow: hdd is 3 GiB, 1 GiB asked"
+    before = store.get(VM, stopped)
     r = resize(client, alice, stopped, cpu=9)  # 8 CPUs at most, on the only host
     assert r.status_code == 409
-    assert r.json["error"] == "no host in service can hold cpu=9 ram=1G ssd=4G hdd=0G"
+    assert r.json["error"] == "no host in service can hold cpu=9 ram=1G ssd=4G hdd=3G"
     r = resize(client, alice, stopped, ssd=21)
     assert r.status_code == 403
-    assert "disk limit is 20 GiB, 4 GiB in use, this needs 17 GiB more" in r.json["error"]
+    assert "disk limit is 20 GiB, 7 GiB in use, this needs 17 GiB more" in r.json["error"]
     r = resize(client, alice, stopped)
-    assert r.status_code == 400 and "at least one of cpu, ram, ssd" in r.json["error"]
+    assert r.status_code == 400 and "at least one of cpu, ram, ssd, hdd" in r.json["error"]
     r = resize(client, alice, stopped, ram=0)
     assert r.status_code == 400
     assert resize(client, bob, stopped, cpu=2).status_code == 404  # not bob's
@@ -91,15 +97,21 @@ def test_grown_disk_and_cpus_are_what_qemu_gets(
     assert r.status_code == 409 and "stop it first" in r.json["error"]
     cluster.act(vmid, "stop")
     cluster.wait(vmid, Status.STOPPED)
-    r = resize(cluster.client, cluster.user, vmid, cpu=2, ram=0.25, ssd=2)
+    # It had no HDD disk: one is made at the start, as for a VM created with one.
+    r = resize(cluster.client, cluster.user, vmid, cpu=2, ram=0.25, ssd=2, hdd=1)
     assert r.status_code == 200, r.json
     cluster.act(vmid, "start")
     vm = cluster.wait(vmid, Status.RUNNING)
     info = json.loads(ceph.rbd("info", "--format=json", f"{ceph.pool}/{vm.disk}"))
     assert info["size"] == 2 << 30
+    assert vm.hdd_disk == f"{vmid}-hdd"
+    hdd = json.loads(ceph.rbd("info", "--format=json", f"{vm.hdd_pool}/{vm.hdd_disk}"))
+    assert hdd["size"] == 1 << 30
     domain = f"ucloud-{vmid}"
     blk = libvirtd.virsh("domblkinfo", domain, "vda")
     assert re.search(r"Capacity:\s+2147483648\b", blk), blk
+    blk = libvirtd.virsh("domblkinfo", domain, "vdb")
+    assert re.search(r"Capacity:\s+1073741824\b", blk), blk
     dominfo = libvirtd.virsh("dominfo", domain)
     assert re.search(r"CPU\(s\):\s+2\b", dominfo), dominfo
     assert re.search(r"Max memory:\s+262144 KiB", dominfo), dominfo

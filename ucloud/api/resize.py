@@ -1,4 +1,4 @@
-"""Resizing a stopped VM: its CPUs, its memory, and growing its disks.
+"""Resizing a stopped VM: its CPUs, its memory, and growing its disks (ssd, hdd).
 
 Only the VM's record changes here (its ``specs``), with its owner's quota usage in the same
 transaction (vms.change_vm). The disks grow when the VM next starts: its host agent makes each

@@ -111,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--network", action="append", metavar="UUID", help="a network to attach (repeatable)"
     )
     command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
-    p = command(vm, "resize", "change a stopped VM's CPUs and memory, grow its disk", vms.resize)
+    p = command(vm, "resize", "change a stopped VM's CPUs and memory, grow its disks", vms.resize)
     p.add_argument("vm", help="the VM's uuid or name")
     p.add_argument("--cpu", type=int, help="virtual CPUs")
     p.add_argument("--ram", metavar="SIZE", help="memory: 2 (GiB), 2G, 512M")
     p.add_argument("--ssd", metavar="SIZE", help="system disk: it may only grow")
+    p.add_argument("--hdd", metavar="SIZE", help="the second (HDD) disk: it may only grow")
     p = command(vm, "status", "a VM's state and recent events", vms.status)
     p.add_argument("vm", help="the VM's uuid or name")
     for action in ACTIONS:

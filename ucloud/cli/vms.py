@@ -136,7 +136,7 @@ def act(s: Session, args: argparse.Namespace) -> int:
 
 
 def resize(s: Session, args: argparse.Namespace) -> int:
-    fields = {k: size(v) for k in ("ram", "ssd") if (v := getattr(args, k)) is not None}
+    fields = {k: size(v) for k in ("ram", "ssd", "hdd") if (v := getattr(args, k)) is not None}
     if args.cpu is not None:
         fields["cpu"] = args.cpu
     vm = s.api.post("/vm/resize", vmid=resolve(s.api, args.vm), **fields)["vm"]
