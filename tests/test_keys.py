@@ -90,6 +90,21 @@ def test_keys_are_their_owners(client, alice, bob, admin, pubs, store: Store):
     assert client.post("/key/delete", json=alice.creds(key_name="work")).status_code == 404
 
 
+def test_a_user_has_at_most_a_hundred_keys(client, alice, bob, pubs, store, monkeypatch):
+    from ucloud.api import keys
+
+    monkeypatch.setattr(keys, "MAX_KEYS", 2)
+    assert add_key(client, alice, "one", pubs["ed"]).status_code == 201
+    assert add_key(client, alice, "two", pubs["rsa"]).status_code == 201
+    r = add_key(client, alice, "three", pubs["ed"])
+    assert (r.status_code, r.json["error"]) == (
+        409,
+        "you have 2 keys, the most one may have: delete one first",
+    )
+    assert add_key(client, bob, "three", pubs["ed"]).status_code == 201  # per user
+    assert len(store.list(SSHKey)[0]) == 3
+
+
 @pytest.mark.parametrize(
     ("key", "message"),
     [

@@ -20,15 +20,24 @@ from ucloud.store import Conflict
 
 bp = Blueprint("key", __name__)
 
+# Keys a user may have: each is copied into every new VM's record, and etcd is no key store.
+MAX_KEYS = 100
+
 
 @endpoint(
     bp,
     "/key/add",
     summary="Add an SSH public key",
-    responses={201: "added", 400: "not a key ucloud accepts", 409: "name taken"},
+    responses={
+        201: "added",
+        400: "not a key ucloud accepts",
+        409: "the name is taken, or the caller has the most keys one may have",
+    },
     reply=replies.KeyDone,
 )
 def add(body: KeyAdd, user: Principal) -> Reply:
+    if len(owned_keys(user)) >= MAX_KEYS:
+        raise errors.Conflict(f"you have {MAX_KEYS} keys, the most one may have: delete one first")
     try:
         key = sshkeys.parse(body.public_key)
     except sshkeys.InvalidKey as e:
