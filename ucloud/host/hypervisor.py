@@ -32,6 +32,23 @@ class Domain:
 
 
 @dataclass(frozen=True)
+class DomainStats:
+    """What a running domain has used, as the hypervisor counts it (counters since its start)."""
+
+    cpu_seconds: float = 0.0
+    vcpus: int = 0
+    memory_bytes: float = 0.0  # what the guest has (balloon current, else its maximum)
+    memory_rss_bytes: float = 0.0  # what its QEMU process holds of the host's RAM
+    disk_read_bytes: float = 0.0
+    disk_write_bytes: float = 0.0
+    disk_reads: float = 0.0
+    disk_writes: float = 0.0
+    disk_allocation_bytes: float = 0.0  # written extent of its disks (0 if unknown)
+    net_rx_bytes: float = 0.0
+    net_tx_bytes: float = 0.0
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     vm: str
     cpu: int
@@ -79,6 +96,11 @@ class Hypervisor(Protocol):
 
     def ensure_secret(self, usage: str, value: str) -> None:
         """Hold the secret (base64 ``value``) that disks refer to by ``usage``."""
+        ...
+
+    def stats(self) -> dict[str, DomainStats]:
+        """What each running domain has used, by VM uuid, in one call that does not wait for
+        a busy domain (one being migrated): its figures may then be missing, never late."""
         ...
 
 
