@@ -37,11 +37,23 @@ def test_shipped_alert_rules_are_valid():
     assert "SUCCESS: 10 rules found" in result.stdout
 
 
+def test_alert_rules_fire_when_they_should():
+    # promtool's rule unit tests: made-up series through the shipped rules (each alert, its
+    # `for:`, its labels and text, and the cases that must not alert).
+    tests = Path(__file__).parent / "prometheus_rules" / "ucloud-alerts.test.yml"
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
 @dataclass
 class Monitored:
     store: Store
     api: str
     user: Account
+    admin: Account
     image: Image
     prometheus: Prometheus
     agent: Daemon
@@ -66,7 +78,13 @@ class Monitored:
 
 @pytest.fixture
 def monitored(
-    settings: Settings, store: Store, alice: Account, libvirtd: Libvirtd, guests, tmp_path: Path
+    settings: Settings,
+    store: Store,
+    alice: Account,
+    admin: Account,
+    libvirtd: Libvirtd,
+    guests,
+    tmp_path: Path,
 ) -> Iterator[Monitored]:
     ports = {job: free_port() for job in ("api", "scheduler", "host")}
     api_port = free_port()
@@ -110,7 +128,7 @@ def monitored(
         )
         api = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: _answers(api), 30, "the API to answer")
-        yield Monitored(store, api, alice, image, prometheus, agent, host, libvirtd)
+        yield Monitored(store, api, alice, admin, image, prometheus, agent, host, libvirtd)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -156,12 +174,24 @@ def test_prometheus_sees_vms_hosts_requests_and_a_dead_host(monitored: Monitored
     first = p.wait_value(cpu)
     assert p.wait_value(f"{cpu} > {first}") > first  # its CPU time grows
 
+    # `ucloud host list` (its API call): allocated and measured usage next to the capacity.
+    def node1() -> dict | None:
+        r = requests.get(f"{m.api}/host/list", params=m.admin.creds(), timeout=10)
+        (host,) = r.json()["hosts"]
+        return host if host["used"] and host["used"]["vms"] == 1 else None
+
+    host = wait_for(node1, 30, "node1's measured usage")
+    assert host["capacity"]["cpu"] == 8
+    assert host["allocated"] == {"cpu": 1, "ram": 0.125, "hdd": 0.0, "ssd": 1.0}
+    assert 0 < host["used"]["ram"] < 1  # GiB: the QEMU of a 128 MiB guest
+
     # Requests through both API workers, summed by gunicorn's master.
     for _ in range(6):
         r = requests.get(f"{m.api}/vm/status", params=m.user.creds(id=vmid), timeout=10)
         assert r.status_code == 200
     assert p.wait_value('ucloud_api_requests_total{endpoint="/vm/status",status="200"} == 6') == 6
     assert p.value('ucloud_api_requests_total{endpoint="/vm/create",status="202"}') == 1
+    assert p.value('ucloud_api_requests_total{endpoint="/host/list",status="200"}') >= 1
     assert p.value('ucloud_api_request_duration_seconds_count{endpoint="/vm/status"}') == 6
     assert p.value('sum(ucloud_etcd_request_duration_seconds_count{job="api"}) > 0') > 0
 

@@ -184,8 +184,8 @@ class HostMetrics:
         record = HostUsage(
             name=self.host,
             cpu=round(usage.cpu, 1),
-            ram=round(usage.ram_bytes / GIB, 1),
-            disk=round(usage.disk_bytes / GIB),
+            ram=round(usage.ram_bytes / GIB, 2),
+            disk=round(usage.disk_bytes / GIB, 1),
             vms=usage.vms,
         )
         lease_id = keepalive.lease.id
