@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ucloud.host.hypervisor import Domain, DomainSpec, DomainStats, Power
+from ucloud.host.hypervisor import Domain, DomainSpec, DomainStats, Power, stats_from_record
 
 
 class FakeHypervisor:
@@ -68,26 +68,31 @@ class FakeHypervisor:
         pass
 
     def stats(self) -> dict[str, DomainStats]:
-        """Made-up figures of the shape libvirt gives (a guest busy 10 % of one CPU), so a
-        simulation costs the agent what a real host's scrape does past libvirt."""
+        """Made-up figures (a guest busy 10 % of one CPU) in libvirt's record shape, read by
+        the same code as libvirt's: a simulation costs the agent what a real host's scrape
+        does, but for libvirtd's own answer."""
         now = time.monotonic()
         out = {}
         for vm, dom in self.domains().items():
             started = self._started.get(vm)
             if dom.power == Power.SHUTOFF or started is None:
                 continue
-            up = now - started[0]
-            spec = started[1]
-            out[vm] = DomainStats(
-                cpu_seconds=up * 0.1,
-                vcpus=spec.cpu,
-                memory_bytes=spec.ram_mib * 1048576.0,
-                memory_rss_bytes=spec.ram_mib * 524288.0,
-                disk_read_bytes=up * 4096,
-                disk_write_bytes=up * 1024,
-                disk_reads=up,
-                disk_writes=up / 4,
-                net_rx_bytes=up * 100,
-                net_tx_bytes=up * 50,
-            )
+            up, spec = now - started[0], started[1]
+            record = {
+                "cpu.time": int(up * 0.1e9),
+                "vcpu.current": spec.cpu,
+                "balloon.current": spec.ram_mib * 1024,
+                "balloon.maximum": spec.ram_mib * 1024,
+                "balloon.rss": spec.ram_mib * 512,
+                "block.count": 1,
+                "block.0.rd.bytes": int(up * 4096),
+                "block.0.wr.bytes": int(up * 1024),
+                "block.0.rd.reqs": int(up),
+                "block.0.wr.reqs": int(up / 4),
+                "block.0.allocation": 1 << 26,
+                "net.count": 1,
+                "net.0.rx.bytes": int(up * 100),
+                "net.0.tx.bytes": int(up * 50),
+            }
+            out[vm] = stats_from_record(record)
         return out

@@ -27,6 +27,7 @@ from ucloud.host.hypervisor import (
     HypervisorError,
     Power,
     Unreachable,
+    stats_from_record,
 )
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ class LibvirtHypervisor:
             for dom, record in conn.getAllDomainStats(groups, flags):
                 name = dom.name()
                 if name.startswith(PREFIX):
-                    found[name[len(PREFIX) :]] = domain_stats(record)
+                    found[name[len(PREFIX) :]] = stats_from_record(record)
             return found
 
         return self._call("read domain statistics", collect)
@@ -326,26 +327,3 @@ class LibvirtHypervisor:
     <memballoon model='none'/>
   </devices>
 </domain>"""
-
-
-def domain_stats(record: dict[str, Any]) -> DomainStats:
-    """libvirt's typed-parameter record (``cpu.time`` ns, ``balloon.*`` KiB, ``block.<i>.*``,
-    ``net.<i>.*``) as DomainStats; a figure the record lacks counts 0."""
-
-    def total(group: str, field: str) -> float:
-        count = record.get(f"{group}.count", 0)
-        return float(sum(record.get(f"{group}.{i}.{field}", 0) for i in range(count)))
-
-    return DomainStats(
-        cpu_seconds=record.get("cpu.time", 0) / 1e9,
-        vcpus=int(record.get("vcpu.current", 0)),
-        memory_bytes=record.get("balloon.current", record.get("balloon.maximum", 0)) * 1024.0,
-        memory_rss_bytes=record.get("balloon.rss", 0) * 1024.0,
-        disk_read_bytes=total("block", "rd.bytes"),
-        disk_write_bytes=total("block", "wr.bytes"),
-        disk_reads=total("block", "rd.reqs"),
-        disk_writes=total("block", "wr.reqs"),
-        disk_allocation_bytes=total("block", "allocation"),
-        net_rx_bytes=total("net", "rx.bytes"),
-        net_tx_bytes=total("net", "tx.bytes"),
-    )
