@@ -13,8 +13,9 @@ from ucloud.cli.vms import size
 
 
 def list_hosts(s: Session, args: argparse.Namespace) -> int:
-    """CPU, RAM and DISK show allocated/total (total: the capacity the host offers); the
-    *-USED columns what its agent measured its VMs use ('-': not measured, e.g. DEAD)."""
+    """CPU, RAM and DISK show allocated/total (total: the capacity the host offers; '-': no
+    disk declared, disks in Ceph); the *-USED columns what its agent measured its VMs use
+    ('-': not measured, e.g. DEAD)."""
     s.out.listing(
         s.api.get("/host/list")["hosts"],
         "no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE",
@@ -38,7 +39,7 @@ def list_hosts(s: Session, args: argparse.Namespace) -> int:
             f"{h['used']['cpu']:g}" if h.get("used") else "-",
             f"{gib(h['allocated']['ram'])}/{gib(h['capacity']['ram'])}",
             gib(h["used"]["ram"]) if h.get("used") else "-",
-            f"{gib(_disk(h['allocated']))}/{gib(_disk(h['capacity']))}",
+            f"{gib(_disk(h['allocated']))}/{gib(_disk(h['capacity']) or None)}",
             gib(h["used"]["disk"]) if h.get("used") else "-",
             ", ".join(h["addresses"]) or "-",
         ),
