@@ -6,6 +6,7 @@ daemons."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -16,13 +17,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Account, register_image
+from tests.conftest import Account
 from tests.prometheus import RULES, Prometheus, rules_without_waits
 from tests.servers import Daemon, free_port, wait_for
 from tests.stack import Libvirtd, daemon, host_settings, wait_console
 from ucloud.config import Settings
-from ucloud.models import VM, Image, Status
-from ucloud.storage.file import FileStorage
+from ucloud.models import VM, File, Image, ImageStatus, Status
 from ucloud.store import Store
 
 BOOT = "UCLOUD-BOOT-OK"
@@ -54,16 +54,37 @@ class Monitored:
     api: str
     user: Account
     admin: Account
-    image: Image
     prometheus: Prometheus
     agent: Daemon
     host: Settings
     libvirtd: Libvirtd
+    uploads: Path
 
-    def create(self, name: str) -> str:
-        body = self.user.creds(
-            vm_name=name, specs={"cpu": 1, "ram": 0.125, "ssd": 1}, image=self.image.uuid
-        )
+    def upload_image(self, source: Path, name: str) -> str:
+        """An image made as a user makes one: a file uploaded, registered by the file
+        scanner, turned into an image through the API, imported by the image scanner."""
+        shutil.copyfile(source, self.uploads / self.user.name / f"{name}.raw")
+
+        def registered() -> str | None:
+            found = [f.value for f in self.store.list(File)[0].values()]
+            return found[0].uuid if found else None
+
+        file = wait_for(registered, 30, "the upload to be registered")
+        body = self.user.creds(image_name=name, file_uuid=file)
+        r = requests.post(f"{self.api}/image/create", json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        image = r.json()["uuid"]
+
+        def created() -> bool:
+            found = self.store.get(Image, image)
+            assert found is not None and found.value.status != ImageStatus.ERROR, found
+            return found.value.status == ImageStatus.CREATED
+
+        wait_for(created, 60, "the image to be imported")
+        return image
+
+    def create(self, name: str, image: str) -> str:
+        body = self.user.creds(vm_name=name, specs={"cpu": 1, "ram": 0.125, "ssd": 1}, image=image)
         r = requests.post(f"{self.api}/vm/create", json=body, timeout=10)
         assert r.status_code == 202, r.text
         return r.json()["uuid"]
@@ -86,49 +107,43 @@ def monitored(
     guests,
     tmp_path: Path,
 ) -> Iterator[Monitored]:
-    ports = {job: free_port() for job in ("api", "scheduler", "host")}
+    jobs = ("api", "scheduler", "host", "filescanner", "imagescanner")
+    ports = {job: free_port() for job in jobs}
     api_port = free_port()
-    common = {"metrics_address": "127.0.0.1"}
-    host = host_settings(
-        settings,
-        None,
-        libvirtd,
-        "node1",
-        tmp_path / "node1",
-        storage="file",
-        image_dir=str(tmp_path / "images"),
-        host_metrics_port=ports["host"],
-        host_usage_interval=1.0,
-        **common,
-    )
-    image = register_image(
-        store, FileStorage(host), str(guests.bootsector), "boot", "root", "ucloud-admin"
-    )
-    api_settings = settings.model_copy(
+    uploads = tmp_path / "uploads"
+    (uploads / "alice").mkdir(parents=True)
+    every = settings.model_copy(  # the settings of one machine's env file
         update={
+            "metrics_address": "127.0.0.1",
+            **{f"{job}_metrics_port": port for job, port in ports.items()},
             "api_bind": f"127.0.0.1:{api_port}",
             "api_workers": 2,
-            "api_metrics_port": ports["api"],
-            **common,
+            "storage": "file",
+            "image_dir": str(tmp_path / "images"),
+            "upload_root": str(uploads),
+            "upload_settle": 0.3,
         }
     )
-    sched_settings = settings.model_copy(
-        update={"scheduler_metrics_port": ports["scheduler"], **common}
+    host = host_settings(
+        every, None, libvirtd, "node1", tmp_path / "node1", host_usage_interval=1.0
     )
     started: list[Daemon] = []
     prometheus = None
     try:
-        started.append(daemon("ucloud.api.main", api_settings, tmp_path / "api.log"))
-        started.append(daemon("ucloud.scheduler.main", sched_settings, tmp_path / "sched.log"))
-        agent = daemon("ucloud.host.main", host, tmp_path / "agent.log")
-        started.append(agent)
-        jobs = {job: [f"127.0.0.1:{port}"] for job, port in ports.items()}
-        prometheus = Prometheus(
-            tmp_path / "prometheus", jobs, rules_without_waits(tmp_path / "r.yml")
-        )
+        for name, module, own in (
+            ("api", "ucloud.api.main", every),
+            ("scheduler", "ucloud.scheduler.main", every),
+            ("filescanner", "ucloud.filescanner.main", every),
+            ("imagescanner", "ucloud.imagescanner.main", every),
+            ("host", "ucloud.host.main", host),
+        ):
+            started.append(daemon(module, own, tmp_path / f"{name}.log"))
+        targets = {job: [f"127.0.0.1:{port}"] for job, port in ports.items()}
+        rules = rules_without_waits(tmp_path / "rules.yml")
+        prometheus = Prometheus(tmp_path / "prometheus", targets, rules)
         api = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: _answers(api), 30, "the API to answer")
-        yield Monitored(store, api, alice, admin, image, prometheus, agent, host, libvirtd)
+        yield Monitored(store, api, alice, admin, prometheus, started[-1], host, libvirtd, uploads)
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -143,13 +158,19 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_prometheus_sees_vms_hosts_requests_and_a_dead_host(monitored: Monitored):
+def test_prometheus_sees_vms_hosts_requests_and_a_dead_host(monitored: Monitored, guests):
     m, p = monitored, monitored.prometheus
-    for job in ("api", "scheduler", "host"):
+    for job in ("api", "scheduler", "host", "filescanner", "imagescanner"):
         assert p.wait_value(f'up{{job="{job}"}} == 1') == 1
     assert p.wait_value('ucloud_leader{election="scheduler"} == 1') == 1
+    assert p.wait_value('ucloud_leader{election="imagescanner"} == 1') == 1
 
-    vmid = m.create("web")
+    image = m.upload_image(guests.bootsector, "boot")
+    assert p.wait_value("ucloud_files_registered_total == 1") == 1
+    assert p.wait_value('ucloud_image_imports_total{result="created"} == 1') == 1
+    assert p.value("ucloud_image_import_duration_seconds_count") == 1
+
+    vmid = m.create("web", image)
     m.wait_status(vmid, Status.RUNNING)
     wait_console(Path(m.host.state_dir), vmid, BOOT)
 

@@ -220,9 +220,12 @@ class Sampler:
         try:
             self.last = self._take()
             self.taken_at = time.monotonic()
+            if self.failures:
+                log.info("sampling works again")
             self.failures = 0
         except Exception as e:
             self.failures += 1
-            log.warning("sampling failed: %s", e)
+            if self.failures == 1:  # once a run of failures, not at every scrape
+                log.warning("sampling failed (the last sample is served meanwhile): %s", e)
         finally:
             self._done.set()
