@@ -65,8 +65,9 @@ def test_scheduler_exports_vms_hosts_and_capacity_from_its_mirrors():
     assert value("ucloud_vms_pending", reason="no_host_fits") == 1
     assert value("ucloud_vms_pending", reason="not_tried_yet") == 0
     status = {"vm": small.uuid, "status": "SCHEDULED", "desired": "running", "host": "h1"}
-    assert value("ucloud_vm_status", **status) == 1
-    assert value("ucloud_vm_info", vm=huge.uuid, name="b", owner="users/bob") == 1
+    assert value("ucloud_vm_status", **status, name="a", owner="users/alice") == 1
+    status = {"vm": huge.uuid, "status": "PENDING", "desired": "running", "host": ""}
+    assert value("ucloud_vm_status", **status, name="b", owner="users/bob") == 1
     assert value("ucloud_host_status", host="h1", status="UP") == 1
     assert value("ucloud_host_alive", host="h1") == 1
     assert value("ucloud_hosts", status="UP", admin_state="UP") == 1
