@@ -68,6 +68,10 @@ def test_scheduler_exports_vms_hosts_and_capacity_from_its_mirrors():
     assert value("ucloud_vm_status", **status, name="a", owner="users/alice") == 1
     status = {"vm": huge.uuid, "status": "PENDING", "desired": "running", "host": ""}
     assert value("ucloud_vm_status", **status, name="b", owner="users/bob") == 1
+    pending = value("ucloud_vm_status_since_timestamp_seconds", vm=huge.uuid, status="PENDING")
+    assert pending == store.get(VM, huge.uuid).value.status_since
+    since = value("ucloud_vm_status_since_timestamp_seconds", vm=small.uuid, status="SCHEDULED")
+    assert since == store.get(VM, small.uuid).value.status_since
     assert value("ucloud_host_status", host="h1", status="UP") == 1
     assert value("ucloud_host_alive", host="h1") == 1
     assert value("ucloud_hosts", status="UP", admin_state="UP") == 1
