@@ -9,7 +9,21 @@ from ucloud.store import Store
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
-    from ucloud.api import endpoint, errors, hosts, images, metrics, openapi, users, vms
+    from ucloud.api import (
+        accounts,
+        endpoint,
+        errors,
+        hosts,
+        images,
+        imports,
+        metrics,
+        openapi,
+        quotas,
+        resize,
+        uploads,
+        users,
+        vms,
+    )
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -18,6 +32,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
     metrics.install(app)
-    for module in (vms, hosts, users, images, openapi):
+    modules = (vms, resize, hosts, users, accounts, images, imports, uploads, quotas, openapi)
+    for module in modules:
         app.register_blueprint(module.bp)
     return app
