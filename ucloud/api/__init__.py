@@ -9,7 +9,8 @@ from ucloud.store import Store
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
-    from ucloud.api import endpoint, errors, hosts, images, openapi, users, vms
+    from ucloud.api import consoles, endpoint, errors, hosts, images, openapi, users, vms
+    from ucloud.web import install_web
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -17,6 +18,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, hosts, users, images, openapi):
+    for module in (vms, consoles, hosts, users, images, openapi):
         app.register_blueprint(module.bp)
+    install_web(app, settings)
     return app

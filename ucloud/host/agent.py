@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import failpoints, proc, retry, sdnotify
+from ucloud import consoles, failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
 from ucloud.host.hypervisor import (
     Domain,
@@ -482,7 +482,11 @@ class HostAgent:
                 return
         self.hv.undefine(vm.uuid)
         self.storage.delete_disk(vm.disk_name)
-        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
+        for path in (
+            self.console_log(vm.uuid),
+            self.vnc_socket(vm.uuid),
+            consoles.serial_socket(self.vnc_dir, vm.uuid),
+        ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
@@ -498,13 +502,14 @@ class HostAgent:
             disk_xml=self.storage.disk_xml(vm.disk_name),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
+            serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
         )
 
     def console_log(self, vm: str) -> Path:
         return self.console_dir / f"{vm}.log"
 
     def vnc_socket(self, vm: str) -> Path:
-        return self.vnc_dir / f"{vm}.sock"
+        return consoles.vnc_socket(self.vnc_dir, vm)
 
     def notify(self, vm: VM, message: str) -> None:
         if not self.settings.notify_command:
