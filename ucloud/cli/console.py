@@ -10,10 +10,9 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
-from websockify.websocket import WebSocket
+from websockify.websocket import WebSocket, WebSocketWantReadError
 
 from ucloud.cli.errors import ExitCode, Refused, Unreachable
 from ucloud.cli.output import when
@@ -53,8 +52,18 @@ class _Client(WebSocket):
     def send_request(self, type: str, path: str) -> None:
         super().send_request(type, f"{path}?{self._query}")
 
+    def read(self) -> bytes | None:
+        """The next data, waiting for it; None once closed. (recv() raises WantRead when a
+        frame has arrived only in part, even on a blocking socket.)"""
+        while True:
+            try:
+                data: bytes | None = self.recv()
+                return data
+            except WebSocketWantReadError:
+                continue
 
-def connect(url: str) -> Any:
+
+def connect(url: str) -> _Client:
     client = _Client(urlsplit(url).query)
     try:
         client.connect(url, protocols=["binary"])
@@ -75,7 +84,10 @@ def serial(s: Session, url: str, stdin: int, stdout: int) -> int:
                 waiting = [ws.socket, stdin] if reading else [ws.socket]
                 ready = [ws.socket] if ws.pending() else select.select(waiting, [], [])[0]
                 if ws.socket in ready:
-                    data = ws.recv()
+                    try:
+                        data = ws.recv()
+                    except WebSocketWantReadError:
+                        continue
                     if data is None:
                         s.out.progress("\r\nthe console closed")
                         return ExitCode.OK
