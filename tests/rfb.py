@@ -60,7 +60,12 @@ def handshake(s: Stream) -> tuple[int, int, str, int]:
 def first_frame(s: Stream) -> Frame:
     width, height, name, bpp = handshake(s)
     s.send(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw only
-    s.send(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))  # a full update, now
+    return frame(s, width, height, name, bpp)
+
+
+def frame(s: Stream, width: int, height: int, name: str = "", bpp: int = 4) -> Frame:
+    """Ask for the whole screen, now, and read it."""
+    s.send(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
     pixels = bytearray(width * height * bpp)
     covered = 0
     while covered < width * height:
