@@ -1,7 +1,7 @@
 """Consoles on the real stack: two hypervisors (each a libvirtd, a host agent and a console
 relay), a scheduler, the API with its console page under gunicorn, and ucloud-console; a
 boot-sector VM (draws on its screen) and a Linux VM (a shell on its serial port) of alice's.
-Module-scoped: the guests boot once for all the console tests."""
+Session-scoped: the guests boot once for all the console tests (API, CLI, browser)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class ConsoleStack:
 
 
 # Fixtures, named for the tests that use them: import both into a test module.
-@pytest.fixture(scope="module", name="console_libvirtds")
+@pytest.fixture(scope="session", name="console_libvirtds")
 def console_libvirtds_fixture(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Libvirtd]]:
@@ -103,7 +103,7 @@ def console_libvirtds_fixture(
             stop_libvirtd(lv)
 
 
-@pytest.fixture(scope="module", name="stack")
+@pytest.fixture(scope="session", name="stack")
 def stack_fixture(
     etcd: Etcd,
     ceph: Ceph,

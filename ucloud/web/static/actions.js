@@ -1,21 +1,11 @@
 import { call, say } from './common.js';
 
-// Which actions a status allows is the API's to decide: every button is offered, and a refusal
-// shows the API's own message. These are only the likely ones, to keep the list short.
-const LIKELY = {
-  RUNNING: ['stop', 'suspend', 'reboot'],
-  SUSPENDED: ['resume', 'stop'],
-  STOPPED: ['start'],
-  ERROR: ['start', 'stop'],
-  KILLED: ['stop'],
-  PENDING: ['stop'],
-  SCHEDULED: ['stop'],
-  CREATING: ['stop'],
-};
+// Every action is offered whatever the status: which apply is the API's to decide, and a
+// refusal shows the API's own message (no second copy of its rules here).
+const ACTIONS = ['start', 'stop', 'suspend', 'resume', 'reboot'];
 
 export function actionButtons(vm, onDone) {
-  const names = LIKELY[vm.status] || ['start', 'stop'];
-  return names.map((action) => {
+  return ACTIONS.map((action) => {
     const button = document.createElement('button');
     button.type = 'button';
     button.textContent = action;
