@@ -98,8 +98,10 @@ def over_socket(sock: object) -> Stream:
     import socket
 
     assert isinstance(sock, socket.socket)
+    sock.settimeout(60)
     return Stream(lambda: sock.recv(65536) or None, sock.sendall)
 
 
-def over_websocket(ws: object) -> Stream:
+def over_websocket(ws: object, timeout: float = 60) -> Stream:
+    ws.socket.settimeout(timeout)  # type: ignore[attr-defined]  # a test fails, never hangs
     return Stream(ws.read, ws.send)  # type: ignore[attr-defined]
