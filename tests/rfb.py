@@ -63,12 +63,14 @@ def first_frame(s: Stream) -> Frame:
     return frame(s, width, height, name, bpp)
 
 
-def frame(s: Stream, width: int, height: int, name: str = "", bpp: int = 4) -> Frame:
-    """Ask for the whole screen, now, and read it."""
-    s.send(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
+def frame(
+    s: Stream, width: int, height: int, name: str = "", bpp: int = 4, incremental: bool = False
+) -> Frame:
+    """Ask for the whole screen (``incremental``: what changed), and read the answer."""
+    s.send(struct.pack(">BBHHHH", 3, int(incremental), 0, 0, width, height))
     pixels = bytearray(width * height * bpp)
     covered = 0
-    while covered < width * height:
+    while covered < width * height and not (incremental and covered):
         kind = s.read(1)[0]
         if kind != 0:
             raise ConnectionError(f"unexpected server message {kind}")
