@@ -181,3 +181,19 @@ def test_actions_need_a_session_its_csrf_token_and_the_vm_of_its_user(stack: Con
     # And the session's own user may (the console token is made, not used).
     r = alice.post(f"{url}/console", json={}, headers={"X-CSRF-Token": csrf}, timeout=30)
     assert r.status_code == 200 and r.json()["websocket"].startswith(stack.websocket)
+
+
+def test_a_console_url_opens_once_without_a_session(web, stack: ConsoleStack):
+    vmid = stack.vms["boot"]
+    stack.wait(vmid, Status.RUNNING)
+    r = stack.post("/vm/console", stack.alice, vmid=vmid)
+    url = r.json()["url"]
+    page = web.new_page()
+    page.goto(url)
+    page.locator("#console[data-state=connected]").wait_for()
+    page.locator("#console canvas").wait_for()
+    assert "#" not in page.url  # the token left the address bar once used
+    again = web.new_page()
+    again.goto(url)
+    again.locator("#console[data-state=disconnected]").wait_for()
+    assert "refused" in again.text_content("#message")

@@ -214,3 +214,12 @@ def run_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]
         timeout=60,
         check=True,
     )
+
+
+def test_a_vm_that_does_not_run_has_no_console(client, alice, image, store):
+    body = alice.creds(vm_name="web", specs={"cpu": 1, "ram": 1}, image=image.uuid)
+    vmid = client.post("/vm/create", json=body).json["uuid"]
+    r = client.post("/vm/console", json=alice.creds(vmid=vmid))
+    assert r.status_code == 409
+    assert r.json == {"error": "VM web is PENDING: it has a console only while it runs"}
+    assert not store.list(ConsoleToken)[0]

@@ -40,8 +40,6 @@ def open_console(vm: VM, kind: consoles.Console) -> dict[str, Any]:
     page's one way to open a console)."""
     ctx = context()
     s = ctx.settings
-    if not s.console_relay_secret:
-        raise errors.APIError("consoles are not set up on this cluster (console_relay_secret)", 503)
     if vm.status not in consoles.OPEN_STATUSES:
         raise errors.Conflict(f"VM {vm.name} is {vm.status}: it has a console only while it runs")
     issued = consoles.issue(ctx.store, vm, kind, s.console_token_ttl)
