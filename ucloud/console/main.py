@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ucloud import daemon
 
 
 def proxy() -> int:
+    # websockify imports numpy, whose OpenBLAS starts a pool of worker threads; the proxy forks
+    # a process per console, and a process with threads should not fork (their locks are
+    # copied held). One BLAS thread is no pool: nothing here multiplies matrices.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from ucloud.console.proxy import ConsoleProxy
 
     settings, log, _ = daemon.start("console")
