@@ -99,6 +99,9 @@ class ConsoleProxy(WebSocketProxy):
             listen_port=port,
             token_plugin=ConsoleTokens(settings),
             web="",  # WebSockets only: plain GETs get 405
-            heartbeat=30,
+            # A ping every 5 s: a console whose browser went away is closed within seconds
+            # (and, see bench/RESULTS.md "consoles", bytes websockify sometimes holds back
+            # move on at the next ping).
+            heartbeat=5,
         )
         self.relay_secret = check_secret(settings.console_relay_secret)
