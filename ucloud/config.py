@@ -59,6 +59,11 @@ class APISettings(_Group):
     api_threads: int = 4
     api_max_body: int = Field(64 * 1024, description="largest request body in bytes")
     admin_realm: str = "ucloud-admin"
+    default_image: str = Field(
+        "",
+        description="the image (uuid, or a public image's name) of VMs created without one, "
+        "as the original API's requests are; empty: requests must name an image",
+    )
     totp_valid_window: int = Field(
         1, description="how many 30 s steps before and after now a token may be from"
     )
@@ -135,6 +140,9 @@ class StorageSettings(_Group):
     ceph_keyring: str = Field("", description="the cephx user's keyring; empty: Ceph's default")
     ceph_pool: str = Field("ucloud", description="pool of VM disks")
     image_pool: str = Field("ucloud", description="pool of images")
+    hdd_pool: str = Field(
+        "", description="pool of VMs' HDD disks (their specs' hdd); empty: ceph_pool"
+    )
     image_dir: str = Field("/var/lib/ucloud/images", description="images, for the file driver")
 
     fence_expiry: float = Field(

@@ -9,7 +9,7 @@ from flask import Blueprint
 from pydantic import Field
 
 from ucloud import consoles
-from ucloud.api import errors
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import VMRef
 from ucloud.api.vms import owned_vm
@@ -23,11 +23,20 @@ class VMConsole(VMRef):
     serial: bool = Field(False, description="the serial console instead of the display")
 
 
+class ConsoleOpened(replies.Reply):
+    vm: str = Field(description="the VM's uuid")
+    console: consoles.Console
+    url: str = Field(description="the console page showing it; works once, until expires")
+    websocket: str = Field(description="the WebSocket to open for it (noVNC, a terminal)")
+    expires: float = Field(description="when the token expires unused (Unix time)")
+
+
 @endpoint(
     bp,
     "/vm/console",
     summary="A single-use URL to a VM's console, and when it expires",
-    responses={200: "the URL", 409: "the VM is not running"},
+    responses={200: "the URL", 404: "no such VM of yours", 409: "the VM is not running"},
+    reply=ConsoleOpened,
 )
 def console(body: VMConsole, user: Principal) -> Reply:
     vm = owned_vm(body.vmid, user).value

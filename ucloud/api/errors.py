@@ -64,8 +64,14 @@ def register(app: Flask) -> None:
         return _json(describe(e), 400)
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException) -> tuple[Any, int]:
-        return _json(e.description or e.name, e.code or 500)
+    def http_error(e: HTTPException) -> Any:
+        response = jsonify(error=e.description or e.name)
+        response.status_code = e.code or 500
+        # Keep what the exception says beyond its body: a 405's Allow header.
+        for name, value in e.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> tuple[Any, int]:

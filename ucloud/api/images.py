@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import ImageCreate, ImageRef, Listing, StoreCreate
 from ucloud.models import VM, File, Image, ImageDesired, ImageStore
@@ -23,7 +23,13 @@ bp = Blueprint("image", __name__)
 # --- files ----------------------------------------------------------------------------------
 
 
-@endpoint(bp, "/file/list", "GET", summary="The caller's uploaded files (not removed)")
+@endpoint(
+    bp,
+    "/file/list",
+    "GET",
+    summary="The caller's uploaded files (not removed)",
+    reply=replies.FileList,
+)
 def list_files(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(File)
     files = sorted(
@@ -40,7 +46,13 @@ def list_files(body: Listing, user: Principal) -> Reply:
     bp,
     "/image/create",
     summary="Make an image from an uploaded file",
-    responses={202: "queued", 404: "no such file", 409: "name taken"},
+    responses={
+        202: "queued",
+        403: "only administrators make public images",
+        404: "no such file",
+        409: "name taken",
+    },
+    reply=replies.ImageCreated,
 )
 def create(body: ImageCreate, user: Principal) -> Reply:
     ctx = context()
@@ -71,7 +83,13 @@ def create(body: ImageCreate, user: Principal) -> Reply:
     return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
 
 
-@endpoint(bp, "/image/list", "GET", summary="Public images and the caller's own")
+@endpoint(
+    bp,
+    "/image/list",
+    "GET",
+    summary="Public images and the caller's own",
+    reply=replies.ImageList,
+)
 def list_images(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(Image)
     images = sorted(
@@ -85,7 +103,13 @@ def list_images(body: Listing, user: Principal) -> Reply:
     bp,
     "/image/delete",
     summary="Delete an image no VM uses",
-    responses={202: "queued", 404: "no such image", 409: "VMs use it"},
+    responses={
+        202: "queued",
+        403: "a public image not the caller's",
+        404: "no such image",
+        409: "VMs use it",
+    },
+    reply=replies.ImageQueued,
 )
 def delete(body: ImageRef, user: Principal) -> Reply:
     store = context().store
@@ -126,6 +150,7 @@ def delete(body: ImageRef, user: Principal) -> Reply:
     summary="Create an image store: which Ceph pool holds its images",
     admin=True,
     responses={201: "created", 409: "exists"},
+    reply=replies.StoreCreated,
 )
 def create_store(body: StoreCreate, user: Principal) -> Reply:
     ctx = context()
@@ -139,7 +164,13 @@ def create_store(body: StoreCreate, user: Principal) -> Reply:
     return {"message": "image store created", "image_store": new.model_dump(mode="json")}, 201
 
 
-@endpoint(bp, "/image/store/list", "GET", summary="The image stores images can be made in")
+@endpoint(
+    bp,
+    "/image/store/list",
+    "GET",
+    summary="The image stores images can be made in",
+    reply=replies.StoreList,
+)
 def list_stores(body: Listing, user: Principal) -> Reply:
     return {"image_stores": [s.model_dump(mode="json") for s in stores()]}, 200
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, original, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
@@ -16,12 +16,18 @@ from ucloud.store import Versioned
 bp = Blueprint("vm", __name__)
 
 
-@endpoint(bp, "/vm/create", summary="Create a VM", responses={202: "queued"})
+@endpoint(
+    bp,
+    "/vm/create",
+    summary="Create a VM",
+    responses={202: "queued", 409: "its image is not ready or being deleted"},
+    reply=replies.VMCreated,
+)
 def create(body: VMCreate, user: Principal) -> Reply:
-    image = find_image(body.image, user)
+    image = find_image(original.image_ref(body.image), user)
     specs = Specs(cpu=body.specs.cpu, ram=body.specs.ram, ssd=body.specs.ssd, hdd=body.specs.hdd)
     vm = VM(
-        name=body.vm_name,
+        name=original.vm_name(body.vm_name, user),
         owner=user.name,
         owner_realm=user.realm,
         specs=specs,
@@ -34,12 +40,25 @@ def create(body: VMCreate, user: Principal) -> Reply:
     return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
 
 
-@endpoint(bp, "/vm/status", "GET", summary="A VM's state and recent events")
+@endpoint(
+    bp,
+    "/vm/status",
+    "GET",
+    summary="A VM's state and recent events",
+    responses={200: "the VM", 404: "no such VM of the caller's"},
+    reply=VM,
+)
 def status(body: VMRef, user: Principal) -> Reply:
     return context().catalog.vm_json(owned_vm(body.vmid, user)), 200
 
 
-@endpoint(bp, "/vm/list", "GET", summary="The caller's VMs (every VM for administrators)")
+@endpoint(
+    bp,
+    "/vm/list",
+    "GET",
+    summary="The caller's VMs (every VM for administrators)",
+    reply=replies.VMList,
+)
 def list_vms(body: Listing, user: Principal) -> Reply:
     owner = None if user.admin else (user.realm, user.name)
     return b'{"vms":' + context().catalog.vms_json(owner) + b"}", 200
@@ -49,14 +68,21 @@ def list_vms(body: Listing, user: Principal) -> Reply:
     bp,
     "/vm/action",
     summary="start, stop, suspend, resume or reboot a VM",
-    responses={202: "queued", 409: "not now"},
+    responses={202: "queued", 404: "no such VM of the caller's", 409: "not in this state"},
+    reply=replies.VMQueued,
 )
 def action(body: VMAction, user: Principal) -> Reply:
     vm = apply(body.vmid, body.action, user)
     return {"message": f"{body.action} queued", "vm": public(vm)}, 202
 
 
-@endpoint(bp, "/vm/delete", summary="Delete a VM and its disk", responses={202: "queued"})
+@endpoint(
+    bp,
+    "/vm/delete",
+    summary="Delete a VM and its disks",
+    responses={202: "queued", 404: "no such VM of the caller's", 409: "being deleted"},
+    reply=replies.VMQueued,
+)
 def delete(body: VMRef, user: Principal) -> Reply:
     vm = apply(body.vmid, Action.DELETE, user)
     return {"message": "deletion queued", "vm": public(vm)}, 202

@@ -97,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="ACTION", required=True
     )
     p = command(vm, "create", "create a VM (it starts once placed)", vms.create, waiting)
-    p.add_argument("name", help="a name for the VM")
-    p.add_argument("--image", required=True, help="an image's name or uuid (see: image list)")
+    p.add_argument("name", nargs="?", help="a name for the VM (default: a generated one)")
+    p.add_argument(
+        "--image", help="an image's name or uuid (see: image list; default: the cluster's)"
+    )
     p.add_argument("--cpu", type=int, required=True, help="virtual CPUs")
     p.add_argument("--ram", required=True, metavar="SIZE", help="memory: 2 (GiB), 2G, 512M")
     p.add_argument("--ssd", metavar="SIZE", help="system disk (default: the API's, 10G)")
-    p.add_argument("--hdd", metavar="SIZE", help="extra disk space (default: none)")
+    p.add_argument(
+        "--hdd", metavar="SIZE", help="a second, empty disk (vdb) of this size (default: none)"
+    )
     p.add_argument(
         "--network", action="append", metavar="UUID", help="a network to attach (repeatable)"
     )
