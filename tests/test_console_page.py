@@ -195,5 +195,5 @@ def test_a_console_url_opens_once_without_a_session(web, stack: ConsoleStack):
     assert "#" not in page.url  # the token left the address bar once used
     again = web.new_page()
     again.goto(url)
-    again.locator("#console[data-state=disconnected]").wait_for()
+    again.locator("#console[data-state=disconnected]").wait_for(state="attached")  # empty: 0 px
     assert "refused" in again.text_content("#message")
