@@ -99,9 +99,7 @@ class ConsoleProxy(WebSocketProxy):
             listen_port=port,
             token_plugin=ConsoleTokens(settings),
             web="",  # WebSockets only: plain GETs get 405
-            # A ping every 5 s: a console whose browser went away is closed within seconds
-            # (and, see bench/RESULTS.md "consoles", bytes websockify sometimes holds back
-            # move on at the next ping).
+            # A ping every 5 s: a console whose browser went away is closed within seconds.
             heartbeat=5,
         )
         self.relay_secret = check_secret(settings.console_relay_secret)
