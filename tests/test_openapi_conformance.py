@@ -128,7 +128,7 @@ def test_the_document_names_every_answer_and_the_rules_the_server_enforces(clien
     assert {"404", "409"} <= set(vm_ops["/vm/action"]["post"]["responses"])
     assert "404" in vm_ops["/vm/status"]["get"]["responses"]
     assert "403" in vm_ops["/host/create"]["post"]["responses"]  # administrators only
-    assert "403" not in vm_ops["/vm/create"]["post"]["responses"]
+    assert "quota" in vm_ops["/vm/create"]["post"]["responses"]["403"]["description"]
     schemas = doc["components"]["schemas"]
     hostname = schemas["HostCreate"]["properties"]["hostname"]
     assert (hostname["pattern"], hostname["maxLength"]) == (NAME_PATTERN, 64)

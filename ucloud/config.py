@@ -68,6 +68,27 @@ class APISettings(_Group):
         1, description="how many 30 s steps before and after now a token may be from"
     )
 
+    # Each user's limits unless an administrator set their own (`ucloud quota set`); -1: none.
+    quota_vms: int = Field(20, ge=-1, description="VMs a user may have (default limit)")
+    quota_cpu: int = Field(64, ge=-1, description="CPUs of a user's running VMs")
+    quota_ram: float = Field(128.0, ge=-1, description="GiB of RAM of a user's running VMs")
+    quota_disk: float = Field(2048.0, ge=-1, description="GiB of disk (ssd + hdd) of a user's VMs")
+    quota_networks: int = Field(10, ge=-1, description="networks a user may have")
+    quota_images: int = Field(20, ge=-1, description="images a user may have")
+
+    upload_max_size: float = Field(
+        100.0, gt=0, description="GiB: the largest file uploaded over the API (PUT /file/upload)"
+    )
+    api_worker_timeout: int = Field(
+        30,
+        ge=1,
+        description="seconds a silent gunicorn worker lives before it is killed (its main loop's "
+        "heartbeat: a long request, an upload, does not count)",
+    )
+    api_uploads_at_once: int = Field(
+        2, ge=1, description="uploads one API worker takes at a time (each holds a thread)"
+    )
+
 
 class SchedulerSettings(_Group):
     read_by = "ucloud-scheduler"
@@ -77,6 +98,9 @@ class SchedulerSettings(_Group):
     disk_allocation_ratio: float = 1.0
     scheduler_lease_ttl: int = Field(5, description="seconds before a dead leader is replaced")
     scheduler_resync: float = Field(30.0, description="seconds between full reconciles")
+    quota_recount: float = Field(
+        300.0, description="seconds between recounts of every user's quota usage (a repair)"
+    )
     scheduled_deadline: float = Field(
         120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
     )
@@ -157,7 +181,7 @@ class StorageSettings(_Group):
 
 
 class FileScannerSettings(_Group):
-    read_by = "ucloud-filescanner"
+    read_by = "ucloud-filescanner (upload_root, upload_realm: ucloud-api too, for uploads)"
 
     upload_root: str = Field(
         "/var/www", description="users' upload directories: <upload_root>/<user name>/"
@@ -187,6 +211,23 @@ class ImageScannerSettings(_Group):
     imagescanner_resync: float = Field(30.0, description="seconds between full reconciles")
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
+    )
+    import_allow_networks: str = Field(
+        "",
+        description="comma-separated networks images may be fetched from by URL although they "
+        "are loopback, link-local or private (e.g. an internal mirror's 10.1.2.0/24); others "
+        "are refused",
+    )
+    import_timeout: float = Field(
+        30.0, gt=0, description="seconds to connect, or to wait for data, when fetching a URL"
+    )
+    import_deadline: float = Field(
+        3600.0, gt=0, description="seconds a whole download from a URL may take"
+    )
+    import_dir: str = Field(
+        "/var/lib/ucloud/imports",
+        description="where images fetched by URL are kept while they are converted (not /tmp: "
+        "often in memory); files there are unlinked at once",
     )
 
 

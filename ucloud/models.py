@@ -362,6 +362,7 @@ class Image(Stored):
     store: str = "images"  # the image store it was made in
     pool: str = ""  # the storage pool its store named then; empty: the image_pool setting
     file: str = ""  # uuid of the uploaded file it is made from
+    url: str = ""  # or the http(s) URL the image scanner fetches it from
     sha512: str = ""  # of the file's content when the image was asked for
     created: float = Field(default_factory=now)
 

@@ -376,24 +376,28 @@ class Store:
 
     @_etcd_call
     def swap_many(
-        self, writes: Sequence[tuple[M, Versioned[M]]], guard: Guard | None = None
+        self, writes: Sequence[tuple[M, Versioned[M] | None]], guard: Guard | None = None
     ) -> int | None:
         """Write each object over the one it was read as, all in one transaction, if every key
         is still at its revision (and ``guard`` holds); return the new revision, or None if
-        anything changed meanwhile. The index entries that change (``Stored.index_keys``: a
-        VM's host) change in the same transaction, so an index never disagrees with the
-        records: its objects' compares cover it. Each list of a transaction holds at most
+        anything changed meanwhile. A ``was`` of None creates: the key must not exist. The
+        index entries that change (``Stored.index_keys``: a VM's host) change in the same
+        transaction, so an index never disagrees with the records: its objects' compares
+        cover it. Each list of a transaction holds at most
         MAX_TXN_OPS operations: a batch of VMs that move is at most MAX_TXN_OPS // 2 long."""
         if not writes:
             return None
         t = self.client.transactions
-        compare = [t.mod(self.key_of(obj)) == was.mod_revision for obj, was in writes]
+        # etcd compares a missing key's mod_revision as 0.
+        compare = [
+            t.mod(self.key_of(obj)) == (was.mod_revision if was else 0) for obj, was in writes
+        ]
         if guard is not None:
             compare.append(guard.compare(t))
         # The objects first: the first answer's header is the transaction's revision.
         success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in writes]
         for obj, was in writes:
-            success += self._index_ops(was.value, obj)
+            success += self._index_ops(was.value if was else None, obj)
         assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
         assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
         ok, responses = self.client.transaction(compare=compare, success=success, failure=[])

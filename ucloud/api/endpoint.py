@@ -53,6 +53,8 @@ class Route:
     admin: bool
     responses: dict[int, str]  # its own answers: success, and refusals such as 404 and 409
     reply: type[BaseModel] | None  # the body of its success, if described
+    # The whole OpenAPI operation, for a route whose body is not a JSON object (an upload).
+    operation: dict[str, Any] | None = None
 
 
 ROUTES: list[Route] = []

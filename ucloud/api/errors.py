@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from ucloud.quota import QuotaExceeded
 from ucloud.store import Unavailable
 
 
@@ -58,6 +59,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(e: APIError) -> tuple[Any, int]:
         return _json(e.message, e.status)
+
+    @app.errorhandler(QuotaExceeded)
+    def over_quota(e: QuotaExceeded) -> tuple[Any, int]:
+        return _json(str(e), 403)
 
     @app.errorhandler(ValidationError)
     def invalid(e: ValidationError) -> tuple[Any, int]:

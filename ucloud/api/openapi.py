@@ -81,6 +81,9 @@ def _operation(
     def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": schema}}}
 
+    if route.operation is not None:
+        return route.operation
+
     codes = dict(COMMON)
     if issubclass(route.body, Credentials):
         codes[401] = UNAUTHORIZED

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint
 
+from ucloud import quota
 from ucloud.api import errors, original, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
+from ucloud.api.quotas import charged
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
 from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.quota import Plan
 from ucloud.store import Versioned
 
 bp = Blueprint("vm", __name__)
@@ -20,7 +24,11 @@ bp = Blueprint("vm", __name__)
     bp,
     "/vm/create",
     summary="Create a VM",
-    responses={202: "queued", 409: "its image is not ready or being deleted"},
+    responses={
+        202: "queued",
+        403: "over the owner's quota (the message names the limit and the usage)",
+        409: "its image is not ready or being deleted",
+    },
     reply=replies.VMCreated,
 )
 def create(body: VMCreate, user: Principal) -> Reply:
@@ -35,8 +43,9 @@ def create(body: VMCreate, user: Principal) -> Reply:
         networks=body.networks,
     )
     vm.record("api", f"created by {user.realm}/{user.name}")
-    ctx = context()
-    ctx.catalog.wrote(vm, ctx.store.create(vm))
+    revision = charged((user.realm, user.name), lambda: Plan([(vm, None)], quota.of_vm(vm)))
+    assert revision is not None
+    context().catalog.wrote(vm, revision)
     return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
 
 
@@ -68,7 +77,12 @@ def list_vms(body: Listing, user: Principal) -> Reply:
     bp,
     "/vm/action",
     summary="start, stop, suspend, resume or reboot a VM",
-    responses={202: "queued", 404: "no such VM of the caller's", 409: "not in this state"},
+    responses={
+        202: "queued",
+        403: "a start over the owner's quota (the message names the limit and the usage)",
+        404: "no such VM of the caller's",
+        409: "not in this state",
+    },
     reply=replies.VMQueued,
 )
 def action(body: VMAction, user: Principal) -> Reply:
@@ -89,25 +103,36 @@ def delete(body: VMRef, user: Principal) -> Reply:
 
 
 def apply(vmid: str, action: Action, user: Principal) -> VM:
-    owned_vm(vmid, user)
-    refused: list[str] = []
-
-    def change(vm: VM) -> bool:
+    def change(vm: VM) -> None:
         try:
             vm.apply(action, by=f"api ({user.realm}/{user.name})")
         except TransitionError as e:
-            refused.append(str(e))
-            return False
-        return True
+            raise errors.Conflict(str(e)) from e
 
+    return change_vm(vmid, user, change)
+
+
+def change_vm(vmid: str, user: Principal, change: Callable[[VM], None]) -> VM:
+    """Change a VM by compare-and-swap, with its owner's quota usage in the same transaction
+    (starting a VM, or making it larger, is checked against the owner's limits). ``change``
+    edits a copy of the VM as now stored, and raises an APIError to refuse."""
+    owner = owned_vm(vmid, user).value
     ctx = context()
-    written = ctx.store.update(VM, vmid, change)
-    if written is None:
-        raise errors.NotFound(f"no VM {vmid}")
-    if refused:
-        raise errors.Conflict(refused[0])
-    ctx.catalog.wrote(written.value, written.mod_revision)
-    return written.value
+    changed: list[VM] = []
+
+    def plan() -> Plan:
+        found = ctx.store.get(VM, vmid)
+        if found is None:
+            raise errors.NotFound(f"no VM {vmid}")
+        vm = found.value.model_copy(deep=True)
+        change(vm)
+        changed[:] = [vm]
+        return Plan([(vm, found)], quota.of_vm(vm) - quota.of_vm(found.value))
+
+    revision = charged((owner.owner_realm, owner.owner), plan)
+    assert revision is not None
+    ctx.catalog.wrote(changed[0], revision)
+    return changed[0]
 
 
 def owned_vm(vmid: str, user: Principal) -> Versioned[VM]:

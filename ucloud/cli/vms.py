@@ -133,3 +133,13 @@ def act(s: Session, args: argparse.Namespace) -> int:
         s.out.text(f"VM {vmid} is {final['status']}")
         s.out.data(final)
     return ExitCode.OK
+
+
+def resize(s: Session, args: argparse.Namespace) -> int:
+    fields = {k: size(v) for k in ("ram", "ssd", "hdd") if (v := getattr(args, k)) is not None}
+    if args.cpu is not None:
+        fields["cpu"] = args.cpu
+    vm = s.api.post("/vm/resize", vmid=resolve(s.api, args.vm), **fields)["vm"]
+    s.out.data(vm)
+    s.out.text(f"VM {vm['uuid']} resized; it takes effect when it starts\n" + describe(vm))
+    return ExitCode.OK

@@ -51,6 +51,12 @@ class Storage(Protocol):
         ``size_gib`` large. Idempotent: an existing disk is left as it is (only grown)."""
         ...
 
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        """Make ``disk`` at least ``size_gib`` large; a larger disk is left as it is (never
+        shrunk). How a resized VM's disks grow: the agent makes each disk its size before
+        every start (create_disk and create_blank_disk grow them this way)."""
+        ...
+
     def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
         """Make ``disk`` an empty disk of at least ``size_gib`` in ``pool`` (a VM's HDD disk;
         empty pool: the pool of system disks). Idempotent, like create_disk.

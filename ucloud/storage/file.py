@@ -71,6 +71,12 @@ class FileStorage:
                 ]
             )
             os.replace(partial, path)
+        self.grow_disk(disk, size_gib)
+
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        path = self._disk(disk)
+        if not path.is_file():
+            raise StorageError(f"disk {disk} does not exist in {self.disks}")
         wanted = int(size_gib * (1 << 30))
         if _virtual_size(path) < wanted:
             proc.run(["qemu-img", "resize", "-q", str(path), str(wanted)])
@@ -83,8 +89,7 @@ class FileStorage:
             partial = path.with_suffix(".partial")
             proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(wanted)])
             os.replace(partial, path)
-        if _virtual_size(path) < wanted:
-            proc.run(["qemu-img", "resize", "-q", str(path), str(wanted)])
+        self.grow_disk(disk, size_gib)
 
     def delete_disk(self, disk: str, *, pool: str = "") -> None:
         self._disk(disk).unlink(missing_ok=True)

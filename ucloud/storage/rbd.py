@@ -151,7 +151,6 @@ class RBDStorage:
     # --- disks ---------------------------------------------------------------------------------
 
     def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
-        wanted = int(size_gib * (1 << 30))
         pool = pool or self.settings.image_pool
         with (
             self._ioctx(pool) as parent,
@@ -163,18 +162,27 @@ class RBDStorage:
                 pass  # made by an earlier attempt
             except rbd.ImageNotFound as e:
                 raise StorageError(f"image {image} is not in pool {pool}") from e
-            with rbd.Image(child, disk) as img:
-                if img.size() < wanted:
-                    img.resize(wanted)
+        self.grow_disk(disk, size_gib)
+
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        wanted = int(size_gib * (1 << 30))
+        with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, disk) as img:
+                    if img.size() < wanted:
+                        log.info("growing disk %s to %d bytes", disk, wanted)
+                        img.resize(wanted, allow_shrink=False)
+            except rbd.ImageNotFound as e:
+                raise StorageError(f"disk {disk} does not exist") from e
 
     def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
         wanted = int(size_gib * (1 << 30))
-        with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
-            with contextlib.suppress(rbd.ImageExists):  # made by an earlier attempt
-                rbd.RBD().create(ioctx, disk, wanted)
-            with rbd.Image(ioctx, disk) as img:
-                if img.size() < wanted:
-                    img.resize(wanted)
+        with (
+            self._ioctx(pool or self.settings.ceph_pool) as ioctx,
+            contextlib.suppress(rbd.ImageExists),  # made by an earlier attempt
+        ):
+            rbd.RBD().create(ioctx, disk, wanted)
+        self.grow_disk(disk, size_gib, pool=pool)
 
     def delete_disk(self, disk: str, *, pool: str = "") -> None:
         with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
