@@ -26,6 +26,7 @@ from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
 NODES = ("node1", "node2")
+BOOT = "UCLOUD-BOOT-OK"
 SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
 LINUX_SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 
@@ -75,6 +76,15 @@ class ConsoleStack:
         vm = self.vm(vmid)
         path = Path(self.hosts[vm.hostname].state_dir) / "console" / f"{vmid}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def booted(self, vm: str = "boot") -> None:
+        """Until the boot-sector guest has drawn its line (a dot follows a second later):
+        before that, its screen shows the BIOS."""
+        vmid = self.vms[vm]
+        try:
+            wait_for(lambda: "." in self.console_log(vmid).partition(BOOT)[2], 60, "its line")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its console: {self.console_log(vmid)[-300:]!r}") from None
 
     def relay_log(self, host: str) -> str:
         return self.daemons[f"relay-{host}"].output()

@@ -80,7 +80,7 @@ def test_log_in_see_the_vms_and_stop_and_start_one(web, stack: ConsoleStack):
 def test_the_vms_screen_in_the_browser(web, stack: ConsoleStack):
     vmid = stack.vms["boot"]
     vm = stack.wait(vmid, Status.RUNNING)
-    wait_for(lambda: "UCLOUD-BOOT-OK" in stack.console_log(vmid), 30, "the guest's boot")
+    stack.booted()
     page = log_in(web, stack, stack.alice)
     page.goto(f"{stack.api_url}/console/vm/{vmid}")
     page.click("#open-vnc")

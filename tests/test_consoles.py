@@ -40,6 +40,7 @@ def opened(stack: ConsoleStack, host: str) -> int:
 
 
 def test_a_console_url_shows_the_vms_screen(stack: ConsoleStack):
+    stack.booted()
     reply = open_console(stack, "boot")
     assert reply["url"].startswith(f"{stack.api_url}/console/vnc#token=")
     assert reply["expires"] == pytest.approx(time.time() + 60, abs=5)
