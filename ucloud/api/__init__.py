@@ -11,6 +11,7 @@ from ucloud.store import Store
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
     from ucloud.api import (
         accounts,
+        consoles,
         endpoint,
         errors,
         hosts,
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         users,
         vms,
     )
+    from ucloud.web import install_web
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -32,7 +34,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
     metrics.install(app)
-    modules = (vms, resize, hosts, users, accounts, images, imports, uploads, quotas, openapi)
+    modules = (
+        vms,
+        consoles,
+        resize,
+        hosts,
+        users,
+        accounts,
+        images,
+        imports,
+        uploads,
+        quotas,
+        openapi,
+    )
     for module in modules:
         app.register_blueprint(module.bp)
+    install_web(app, settings)
     return app

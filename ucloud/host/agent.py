@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import failpoints, proc, retry, sdnotify
+from ucloud import consoles, failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
 from ucloud.host import disks, metrics
 from ucloud.host.hypervisor import (
@@ -495,7 +495,11 @@ class HostAgent:
         self.hv.undefine(vm.uuid)
         for disk, pool in vm.disks:
             self.storage.delete_disk(disk, pool=pool)
-        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
+        for path in (
+            self.console_log(vm.uuid),
+            self.vnc_socket(vm.uuid),
+            consoles.serial_socket(self.vnc_dir, vm.uuid),
+        ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
@@ -516,13 +520,14 @@ class HostAgent:
             ),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
+            serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
         )
 
     def console_log(self, vm: str) -> Path:
         return self.console_dir / f"{vm}.log"
 
     def vnc_socket(self, vm: str) -> Path:
-        return self.vnc_dir / f"{vm}.sock"
+        return consoles.vnc_socket(self.vnc_dir, vm)
 
     def notify(self, vm: VM, message: str) -> None:
         if not self.settings.notify_command:

@@ -56,6 +56,7 @@ class DomainSpec:
     disk_xml: str
     console_log: str
     vnc_socket: str
+    serial_socket: str  # the serial port, interactive; console_log keeps what it printed
 
 
 class Hypervisor(Protocol):
