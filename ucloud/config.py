@@ -39,6 +39,12 @@ class CommonSettings(_Group):
 
     log_level: str = "INFO"
 
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="address the daemons' Prometheus /metrics ports listen on (each daemon's "
+        "port is its own *_metrics_port setting; 0: no metrics)",
+    )
+
     # a failed step is tried again after retry_initial, twice that, ... at most retry_max
     retry_initial: float = Field(0.5, description="seconds before the first retry of a failure")
     retry_max: float = Field(30.0, description="seconds between retries at most")
@@ -66,6 +72,9 @@ class APISettings(_Group):
     )
     totp_valid_window: int = Field(
         1, description="how many 30 s steps before and after now a token may be from"
+    )
+    api_metrics_port: int = Field(
+        0, description="Prometheus /metrics of every worker, served by gunicorn's master; 0: off"
     )
 
     # Each user's limits unless an administrator set their own (`ucloud quota set`); -1: none.
@@ -105,6 +114,7 @@ class SchedulerSettings(_Group):
         120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
     )
     schedule_attempts: int = Field(3, description="placements tried before a VM goes to ERROR")
+    scheduler_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
     dead_host_grace: float = Field(
         0.0,
         description="seconds between a host's lease expiring and its VMs being moved (they "
@@ -141,6 +151,17 @@ class HostSettings(_Group):
     crash_window: float = 600.0
     notify_command: str = Field(
         "", description="run with the VM uuid and a message when a VM crashes (empty: none)"
+    )
+    host_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
+    host_stats_timeout: float = Field(
+        0.5,
+        description="seconds a scrape waits for libvirt's domain statistics before it answers "
+        "with the last ones (a busy or migrating domain never holds a scrape up)",
+    )
+    host_usage_interval: float = Field(
+        60.0,
+        description="seconds between measurements of the host's used CPU, RAM and disk; the "
+        "host's usage record in etcd is rewritten only when they changed",
     )
 
     @model_validator(mode="after")
@@ -195,6 +216,7 @@ class FileScannerSettings(_Group):
     filescanner_rescan: float = Field(
         300.0, description="seconds between full rescans of upload_root (inotify's safety net)"
     )
+    filescanner_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
 
 
 class ImageScannerSettings(_Group):
@@ -212,6 +234,7 @@ class ImageScannerSettings(_Group):
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
     )
+    imagescanner_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
     import_allow_networks: str = Field(
         "",
         description="comma-separated networks images may be fetched from by URL although they "

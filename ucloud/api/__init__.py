@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         hosts,
         images,
         imports,
+        metrics,
         openapi,
         quotas,
         resize,
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
+    metrics.install(app)
     modules = (
         vms,
         consoles,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ucloud import consoles, failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
-from ucloud.host import disks
+from ucloud.host import disks, metrics
 from ucloud.host.hypervisor import (
     Domain,
     DomainSpec,
@@ -376,6 +376,7 @@ class HostAgent:
         # Claim the restart first, as for a creation: see the module's safety rules.
         claimed = self.claim(found, "restarting after its QEMU died")
         if claimed is not None:
+            metrics.RESTARTS.inc()
             self.create(claimed, None)
 
     def crashed(self, found: Versioned[VM]) -> None:
@@ -397,6 +398,7 @@ class HostAgent:
         if len(recent) > self.settings.crash_limit:
             reason = f"its QEMU died {len(recent)} times within {self.settings.crash_window:g} s"
             if self.give_up(found, reason):
+                metrics.CRASHES.inc()
                 self.crashes.pop(vm.uuid, None)
                 self.report(vm)
             return
@@ -405,6 +407,7 @@ class HostAgent:
         if self.transition(found, Status.KILLED, f"QEMU died; restarting in {delay:g} s") is None:
             return  # it changed meanwhile: the watch brings it back; nothing was counted
         self.crashes[vm.uuid] = recent
+        metrics.CRASHES.inc()
         self.report(vm)
         self.queue.add_after(vm.uuid, delay)
 

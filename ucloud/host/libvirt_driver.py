@@ -20,7 +20,15 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 
 from ucloud.config import Settings
-from ucloud.host.hypervisor import Domain, DomainSpec, HypervisorError, Power, Unreachable
+from ucloud.host.hypervisor import (
+    Domain,
+    DomainSpec,
+    DomainStats,
+    HypervisorError,
+    Power,
+    Unreachable,
+    stats_from_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class LibvirtHypervisor:
                 conn.close()
 
     def _connection(self) -> libvirt.virConnect:
+        _start_event_loop()  # before any connection: a stats() call may open the first one
         with self._lock:
             if self._conn is not None:
                 try:
@@ -188,6 +197,32 @@ class LibvirtHypervisor:
             return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
 
         return self._call(f"look up VM {vm}", get)
+
+    def stats(self) -> dict[str, DomainStats]:
+        # Bulk stats of the running domains in one call; NOWAIT: a domain whose monitor is
+        # busy (a migration, a stuck QEMU) answers what it can at once instead of blocking
+        # the whole call until its job ends.
+        flags = (
+            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+            | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        )
+        groups = (
+            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+            | libvirt.VIR_DOMAIN_STATS_VCPU
+            | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            | libvirt.VIR_DOMAIN_STATS_BLOCK
+        )
+
+        def collect(conn: libvirt.virConnect) -> dict[str, DomainStats]:
+            found = {}
+            for dom, record in conn.getAllDomainStats(groups, flags):
+                name = dom.name()
+                if name.startswith(PREFIX):
+                    found[name[len(PREFIX) :]] = stats_from_record(record)
+            return found
+
+        return self._call("read domain statistics", collect)
 
     # --- actions -------------------------------------------------------------------------------
 
