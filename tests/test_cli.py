@@ -401,8 +401,31 @@ def test_hosts(admin_cli):
     assert "h1 is in maintenance" in out
     code, out, _ = admin_cli("host", "list")
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES"]
-    assert row.split() == ["h1", "DEAD", "MAINTENANCE", "8", "16G", "100G", "1024G", "-"]
+    assert header.split() == [
+        "NAME",
+        "STATUS",
+        "ADMIN",
+        "CPU",
+        "CPU-USED",
+        "RAM",
+        "RAM-USED",
+        "DISK",
+        "DISK-USED",
+        "ADDRESSES",
+    ]
+    # allocated/total; nothing measured: no agent runs there
+    assert row.split() == [
+        "h1",
+        "DEAD",
+        "MAINTENANCE",
+        "0/8",
+        "-",
+        "0/16G",
+        "-",
+        "0/1124G",
+        "-",
+        "-",
+    ]
 
     hosts = admin_cli.json("host", "maintenance", "h1", "off")
     assert hosts["admin_state"] == "UP"

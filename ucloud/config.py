@@ -39,6 +39,12 @@ class CommonSettings(_Group):
 
     log_level: str = "INFO"
 
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="address the daemons' Prometheus /metrics ports listen on (each daemon's "
+        "port is its own *_metrics_port setting; 0: no metrics)",
+    )
+
     # a failed step is tried again after retry_initial, twice that, ... at most retry_max
     retry_initial: float = Field(0.5, description="seconds before the first retry of a failure")
     retry_max: float = Field(30.0, description="seconds between retries at most")
@@ -72,6 +78,9 @@ class APISettings(_Group):
     )
     totp_valid_window: int = Field(
         1, description="how many 30 s steps before and after now a token may be from"
+    )
+    api_metrics_port: int = Field(
+        0, description="Prometheus /metrics of every worker, served by gunicorn's master; 0: off"
     )
 
     # Each user's limits unless an administrator set their own (`ucloud quota set`); -1: none.
@@ -111,6 +120,7 @@ class SchedulerSettings(_Group):
         120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
     )
     schedule_attempts: int = Field(3, description="placements tried before a VM goes to ERROR")
+    scheduler_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
     dead_host_grace: float = Field(
         0.0,
         description="seconds between a host's lease expiring and its VMs being moved (they "
@@ -147,6 +157,17 @@ class HostSettings(_Group):
     crash_window: float = 600.0
     notify_command: str = Field(
         "", description="run with the VM uuid and a message when a VM crashes (empty: none)"
+    )
+    host_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
+    host_stats_timeout: float = Field(
+        0.5,
+        description="seconds a scrape waits for libvirt's domain statistics before it answers "
+        "with the last ones (a busy or migrating domain never holds a scrape up)",
+    )
+    host_usage_interval: float = Field(
+        60.0,
+        description="seconds between measurements of the host's used CPU, RAM and disk; the "
+        "host's usage record in etcd is rewritten only when they changed",
     )
 
     @model_validator(mode="after")
@@ -201,6 +222,7 @@ class FileScannerSettings(_Group):
     filescanner_rescan: float = Field(
         300.0, description="seconds between full rescans of upload_root (inotify's safety net)"
     )
+    filescanner_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
 
 
 class ImageScannerSettings(_Group):
@@ -218,6 +240,7 @@ class ImageScannerSettings(_Group):
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
     )
+    imagescanner_metrics_port: int = Field(0, description="Prometheus /metrics; 0: off")
     import_allow_networks: str = Field(
         "",
         description="comma-separated networks images may be fetched from by URL although they "
@@ -237,6 +260,57 @@ class ImageScannerSettings(_Group):
     )
 
 
+class ConsoleSettings(_Group):
+    read_by = "ucloud-console, ucloud-console-relay and ucloud-api (console tokens, web page)"
+
+    console_url: str = Field(
+        "http://127.0.0.1:5000",
+        description="the console page's public address as users reach it (behind TLS: "
+        "https://console.example.com); console URLs start with it",
+    )
+    console_websocket_url: str = Field(
+        "",
+        description="where browsers open console WebSockets; empty: the console page's own "
+        "address with /websockify (a TLS front sends that path to ucloud-console)",
+    )
+    console_token_ttl: int = Field(60, description="seconds a console token may wait for use")
+    console_proxy_bind: str = Field(
+        "127.0.0.1:6080", description="ucloud-console's WebSocket address (host:port)"
+    )
+    console_relay_bind: str = Field(
+        "127.0.0.1:6090",
+        description="ucloud-console-relay's address on a host (host:port); only ucloud-console "
+        "needs to reach it",
+    )
+    console_relay_address: str = Field(
+        "",
+        description="the relay's address as ucloud-console reaches it; empty: console_relay_bind",
+    )
+    console_relay_secret: str = Field(
+        "",
+        description="shared by ucloud-console and every relay: signs the tickets that open a "
+        "VM's console on its host (at least 32 characters; no console works without it)",
+    )
+    web_secret_key: str = Field(
+        "",
+        description="signs the console page's session cookies; the same in every ucloud-api "
+        "(the page is off without it)",
+    )
+    web_session_lifetime: int = Field(
+        8 * 3600, description="seconds a login on the console page lasts"
+    )
+    web_cookie_secure: bool = Field(
+        True,
+        description="send the session cookie over HTTPS only (set false only to try the page "
+        "over plain HTTP on a loopback address)",
+    )
+    web_assets_dir: str = Field(
+        "",
+        description="node_modules with @novnc/novnc and @xterm/xterm (npm ci); empty: the one "
+        "beside the ucloud package",
+    )
+
+
 class Settings(
     CommonSettings,
     APISettings,
@@ -245,6 +319,7 @@ class Settings(
     StorageSettings,
     FileScannerSettings,
     ImageScannerSettings,
+    ConsoleSettings,
 ):
     """Every setting, flat (``settings.host_lease_ttl``, ``UCLOUD_HOST_LEASE_TTL``), defined
     in groups by the daemon that reads them: a part that needs one group may say so in its

@@ -349,6 +349,25 @@ class Alive(Stored):
         return self.name
 
 
+class HostUsage(Stored):
+    """What a host's VMs use, as its agent measured it (for ``ucloud host list``): written by
+    the agent alone, bound to its lease (it goes with the host), rewritten only when it changed.
+    ``cpu`` is CPUs busy on average since the last measurement; ``ram`` and ``disk`` in GiB."""
+
+    kind: ClassVar[str] = "hostusage"
+
+    name: str
+    cpu: float = 0.0
+    ram: float = 0.0
+    disk: float = 0.0
+    vms: int = 0  # running domains measured
+    measured: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
 # --- images, files, networks, users ---------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 from pydantic import ValidationError
 
+from ucloud import metrics
 from ucloud.config import Settings
 from ucloud.models import Stored
 from ucloud.retry import Backoff
@@ -90,12 +91,17 @@ _WATCH_ERRORS: tuple[type[BaseException], ...] = (*_TRANSPORT_OR_CLOSED, StoreEr
 def _etcd_call(method: Callable[P, R]) -> Callable[P, R]:
     """Translate the etcd client's transport errors into Unavailable, at this one boundary."""
 
+    operation = method.__name__
+
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except _TRANSPORT_ERRORS as e:
-            raise Unavailable(_brief(e)) from e
+        # Every request through the store is counted and timed here, and nowhere else.
+        with metrics.timed_etcd(operation):
+            try:
+                return method(*args, **kwargs)
+            except _TRANSPORT_ERRORS as e:
+                metrics.etcd_failed(operation)
+                raise Unavailable(_brief(e)) from e
 
     return call
 
@@ -196,6 +202,8 @@ class Store:
             for host, port in settings.etcd_members()
         ]
         self.client = Client(endpoints, timeout=settings.etcd_timeout, failover=True)
+        # The followers started and not stopped: what ucloud_etcd_watch_up reports.
+        self.following: set[_Following[Any]] = set()
 
     def close(self) -> None:
         self.client.close()
@@ -672,10 +680,12 @@ class _Following(Generic[M]):
     def start(self) -> None:
         """List (retrying until etcd answers) and deliver the first Snapshot before returning,
         then watch in the background."""
+        self.store.following.add(self)
         self._list_until_done()
         self._thread.start()
 
     def stop(self) -> None:
+        self.store.following.discard(self)
         self._stopped.set()
         stream = self._stream
         if stream is not None:

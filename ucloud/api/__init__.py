@@ -11,12 +11,14 @@ from ucloud.store import Store
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
     from ucloud.api import (
         accounts,
+        consoles,
         endpoint,
         errors,
         hosts,
         images,
         imports,
         keys,
+        metrics,
         openapi,
         quotas,
         resize,
@@ -24,6 +26,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         users,
         vms,
     )
+    from ucloud.web import install_web
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -31,7 +34,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    modules = (vms, resize, hosts, users, accounts, images, imports, uploads, quotas, keys, openapi)
+    metrics.install(app)
+    modules = (
+        vms,
+        consoles,
+        resize,
+        hosts,
+        users,
+        accounts,
+        images,
+        imports,
+        uploads,
+        quotas,
+        keys,
+        openapi,
+    )
     for module in modules:
         app.register_blueprint(module.bp)
+    install_web(app, settings)
     return app

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic
 
 from ucloud.mirror import Diff, Mirror
-from ucloud.models import PUBLIC_EXCLUDE, VM, User
+from ucloud.models import PUBLIC_EXCLUDE, VM, ZERO, Specs, User
 from ucloud.store import Change, Follower, M, Snapshot, Store, Versioned
 
 Owner = tuple[str, str]  # (realm, name); None below: every VM (administrators)
@@ -91,6 +91,19 @@ class Catalog:
                 vms = self._vms.mirror.items if owner is None else self._by_owner.get(owner, {})
                 listing = self._listings[owner] = self._array(vms.values())
             return listing
+
+    def allocated(self) -> dict[str, Specs]:
+        """What the VMs placed on each host are given, by host name (``host list``)."""
+        if self._vms.live:
+            with self._lock:
+                vms = [v.value for v in self._vms.mirror.items.values()]
+        else:
+            vms = [v.value for v in self.store.list(VM)[0].values()]
+        by_host: dict[str, Specs] = {}
+        for vm in vms:
+            if vm.hostname:
+                by_host[vm.hostname] = by_host.get(vm.hostname, ZERO) + vm.specs
+        return by_host
 
     def vm_names(self, owner: Owner) -> set[str]:
         """The names of ``owner``'s VMs."""

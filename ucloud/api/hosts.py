@@ -7,7 +7,7 @@ from flask import Blueprint
 from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import HostCreate, HostMaintenance, Listing
-from ucloud.models import AdminState, Host, Specs
+from ucloud.models import ZERO, AdminState, Host, HostUsage, Specs
 from ucloud.store import Conflict
 
 bp = Blueprint("host", __name__)
@@ -36,13 +36,24 @@ def create(body: HostCreate, user: Principal) -> Reply:
     bp,
     "/host/list",
     "GET",
-    summary="Every host with its state",
+    summary="Every host with its state, and its allocated (placed VMs' specs) and used "
+    "(measured by its agent; null if none) capacity",
     admin=True,
     reply=replies.HostList,
 )
 def list_hosts(body: Listing, user: Principal) -> Reply:
-    items, _ = context().store.list(Host)
-    return {"hosts": [v.value.model_dump(mode="json") for _, v in sorted(items.items())]}, 200
+    ctx = context()
+    items, _ = ctx.store.list(Host)
+    usage, _ = ctx.store.list(HostUsage)
+    allocated = ctx.catalog.allocated()
+    hosts = []
+    for name, v in sorted(items.items()):
+        host = v.value.model_dump(mode="json")
+        host["allocated"] = allocated.get(name, ZERO).model_dump(mode="json")
+        used = usage.get(name)
+        host["used"] = used.value.model_dump(mode="json", exclude={"name"}) if used else None
+        hosts.append(host)
+    return {"hosts": hosts}, 200
 
 
 @endpoint(

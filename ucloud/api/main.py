@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from ucloud import metrics
 from ucloud.config import Settings, load_settings
 from ucloud.logs import setup_logging
 from ucloud.store import Conflict, Store
@@ -44,12 +46,42 @@ class _Gunicorn(BaseApplication):
         }.items():
             if key in self.cfg.settings:  # control_socket_disable is new in gunicorn 27
                 self.cfg.set(key, value)
+        if s.api_metrics_port:
+            hooks = MasterMetrics(s)
+            self.cfg.set("when_ready", hooks.when_ready)
+            self.cfg.set("child_exit", hooks.child_exit)
+            self.cfg.set("on_exit", hooks.on_exit)
 
     def load(self) -> Any:
         from ucloud.api import create_app
 
         setup_logging("api", self.settings.log_level)
         return create_app(self.settings)
+
+
+class MasterMetrics:
+    """The workers' metrics, added up and served by gunicorn's master on ``api_metrics_port``:
+    one port for Prometheus whatever the number of workers, and sums that survive a worker's
+    restart. Each worker writes its values to files (prometheus_client's multiprocess mode),
+    chosen here before the master forks any."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.directory = metrics.use_multiprocess()
+        self.server: metrics.Server | None = None
+
+    def when_ready(self, arbiter: Any) -> None:
+        registry = metrics.multiprocess_registry(self.directory)
+        port, address = self.settings.api_metrics_port, self.settings.metrics_address
+        self.server = metrics.serve(port, address, registry, what="the API's workers")
+
+    def child_exit(self, arbiter: Any, worker: Any) -> None:
+        metrics.process_gone(worker.pid)
+
+    def on_exit(self, arbiter: Any) -> None:
+        if self.server is not None:
+            self.server.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

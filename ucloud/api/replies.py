@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ucloud.models import VM, File, Host, Image, ImageStore, SSHKey
+from ucloud.models import VM, File, Host, Image, ImageStore, Specs, SSHKey
 
 
 class Reply(BaseModel):
@@ -37,8 +37,23 @@ class HostDone(Reply):
     host: Host
 
 
+class HostUsed(BaseModel):
+    """What a host's VMs use, as its agent measured it (models.HostUsage)."""
+
+    cpu: float  # CPUs kept busy on average since the measurement before
+    ram: float  # GiB their QEMUs hold
+    disk: float  # GiB written (the disks' highest written offsets)
+    vms: int  # running domains measured
+    measured: float  # when (Unix time)
+
+
+class ListedHost(Host):
+    allocated: Specs  # the specs of the VMs placed on it, summed
+    used: HostUsed | None  # None: not measured (its agent is not running)
+
+
 class HostList(Reply):
-    hosts: list[Host]
+    hosts: list[ListedHost]
 
 
 class UserCredentials(Reply):

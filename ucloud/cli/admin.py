@@ -13,22 +13,42 @@ from ucloud.cli.vms import size
 
 
 def list_hosts(s: Session, args: argparse.Namespace) -> int:
+    """CPU, RAM and DISK show allocated/total (total: the capacity the host offers; '-': no
+    disk declared, disks in Ceph); the *-USED columns what its agent measured its VMs use
+    ('-': not measured, e.g. DEAD)."""
     s.out.listing(
         s.api.get("/host/list")["hosts"],
         "no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE",
-        ("NAME", "STATUS", "ADMIN", "CPU", "RAM", "SSD", "HDD", "ADDRESSES"),
+        (
+            "NAME",
+            "STATUS",
+            "ADMIN",
+            "CPU",
+            "CPU-USED",
+            "RAM",
+            "RAM-USED",
+            "DISK",
+            "DISK-USED",
+            "ADDRESSES",
+        ),
         lambda h: (
             h["name"],
             h["status"],
             h["admin_state"],
-            h["capacity"]["cpu"],
-            gib(h["capacity"]["ram"]),
-            gib(h["capacity"]["ssd"]),
-            gib(h["capacity"]["hdd"]),
+            f"{h['allocated']['cpu']}/{h['capacity']['cpu']}",
+            f"{h['used']['cpu']:g}" if h.get("used") else "-",
+            f"{gib(h['allocated']['ram'])}/{gib(h['capacity']['ram'])}",
+            gib(h["used"]["ram"]) if h.get("used") else "-",
+            f"{gib(_disk(h['allocated']))}/{gib(_disk(h['capacity']) or None)}",
+            gib(h["used"]["disk"]) if h.get("used") else "-",
             ", ".join(h["addresses"]) or "-",
         ),
     )
     return ExitCode.OK
+
+
+def _disk(specs: dict[str, Any]) -> float:
+    return float(specs["ssd"]) + float(specs["hdd"])
 
 
 def create_host(s: Session, args: argparse.Namespace) -> int:

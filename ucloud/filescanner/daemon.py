@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ucloud import uploads
 from ucloud.config import Settings
+from ucloud.filescanner import metrics
 from ucloud.filescanner.watch import Happening, Watcher, What
 from ucloud.models import File, now
 from ucloud.retry import Backoff
@@ -273,6 +274,7 @@ class FileScanner:
             return False
         record = self.files.get(key)
         if record is not None and self._update(record, seen, digest):
+            metrics.REGISTERED.inc()
             return True
         new = File(
             owner=user,
@@ -284,6 +286,7 @@ class FileScanner:
         )
         self.store.create(new)
         self.files[key] = new
+        metrics.REGISTERED.inc()
         log.info("registered %s/%s (%d bytes) as file %s", user, name, seen.size, new.uuid)
         return True
 

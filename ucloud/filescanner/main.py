@@ -12,6 +12,7 @@ from ucloud.store import Store
 def main() -> int:
     settings, log, stop = daemon.start("filescanner")
     store = Store(settings)
+    daemon.serve_metrics(settings, settings.filescanner_metrics_port, store, "the file scanner")
     try:
         FileScanner(store, settings).run(stop)
     finally:

@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import failpoints, proc, retry, sdnotify
+from ucloud import consoles, failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
-from ucloud.host import disks
+from ucloud.host import disks, metrics
 from ucloud.host.hypervisor import (
     Domain,
     DomainSpec,
@@ -379,6 +379,7 @@ class HostAgent:
         # Claim the restart first, as for a creation: see the module's safety rules.
         claimed = self.claim(found, "restarting after its QEMU died")
         if claimed is not None:
+            metrics.RESTARTS.inc()
             self.create(claimed, None)
 
     def crashed(self, found: Versioned[VM]) -> None:
@@ -400,6 +401,7 @@ class HostAgent:
         if len(recent) > self.settings.crash_limit:
             reason = f"its QEMU died {len(recent)} times within {self.settings.crash_window:g} s"
             if self.give_up(found, reason):
+                metrics.CRASHES.inc()
                 self.crashes.pop(vm.uuid, None)
                 self.report(vm)
             return
@@ -408,6 +410,7 @@ class HostAgent:
         if self.transition(found, Status.KILLED, f"QEMU died; restarting in {delay:g} s") is None:
             return  # it changed meanwhile: the watch brings it back; nothing was counted
         self.crashes[vm.uuid] = recent
+        metrics.CRASHES.inc()
         self.report(vm)
         self.queue.add_after(vm.uuid, delay)
 
@@ -496,7 +499,12 @@ class HostAgent:
         self.hv.undefine(vm.uuid)
         for disk, pool in vm.disks:
             self.storage.delete_disk(disk, pool=pool)
-        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid), self.seeds.path(vm.uuid)):
+        for path in (
+            self.console_log(vm.uuid),
+            self.vnc_socket(vm.uuid),
+            consoles.serial_socket(self.vnc_dir, vm.uuid),
+            self.seeds.path(vm.uuid),
+        ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
@@ -517,6 +525,7 @@ class HostAgent:
             ),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
+            serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
             seed_iso=seed_iso,
         )
 
@@ -524,7 +533,7 @@ class HostAgent:
         return self.console_dir / f"{vm}.log"
 
     def vnc_socket(self, vm: str) -> Path:
-        return self.vnc_dir / f"{vm}.sock"
+        return consoles.vnc_socket(self.vnc_dir, vm)
 
     def notify(self, vm: VM, message: str) -> None:
         if not self.settings.notify_command:

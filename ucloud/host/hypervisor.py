@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ucloud.config import Settings
 
@@ -32,6 +32,23 @@ class Domain:
 
 
 @dataclass(frozen=True)
+class DomainStats:
+    """What a running domain has used, as the hypervisor counts it (counters since its start)."""
+
+    cpu_seconds: float = 0.0
+    vcpus: int = 0
+    memory_bytes: float = 0.0  # what the guest has (balloon current, else its maximum)
+    memory_rss_bytes: float = 0.0  # what its QEMU process holds of the host's RAM
+    disk_read_bytes: float = 0.0
+    disk_write_bytes: float = 0.0
+    disk_reads: float = 0.0
+    disk_writes: float = 0.0
+    disk_allocation_bytes: float = 0.0  # written extent of its disks (0 if unknown)
+    net_rx_bytes: float = 0.0
+    net_tx_bytes: float = 0.0
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     vm: str
     cpu: int
@@ -39,6 +56,7 @@ class DomainSpec:
     disk_xml: str
     console_log: str
     vnc_socket: str
+    serial_socket: str  # the serial port, interactive; console_log keeps what it printed
     seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
@@ -81,6 +99,34 @@ class Hypervisor(Protocol):
     def ensure_secret(self, usage: str, value: str) -> None:
         """Hold the secret (base64 ``value``) that disks refer to by ``usage``."""
         ...
+
+    def stats(self) -> dict[str, DomainStats]:
+        """What each running domain has used, by VM uuid, in one call that does not wait for
+        a busy domain (one being migrated): its figures may then be missing, never late."""
+        ...
+
+
+def stats_from_record(record: dict[str, Any]) -> DomainStats:
+    """libvirt's typed-parameter record (``cpu.time`` ns, ``balloon.*`` KiB, ``block.<i>.*``,
+    ``net.<i>.*``) as DomainStats; a figure the record lacks counts 0."""
+
+    def total(group: str, field: str) -> float:
+        count = record.get(f"{group}.count", 0)
+        return float(sum(record.get(f"{group}.{i}.{field}", 0) for i in range(count)))
+
+    return DomainStats(
+        cpu_seconds=record.get("cpu.time", 0) / 1e9,
+        vcpus=int(record.get("vcpu.current", 0)),
+        memory_bytes=record.get("balloon.current", record.get("balloon.maximum", 0)) * 1024.0,
+        memory_rss_bytes=record.get("balloon.rss", 0) * 1024.0,
+        disk_read_bytes=total("block", "rd.bytes"),
+        disk_write_bytes=total("block", "wr.bytes"),
+        disk_reads=total("block", "rd.reqs"),
+        disk_writes=total("block", "wr.reqs"),
+        disk_allocation_bytes=total("block", "allocation"),
+        net_rx_bytes=total("net", "rx.bytes"),
+        net_tx_bytes=total("net", "tx.bytes"),
+    )
 
 
 def open_hypervisor(settings: Settings) -> Hypervisor:

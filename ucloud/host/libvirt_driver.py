@@ -20,7 +20,15 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 
 from ucloud.config import Settings
-from ucloud.host.hypervisor import Domain, DomainSpec, HypervisorError, Power, Unreachable
+from ucloud.host.hypervisor import (
+    Domain,
+    DomainSpec,
+    DomainStats,
+    HypervisorError,
+    Power,
+    Unreachable,
+    stats_from_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class LibvirtHypervisor:
                 conn.close()
 
     def _connection(self) -> libvirt.virConnect:
+        _start_event_loop()  # before any connection: a stats() call may open the first one
         with self._lock:
             if self._conn is not None:
                 try:
@@ -189,6 +198,32 @@ class LibvirtHypervisor:
 
         return self._call(f"look up VM {vm}", get)
 
+    def stats(self) -> dict[str, DomainStats]:
+        # Bulk stats of the running domains in one call; NOWAIT: a domain whose monitor is
+        # busy (a migration, a stuck QEMU) answers what it can at once instead of blocking
+        # the whole call until its job ends.
+        flags = (
+            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+            | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        )
+        groups = (
+            libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+            | libvirt.VIR_DOMAIN_STATS_VCPU
+            | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            | libvirt.VIR_DOMAIN_STATS_BLOCK
+        )
+
+        def collect(conn: libvirt.virConnect) -> dict[str, DomainStats]:
+            found = {}
+            for dom, record in conn.getAllDomainStats(groups, flags):
+                name = dom.name()
+                if name.startswith(PREFIX):
+                    found[name[len(PREFIX) :]] = stats_from_record(record)
+            return found
+
+        return self._call("read domain statistics", collect)
+
     # --- actions -------------------------------------------------------------------------------
 
     def start(self, spec: DomainSpec) -> None:
@@ -267,6 +302,10 @@ class LibvirtHypervisor:
         # SeaBIOS initialises it on every boot (~0.1 CPU-second a start under TCG, more than
         # the rest of the BIOS). No VM uses USB; VNC input goes through the PS/2 keyboard and
         # mouse that the machine has anyway.
+        # The serial port is a unix socket that ucloud-console-relay alone connects to (QEMU
+        # takes one client at a time and drops output while none is connected); its <log> keeps
+        # everything the guest printed, connected or not. VNC listens on a unix socket only:
+        # nothing reaches a display without going through the relay.
         return f"""<domain type='{self.domain_type}'>
   <name>{PREFIX}{spec.vm}</name>
   <uuid>{spec.vm}</uuid>
@@ -280,11 +319,13 @@ class LibvirtHypervisor:
   <on_crash>destroy</on_crash>
   <devices>
     {spec.disk_xml}{_seed_xml(spec.seed_iso)}
-    <serial type='file'>
-      <source path={quoteattr(spec.console_log)} append='on'/><target port='0'/>
+    <serial type='unix'>
+      <source mode='bind' path={quoteattr(spec.serial_socket)}/>
+      <log file={quoteattr(spec.console_log)} append='on'/><target port='0'/>
     </serial>
-    <console type='file'>
-      <source path={quoteattr(spec.console_log)} append='on'/><target type='serial' port='0'/>
+    <console type='unix'>
+      <source mode='bind' path={quoteattr(spec.serial_socket)}/>
+      <log file={quoteattr(spec.console_log)} append='on'/><target type='serial' port='0'/>
     </console>
     <graphics type='vnc' socket={quoteattr(spec.vnc_socket)}/>
     <video><model type='vga'/></video>

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ucloud import uploads
 from ucloud.config import Settings
-from ucloud.imagescanner import fetch
+from ucloud.imagescanner import fetch, metrics
 from ucloud.imagescanner.inspect import GIB, Refused, inspect, source_spec
 from ucloud.models import File, Image, ImageDesired, ImageStatus
 from ucloud.retry import Backoff, Retry
@@ -120,6 +120,7 @@ class ImageScanner:
             raise Retry(f"image {id}: {reason}")
         self.discard(id)
         self.fail(id, f"{reason}; tried {count} times: ask the administrator")
+        metrics.IMPORTS.labels("failed").inc()
 
     def step(self, id: str) -> None:
         found = self.store.get(Image, id)
@@ -142,13 +143,18 @@ class ImageScanner:
     def create(self, image: Image) -> None:
         log.info("creating image %s (%s) from file %s", image.uuid, image.name, image.file)
         pool = image.pool or self.settings.image_pool
+        started = time.monotonic()
         try:
             size = self.convert(image, pool)
         except Refused as e:
             log.warning("image %s refused: %s", image.uuid, e)
             self.fail(image.uuid, str(e))
+            metrics.IMPORTS.labels("refused").inc()
+            metrics.IMPORT_SECONDS.observe(time.monotonic() - started)
             return
         self.finish(image, size)
+        metrics.IMPORTS.labels("created").inc()
+        metrics.IMPORT_SECONDS.observe(time.monotonic() - started)
 
     def convert(self, image: Image, pool: str) -> int:
         """Vet the image's file and convert it into storage; its virtual size in bytes."""

@@ -19,6 +19,7 @@ def main() -> int:
     settings, log, stop = daemon.start("imagescanner")
     store = Store(settings)
     storage = open_storage(settings)
+    daemon.serve_metrics(settings, settings.imagescanner_metrics_port, store, "the image scanner")
     daemon.lead(
         store,
         "imagescanner",

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Alive, Host, HostStatus, Status
+from ucloud.scheduler import metrics
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import Edit, Writes
 from ucloud.storage import Storage, StorageError
@@ -150,6 +151,7 @@ class HostLifecycle:
                 self.fence_after = time.monotonic() + FENCE_RETRY
                 continue
             changes.append((found, fenced_now(fenced)))
+        metrics.fenced(done=len(changes), failed=len(todo) - len(changes))
         self.writes.vms_in_batches(changes)
 
 

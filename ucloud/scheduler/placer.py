@@ -17,7 +17,7 @@ import time
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Status
-from ucloud.scheduler import placement
+from ucloud.scheduler import metrics, placement
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import BATCH, Edit, Writes
 from ucloud.store import Unavailable, Versioned, edited
@@ -39,15 +39,20 @@ class Placer:
         self.unfit: set[str] = set()  # pending VMs no host could take; retried on change
         self.scheduled: dict[str, float] = {}  # VMs in SCHEDULED -> since when
         self.deadlines: list[tuple[float, str]] = []  # heap: (when SCHEDULED runs out, VM)
+        # VMs that want a host -> since when (monotonic; for the scheduling latency metric)
+        self.wanting: dict[str, float] = {}
 
     def vm_changed(self, id: str, new: VM | None) -> None:
         self.pending.pop(id, None)
         self.unfit.discard(id)
         since = self.scheduled.pop(id, None)
+        if new is None or not new.wants_host:
+            self.wanting.pop(id, None)
         if new is None:
             return
         if new.wants_host:
             self.pending[id] = None
+            self.wanting.setdefault(id, time.monotonic())
         if new.status == Status.SCHEDULED:
             self.scheduled[id] = new.status_since
             if since != new.status_since:
@@ -74,6 +79,7 @@ class Placer:
             return
         pool = self.ledger.candidates()
         batch: list[tuple[VM, Versioned[VM]]] = []
+        waited: list[float] = []  # by each VM of the batch, for the latency metric
         for id in list(self.pending):
             found = self.vms.get(id)
             if found is None or not found.value.wants_host:
@@ -88,14 +94,15 @@ class Placer:
                 continue
             placed = edited(found, placed_on(host.name))
             batch.append((placed, found))
+            waited.append(time.monotonic() - self.wanting.get(id, time.monotonic()))
             # Count it against the host now, so the next VM of this pass sees it.
             self.writes.on_vm(self.vms.put_local(id, placed, 0))
             if len(batch) == BATCH:
-                self.commit(batch)
-                batch = []
-        self.commit(batch)
+                self.commit(batch, waited)
+                batch, waited = [], []
+        self.commit(batch, waited)
 
-    def commit(self, batch: list[tuple[VM, Versioned[VM]]]) -> None:
+    def commit(self, batch: list[tuple[VM, Versioned[VM]]], waited: list[float]) -> None:
         if not batch:
             return
         try:
@@ -112,6 +119,7 @@ class Placer:
             for vm, _ in batch:
                 self.vms.put_local(vm.uuid, vm, revision)
                 log.debug("placed VM %s on %s", vm.uuid, vm.hostname)
+            metrics.placed(waited)
             log.info("placed %d VM(s)", len(batch))
             return
         self.writes.check_guard()
