@@ -17,6 +17,9 @@ PACKAGES=(
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.
   fdisk busybox-static syslinux syslinux-common mtools dosfstools cpio
+  # the Debian test guest (scripts/guests/build-debian-image.sh), and cloud-init's own schema
+  # check of the seeds ucloud makes (tests/test_seed.py)
+  debootstrap e2fsprogs cloud-init
   python3 python3-venv python3-dev gcc
   # the console page's browser tests: Playwright drives Debian's chromium (never a
   # downloaded browser)
@@ -40,6 +43,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
+  # cloud-init is here for its schema check only: it must never configure this machine at its
+  # next boot. (A machine that had cloud-init before keeps it as it was.)
+  if [[ " ${missing[*]} " == *" cloud-init "* ]]; then
+    mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+  fi
 fi
 
 # libvirtd runs without systemd; it looks the QEMU account up before reading qemu.conf.

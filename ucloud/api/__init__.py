@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         hosts,
         images,
         imports,
+        keys,
         metrics,
         openapi,
         quotas,
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         imports,
         uploads,
         quotas,
+        keys,
         openapi,
     )
     for module in modules:

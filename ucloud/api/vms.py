@@ -8,12 +8,21 @@ from typing import Any
 from flask import Blueprint
 
 from ucloud import quota
-from ucloud.api import errors, original, replies
+from ucloud.api import errors, firstboot, original, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.quotas import charged
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
-from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.models import (
+    PUBLIC_EXCLUDE,
+    VM,
+    Action,
+    Image,
+    ImageDesired,
+    ImageStatus,
+    Specs,
+    TransitionError,
+)
 from ucloud.quota import Plan
 from ucloud.store import Versioned
 
@@ -42,6 +51,7 @@ def create(body: VMCreate, user: Principal) -> Reply:
         image=image.uuid,
         networks=body.networks,
     )
+    vm.first_boot = firstboot.for_new_vm(body, user, vm)
     vm.record("api", f"created by {user.realm}/{user.name}")
     revision = charged((user.realm, user.name), lambda: Plan([(vm, None)], quota.of_vm(vm)))
     assert revision is not None
@@ -157,4 +167,4 @@ def find_image(ref: str, user: Principal) -> Image:
 
 
 def public(vm: VM) -> dict[str, Any]:
-    return vm.model_dump(mode="json")
+    return vm.model_dump(mode="json", exclude=PUBLIC_EXCLUDE)

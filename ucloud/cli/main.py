@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, console, images, quota, upload, vms
+from ucloud.cli import admin, console, images, keys, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -110,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--network", action="append", metavar="UUID", help="a network to attach (repeatable)"
     )
+    key_choice = p.add_mutually_exclusive_group()
+    key_choice.add_argument(
+        "--ssh-key",
+        action="append",
+        metavar="NAME",
+        help="one of your SSH keys to put in the VM (repeatable; default: all of them)",
+    )
+    key_choice.add_argument(
+        "--no-ssh-keys", action="store_true", help="put none of your SSH keys in the VM"
+    )
+    p.add_argument(
+        "--user-data",
+        metavar="FILE",
+        help="run at first boot: a #cloud-config or a #! script ('-': stdin)",
+    )
+    p.add_argument("--hostname", help="the guest's hostname (default: the VM's name)")
     command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
     p = command(vm, "resize", "change a stopped VM's CPUs and memory, grow its disks", vms.resize)
     p.add_argument("vm", help="the VM's uuid or name")
@@ -137,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         groups, "token", "your current TOTP code (to log in on the console page)", console.token
     )
+
+    # key
+    key = groups.add_parser("key", help="your SSH public keys").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(key, "add", "add an SSH public key", keys.add_key)
+    p.add_argument("name", help="a name for the key")
+    p.add_argument(
+        "--file",
+        required=True,
+        metavar="PATH",
+        help="the public key file, e.g. ~/.ssh/id_ed25519.pub",
+    )
+    command(key, "list", "your SSH keys", keys.list_keys)
+    p = command(key, "delete", "delete an SSH key", keys.delete_key)
+    p.add_argument("name", help="the key's name")
 
     # file
     file = groups.add_parser("file", help="your uploaded files").add_subparsers(

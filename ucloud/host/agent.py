@@ -37,6 +37,7 @@ from ucloud.host.hypervisor import (
     Power,
     Unreachable,
 )
+from ucloud.host.seeds import Seeds
 from ucloud.mirror import Mirror
 from ucloud.models import (
     VM,
@@ -82,6 +83,7 @@ class HostAgent:
         self.stopped_for_lease: set[str] = set()
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
+        self.seeds = Seeds(Path(settings.state_dir) / "seed")
         if len(str(self.vnc_socket(new_id()))) > 107:
             raise ValueError(f"vnc_dir {settings.vnc_dir!r} is too long for a socket path")
 
@@ -247,6 +249,7 @@ class HostAgent:
                 )
                 log.warning("destroying local domain of VM %s: it is %s", id, where)
                 self.hv.undefine(id)
+            self.seeds.remove(id)
             self.stopped_for_lease.discard(id)
             return
         vm = found.value
@@ -355,8 +358,8 @@ class HostAgent:
                 if recorded is None:
                     return None
                 found = recorded
-            self.hv.start(self.domain_spec(vm))
-        except (StorageError, HypervisorError) as e:
+            self.hv.start(self.domain_spec(vm, seed_iso=self.seeds.write(vm)))
+        except (StorageError, HypervisorError, OSError) as e:
             if isinstance(e, Unreachable):
                 raise
             if self.record(found, f"create failed: {e}") is None:
@@ -479,6 +482,7 @@ class HostAgent:
                 return
         self.stopping_since.pop(vm.uuid, None)
         self.hv.undefine(vm.uuid)
+        self.seeds.remove(vm.uuid)
         self.transition(
             found,
             Status.STOPPED,
@@ -499,6 +503,7 @@ class HostAgent:
             self.console_log(vm.uuid),
             self.vnc_socket(vm.uuid),
             consoles.serial_socket(self.vnc_dir, vm.uuid),
+            self.seeds.path(vm.uuid),
         ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
@@ -507,7 +512,7 @@ class HostAgent:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def domain_spec(self, vm: VM) -> DomainSpec:
+    def domain_spec(self, vm: VM, seed_iso: str = "") -> DomainSpec:
         return DomainSpec(
             vm=vm.uuid,
             cpu=vm.specs.cpu,
@@ -521,6 +526,7 @@ class HostAgent:
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
             serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
+            seed_iso=seed_iso,
         )
 
     def console_log(self, vm: str) -> Path:

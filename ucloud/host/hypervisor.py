@@ -57,6 +57,7 @@ class DomainSpec:
     console_log: str
     vnc_socket: str
     serial_socket: str  # the serial port, interactive; console_log keeps what it printed
+    seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
 class Hypervisor(Protocol):

@@ -318,7 +318,7 @@ class LibvirtHypervisor:
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    {spec.disk_xml}
+    {spec.disk_xml}{_seed_xml(spec.seed_iso)}
     <serial type='unix'>
       <source mode='bind' path={quoteattr(spec.serial_socket)}/>
       <log file={quoteattr(spec.console_log)} append='on'/><target port='0'/>
@@ -333,3 +333,14 @@ class LibvirtHypervisor:
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def _seed_xml(path: str) -> str:
+    """The NoCloud seed as a read-only IDE CD-ROM: the 'pc' machine has an IDE controller, and
+    every guest kernel reads one (ata_piix, sr_mod, isofs)."""
+    if not path:
+        return ""
+    return (
+        "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+        f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
+    )
