@@ -7,10 +7,13 @@ from typing import Any
 from flask import Blueprint
 
 from ucloud.api import errors
+from ucloud.api import networks as networks_api
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
 from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.network import ports
+from ucloud.network.allocate import AllocationError
 from ucloud.store import Versioned
 
 bp = Blueprint("vm", __name__)
@@ -19,6 +22,9 @@ bp = Blueprint("vm", __name__)
 @endpoint(bp, "/vm/create", summary="Create a VM", responses={202: "queued"})
 def create(body: VMCreate, user: Principal) -> Reply:
     image = find_image(body.image, user)
+    networks = [networks_api.find_network(ref, user) for ref in body.networks]
+    if len({n.value.uuid for n in networks}) != len(networks):
+        raise errors.BadRequest("a network is named twice: a VM has one NIC on each network")
     specs = Specs(cpu=body.specs.cpu, ram=body.specs.ram, ssd=body.specs.ssd, hdd=body.specs.hdd)
     vm = VM(
         name=body.vm_name,
@@ -26,11 +32,16 @@ def create(body: VMCreate, user: Principal) -> Reply:
         owner_realm=user.realm,
         specs=specs,
         image=image.uuid,
-        networks=body.networks,
     )
     vm.record("api", f"created by {user.realm}/{user.name}")
     ctx = context()
-    ctx.catalog.wrote(vm, ctx.store.create(vm))
+    try:
+        revision = ports.create_vm(ctx.store, vm, networks)
+    except ports.Changed as e:
+        raise errors.Conflict(str(e)) from e
+    except AllocationError as e:
+        raise errors.Conflict(str(e)) from e
+    ctx.catalog.wrote(vm, revision)
     return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
 
 
