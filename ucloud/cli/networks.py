@@ -21,8 +21,7 @@ def create(s: Session, args: argparse.Namespace) -> int:
     s.out.data(network)
     prefixes = ", ".join(p for p in (network["ipv6_prefix"], network["ipv4_subnet"]) if p)
     s.out.text(
-        f"network {network['name']} created: {network['uuid']} "
-        f"(VXLAN {network['vni']}, {prefixes})"
+        f"network {network['name']} created: {network['uuid']} (VXLAN {network['vni']}, {prefixes})"
     )
     return ExitCode.OK
 
