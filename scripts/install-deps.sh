@@ -12,6 +12,8 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   nasm iproute2 uuid-runtime curl
   wrk  # the API benchmark's load generator (bench/api.py)
+  # the network tests' pings: iputils' ping sets "don't fragment" (-M do), busybox's cannot
+  iputils-ping
   # guest-image build (scripts/build-guests.sh). busybox-static replaces and conflicts with
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.

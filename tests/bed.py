@@ -31,7 +31,7 @@ from tests.stack import (
     run_script,
 )
 from ucloud.config import Settings, load_settings, settings_env
-from ucloud.models import VM, Status
+from ucloud.models import VM, Host, HostStatus, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
@@ -191,6 +191,12 @@ def bed_cluster(
     try:
         for h in bed.hosts:
             c.start_agent(h)
+
+        def all_up() -> bool:
+            found = [store.get(Host, h.name) for h in bed.hosts]
+            return all(f is not None and f.value.status == HostStatus.UP for f in found)
+
+        wait_for(all_up, 60, "every bed host to be UP")
         yield c
     finally:
         for vmid, v in store.list(VM)[0].items():
@@ -209,4 +215,4 @@ def bed_cluster(
 
 def host_network_settings(host: BedHost) -> dict[str, object]:
     """The settings that give a bed host's agent its underlay address."""
-    return {}
+    return {"network_underlay": host.underlay}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ucloud.host.hypervisor import Domain, DomainSpec, Power
+from ucloud.host.hypervisor import Domain, DomainSpec, Nic, Power
 
 
 class FakeHypervisor:
@@ -60,6 +60,9 @@ class FakeHypervisor:
     def undefine(self, vm: str) -> None:
         if vm in self._domains:
             self._set(vm, None)
+
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        return False
 
     def ensure_secret(self, usage: str, value: str) -> None:
         pass

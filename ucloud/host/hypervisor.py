@@ -32,6 +32,15 @@ class Domain:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A VM's NIC: its tap device goes on ``bridge``."""
+
+    mac: str
+    bridge: str
+    mtu: int
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     vm: str
     cpu: int
@@ -39,6 +48,7 @@ class DomainSpec:
     disk_xml: str
     console_log: str
     vnc_socket: str
+    nics: tuple[Nic, ...] = ()
 
 
 class Hypervisor(Protocol):
@@ -75,6 +85,11 @@ class Hypervisor(Protocol):
 
     def undefine(self, vm: str) -> None:
         """Forget the domain (stopping it first); nothing happens if it is unknown."""
+        ...
+
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        """Hot-plug the NICs a running domain lacks and unplug those it should not have
+        (by MAC; its definition follows); whether anything changed."""
         ...
 
     def ensure_secret(self, usage: str, value: str) -> None:

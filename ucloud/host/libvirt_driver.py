@@ -15,12 +15,13 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
 from ucloud.config import Settings
-from ucloud.host.hypervisor import Domain, DomainSpec, HypervisorError, Power, Unreachable
+from ucloud.host.hypervisor import Domain, DomainSpec, HypervisorError, Nic, Power, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,31 @@ class LibvirtHypervisor:
 
         self._on_domain("undefine", vm, undefine)
 
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        wanted = {n.mac: n for n in nics}
+
+        def plug(dom: libvirt.virDomain) -> bool:
+            if not dom.isActive():
+                return False
+            have = set(domain_macs(dom.XMLDesc(0)))
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            for mac in sorted(set(wanted) - have):
+                dom.attachDeviceFlags(nic_xml(wanted[mac]), flags)
+                log.info("VM %s: NIC %s plugged into %s", vm, mac, wanted[mac].bridge)
+            for mac in sorted(have - set(wanted)):
+                # Removal completes when the guest lets go of the device (ACPI hotplug).
+                dom.detachDeviceFlags(
+                    f"<interface type='bridge'><mac address='{mac}'/></interface>", flags
+                )
+                log.info("VM %s: NIC %s unplugged", vm, mac)
+            return have != set(wanted)
+
+        def act(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, vm)
+            return dom is not None and plug(dom)
+
+        return bool(self._call(f"set the NICs of VM {vm}", act))
+
     def ensure_secret(self, usage: str, value: str) -> None:
         def ensure(conn: libvirt.virConnect) -> None:
             try:
@@ -280,6 +306,7 @@ class LibvirtHypervisor:
   <on_crash>destroy</on_crash>
   <devices>
     {spec.disk_xml}
+    {"".join(nic_xml(n) for n in spec.nics)}
     <serial type='file'>
       <source path={quoteattr(spec.console_log)} append='on'/><target port='0'/>
     </serial>
@@ -292,3 +319,22 @@ class LibvirtHypervisor:
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def nic_xml(nic: Nic) -> str:
+    # virtio: the guest's driver learns the MTU from the device (libvirt's <mtu>).
+    return (
+        f"<interface type='bridge'><mac address={quoteattr(nic.mac)}/>"
+        f"<source bridge={quoteattr(nic.bridge)}/><model type='virtio'/>"
+        f"<mtu size='{nic.mtu}'/></interface>"
+    )
+
+
+def domain_macs(xml: str) -> list[str]:
+    """The MACs of a domain's NICs, from its XML."""
+    root = ElementTree.fromstring(xml)
+    return [
+        mac.get("address", "").lower()
+        for mac in root.findall("./devices/interface/mac")
+        if mac.get("address")
+    ]
