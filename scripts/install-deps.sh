@@ -18,6 +18,9 @@ PACKAGES=(
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.
   fdisk busybox-static syslinux syslinux-common mtools dosfstools cpio
+  # the Debian test guest (scripts/guests/build-debian-image.sh), and cloud-init's own schema
+  # check of the seeds ucloud makes (tests/test_seed.py)
+  debootstrap e2fsprogs cloud-init
   python3 python3-venv python3-dev gcc
 )
 

@@ -57,7 +57,13 @@ class APISettings(_Group):
     api_bind: str = "127.0.0.1:5000"
     api_workers: int = 2
     api_threads: int = 4
-    api_max_body: int = Field(64 * 1024, description="largest request body in bytes")
+    api_max_body: int = Field(
+        256 * 1024,
+        description="largest request body in bytes (above user_data_max: JSON escapes grow it)",
+    )
+    user_data_max: int = Field(
+        64 * 1024, description="largest user-data (first-boot script or cloud-config) in bytes"
+    )
     admin_realm: str = "ucloud-admin"
     totp_valid_window: int = Field(
         1, description="how many 30 s steps before and after now a token may be from"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -198,6 +198,22 @@ def port_claims(vm: str, port: Port) -> tuple[str, ...]:
     return tuple(claims)
 
 
+class FirstBoot(BaseModel):
+    """What a VM's NoCloud seed is built from (``ucloud.seed``): fixed when the VM is created,
+    so the seed is the same on whichever host starts it. ``hostname`` is the guest's own name
+    (``VM.hostname`` is the host the VM is placed on)."""
+
+    hostname: str
+    ssh_keys: list[str] = Field(default_factory=list)  # authorized_keys lines, as created
+    user_data: str = ""  # the user's, as given; never in API answers (see PUBLIC_EXCLUDE)
+    user_data_size: int = 0  # bytes (UTF-8)
+    user_data_sha256: str = ""
+
+
+# What API answers leave out of a VM: the user-data is shown by size and hash, not echoed.
+PUBLIC_EXCLUDE: dict[str, Any] = {"first_boot": {"user_data"}}
+
+
 class VM(Stored):
     kind: ClassVar[str] = "vm"
 
@@ -209,6 +225,8 @@ class VM(Stored):
     image: str  # image uuid
     ports: list[Port] = Field(default_factory=list)  # its NICs, in order
     created: float = Field(default_factory=now)
+    # None: a VM created before first-boot seeds existed; it boots without one, as it did.
+    first_boot: FirstBoot | None = None
 
     # Written by the API.
     desired: Desired = Desired.RUNNING
@@ -475,6 +493,31 @@ class Network(Stored):
 
     def index_keys(self) -> tuple[str, ...]:
         return (f"vni/{self.vni}", f"prefix6/{self.ipv6_prefix.split('/')[0]}")
+
+
+class SSHKey(Stored):
+    """A user's SSH public key, by name (``ucloud.sshkeys`` checked it)."""
+
+    kind: ClassVar[str] = "sshkey"
+    id_parts: ClassVar[int] = 3  # realm/owner/name: a user's keys are one folder
+
+    name: str
+    owner: str
+    owner_realm: str
+    public_key: str  # one authorized_keys line: type, base64, comment
+    type: str
+    bits: int
+    fingerprint: str  # SHA256:..., as ssh-keygen -l prints it
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return f"{self.owner_realm}/{self.owner}/{self.name}"
+
+    @field_validator("name", "owner", "owner_realm")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_name(v)
 
 
 class User(Stored):

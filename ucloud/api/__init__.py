@@ -9,7 +9,7 @@ from ucloud.store import Store
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
-    from ucloud.api import endpoint, errors, hosts, images, networks, openapi, users, vms
+    from ucloud.api import endpoint, errors, hosts, images, keys, networks, openapi, users, vms
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -17,6 +17,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, networks, hosts, users, images, openapi):
+    for module in (vms, networks, hosts, users, images, keys, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -78,6 +78,19 @@ class VMCreate(Credentials):
         validation_alias=AliasChoices("networks", "network"),
         description="networks to attach (uuids or names), one NIC on each",
     )
+    ssh_keys: list[Name] | None = Field(
+        None,
+        max_length=100,
+        description="names of the caller's SSH keys to put in the VM; default: all of them",
+    )
+    user_data: str | None = Field(
+        None,
+        description="run at first boot: a #cloud-config or a #! script (UTF-8 text, at most "
+        "the API's user_data_max bytes)",
+    )
+    hostname: str | None = Field(
+        None, description="the guest's hostname (one DNS label); default: the VM's name"
+    )
 
 
 class VMRef(Credentials):
@@ -162,3 +175,16 @@ class NetworkRef(Credentials):
 
 class VMNetwork(VMRef):
     network: str = Field(min_length=1, max_length=64, description="the network's uuid or name")
+
+
+class KeyAdd(Credentials):
+    key_name: Name = Field(description="a name for the key")
+    public_key: str = Field(
+        max_length=16384,
+        validation_alias=AliasChoices("public_key", "key"),
+        description="one OpenSSH public key line (the content of id_ed25519.pub, ...)",
+    )
+
+
+class KeyRef(Credentials):
+    key_name: str = Field(min_length=1, max_length=64, description="the key's name")

@@ -6,12 +6,21 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, firstboot
 from ucloud.api import networks as networks_api
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
-from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.models import (
+    PUBLIC_EXCLUDE,
+    VM,
+    Action,
+    Image,
+    ImageDesired,
+    ImageStatus,
+    Specs,
+    TransitionError,
+)
 from ucloud.network import ports
 from ucloud.network.allocate import AllocationError
 from ucloud.store import Versioned
@@ -33,6 +42,7 @@ def create(body: VMCreate, user: Principal) -> Reply:
         specs=specs,
         image=image.uuid,
     )
+    vm.first_boot = firstboot.for_new_vm(body, user, vm.uuid)
     vm.record("api", f"created by {user.realm}/{user.name}")
     ctx = context()
     try:
@@ -117,4 +127,4 @@ def find_image(ref: str, user: Principal) -> Image:
 
 
 def public(vm: VM) -> dict[str, Any]:
-    return vm.model_dump(mode="json")
+    return vm.model_dump(mode="json", exclude=PUBLIC_EXCLUDE)

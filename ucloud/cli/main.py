@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, images, networks, vms
+from ucloud.cli import admin, images, keys, networks, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -109,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NETWORK",
         help="a network (name or uuid) to attach, one NIC each (repeatable)",
     )
+    p.add_argument(
+        "--ssh-key",
+        action="append",
+        metavar="NAME",
+        help="one of your SSH keys to put in the VM (repeatable; default: all of them)",
+    )
+    p.add_argument("--no-ssh-keys", action="store_true", help="put none of your SSH keys in the VM")
+    p.add_argument(
+        "--user-data",
+        metavar="FILE",
+        help="run at first boot: a #cloud-config or a #! script ('-': stdin)",
+    )
+    p.add_argument("--hostname", help="the guest's hostname (default: the VM's name)")
     command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
     p = command(vm, "status", "a VM's state and recent events", vms.status)
     p.add_argument("vm", help="the VM's uuid or name")
@@ -139,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     command(network, "list", "your networks and the shared ones", networks.list_networks)
     p = command(network, "delete", "delete a network (no VM may be attached)", networks.delete)
     p.add_argument("network", help="the network's uuid or name")
+    # key
+    key = groups.add_parser("key", help="your SSH public keys").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(key, "add", "add an SSH public key", keys.add_key)
+    p.add_argument("name", help="a name for the key")
+    p.add_argument(
+        "--file",
+        required=True,
+        metavar="PATH",
+        help="the public key file, e.g. ~/.ssh/id_ed25519.pub",
+    )
+    command(key, "list", "your SSH keys", keys.list_keys)
+    p = command(key, "delete", "delete an SSH key", keys.delete_key)
+    p.add_argument("name", help="the key's name")
 
     # file
     file = groups.add_parser("file", help="your uploaded files").add_subparsers(

@@ -6,8 +6,10 @@ import argparse
 import re
 from typing import Any
 
+from ucloud import sshkeys
 from ucloud.cli.errors import ExitCode, Refused
 from ucloud.cli.http import API
+from ucloud.cli.keys import read_text
 from ucloud.cli.output import fields, gib, table, when
 from ucloud.cli.session import Session
 from ucloud.cli.wait import Goal, wait_for
@@ -44,12 +46,20 @@ def create(s: Session, args: argparse.Namespace) -> int:
         specs["ssd"] = size(args.ssd)
     if args.hdd is not None:
         specs["hdd"] = size(args.hdd)
+    first_boot: dict[str, Any] = {}
+    if args.no_ssh_keys or args.ssh_key:
+        first_boot["ssh_keys"] = [] if args.no_ssh_keys else args.ssh_key
+    if args.user_data is not None:
+        first_boot["user_data"] = read_text(args.user_data, "user-data file")
+    if args.hostname is not None:
+        first_boot["hostname"] = args.hostname
     reply = s.api.post(
         "/vm/create",
         vm_name=args.name,
         specs=specs,
         image=args.image,
         networks=args.network or [],
+        **first_boot,
     )
     vm = reply["vm"]
     s.out.text(f"VM {vm['name']} created: {vm['uuid']}")
@@ -105,6 +115,7 @@ def describe(vm: dict[str, Any]) -> str:
         ),
         ("image", vm["image"]),
         ("networks", nics(vm)),
+        *first_boot_fields(vm.get("first_boot")),
         ("created", when(vm.get("created"))),
     ]
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
@@ -112,6 +123,30 @@ def describe(vm: dict[str, Any]) -> str:
     if events:
         text += "\n\nevents:\n" + table(("TIME", "BY", "MESSAGE"), events)
     return text
+
+
+def first_boot_fields(boot: dict[str, Any] | None) -> list[tuple[str, object]]:
+    """The guest's hostname, keys and user-data (by size and hash: it may hold secrets)."""
+    if not boot:
+        return [("first boot", "- (made before first-boot seeds: it boots without one)")]
+    keys = boot.get("ssh_keys") or []
+    user_data = "-"
+    if boot.get("user_data_size"):
+        user_data = f"{boot['user_data_size']} bytes, sha256 {boot['user_data_sha256']}"
+    return [
+        ("guest hostname", boot.get("hostname", "-")),
+        ("ssh keys", "; ".join(_key_label(k) for k in keys) or "-"),
+        ("user-data", user_data),
+    ]
+
+
+def _key_label(line: str) -> str:
+    """A key as ssh-keygen -l shows it: fingerprint and comment."""
+    try:
+        key = sshkeys.parse(line)
+    except sshkeys.InvalidKey:
+        return line[:40]
+    return f"{key.fingerprint} {key.comment}".rstrip()
 
 
 def act(s: Session, args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ from ucloud.host.hypervisor import (
 )
 from ucloud.host.netplane import NetPlane, NetPlaneError, NoNetPlane, open_netplane
 from ucloud.host.networks import NetworkSync
+from ucloud.host.seeds import Seeds
 from ucloud.mirror import Mirror
 from ucloud.models import (
     VM,
@@ -92,6 +93,7 @@ class HostAgent:
         self.networks = NetworkSync(store, settings, netplane, self.local_ports)
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
+        self.seeds = Seeds(Path(settings.state_dir) / "seed")
         if len(str(self.vnc_socket(new_id()))) > 107:
             raise ValueError(f"vnc_dir {settings.vnc_dir!r} is too long for a socket path")
 
@@ -261,6 +263,7 @@ class HostAgent:
                 log.warning("destroying local domain of VM %s: it is %s", id, where)
                 self.hv.undefine(id)
                 self.networks.poke()
+            self.seeds.remove(id)
             self.stopped_for_lease.discard(id)
             return
         vm = found.value
@@ -362,8 +365,8 @@ class HostAgent:
                     return None
                 found = recorded
             self.networks.ensure(vm)
-            self.hv.start(self.domain_spec(vm))
-        except (StorageError, HypervisorError, NetPlaneError) as e:
+            self.hv.start(self.domain_spec(vm, seed_iso=self.seeds.write(vm)))
+        except (StorageError, HypervisorError, NetPlaneError, OSError) as e:
             if isinstance(e, Unreachable):
                 raise
             if self.record(found, f"create failed: {e}") is None:
@@ -499,6 +502,7 @@ class HostAgent:
         self.stopping_since.pop(vm.uuid, None)
         self.hv.undefine(vm.uuid)
         self.networks.poke()
+        self.seeds.remove(vm.uuid)
         self.transition(
             found,
             Status.STOPPED,
@@ -515,7 +519,7 @@ class HostAgent:
         self.hv.undefine(vm.uuid)
         self.networks.poke()
         self.storage.delete_disk(vm.disk_name)
-        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid)):
+        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid), self.seeds.path(vm.uuid)):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
@@ -523,7 +527,7 @@ class HostAgent:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def domain_spec(self, vm: VM) -> DomainSpec:
+    def domain_spec(self, vm: VM, seed_iso: str = "") -> DomainSpec:
         return DomainSpec(
             vm=vm.uuid,
             cpu=vm.specs.cpu,
@@ -532,6 +536,7 @@ class HostAgent:
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
             nics=tuple(self.networks.nics(vm)),
+            seed_iso=seed_iso,
         )
 
     def local_ports(self) -> list[Port]:

@@ -49,6 +49,7 @@ class DomainSpec:
     console_log: str
     vnc_socket: str
     nics: tuple[Nic, ...] = ()
+    seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
 class Hypervisor(Protocol):

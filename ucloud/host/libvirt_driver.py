@@ -305,7 +305,7 @@ class LibvirtHypervisor:
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    {spec.disk_xml}
+    {spec.disk_xml}{_seed_xml(spec.seed_iso)}
     {"".join(nic_xml(n) for n in spec.nics)}
     <serial type='file'>
       <source path={quoteattr(spec.console_log)} append='on'/><target port='0'/>
@@ -338,3 +338,14 @@ def domain_macs(xml: str) -> list[str]:
         for mac in root.findall("./devices/interface/mac")
         if mac.get("address")
     ]
+
+
+def _seed_xml(path: str) -> str:
+    """The NoCloud seed as a read-only IDE CD-ROM: the 'pc' machine has an IDE controller, and
+    every guest kernel reads one (ata_piix, sr_mod, isofs)."""
+    if not path:
+        return ""
+    return (
+        "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+        f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
+    )
