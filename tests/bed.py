@@ -139,10 +139,16 @@ class BedCluster:
     agents: dict[str, Daemon]
     scheduler: Daemon
     tmp: Path
-    image: str = ""
+    image: str = ""  # the boot sector
+    linux_image: str = ""  # the busybox Linux guest (runs #! user-data)
 
     def agent_log(self, host: str) -> Path:
         return self.tmp / f"agent-{host}.log"
+
+    def console(self, vm: VM) -> str:
+        """The VM's serial console, as its host wrote it."""
+        path = Path(self.hosts[vm.hostname].state_dir) / "console" / f"{vm.uuid}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def start_agent(self, bed_host: BedHost) -> None:
         self.agents[bed_host.name] = agent_in(
@@ -182,12 +188,13 @@ def bed_cluster(
     image = register_image(
         store, storage, str(guests.bootsector), "bootsector", "root", "ucloud-admin"
     )
+    linux = register_image(store, storage, str(guests.linux), "linux", "root", "ucloud-admin")
     app = create_app(settings, store)
     users = {name: make_account(store, name) for name in ("alice", "bob")}
     users["root"] = make_account(store, "root", settings.admin_realm)
     scheduler = daemon("ucloud.scheduler.main", settings, tmp_path / "scheduler.log")
     c = BedCluster(settings, store, app.test_client(), users, hosts, {}, scheduler, tmp_path)
-    c.image = image.uuid
+    c.image, c.linux_image = image.uuid, linux.uuid
     try:
         for h in bed.hosts:
             c.start_agent(h)
@@ -210,6 +217,7 @@ def bed_cluster(
             scheduler.stop()
             app.extensions["ucloud"].catalog.stop()
             storage.delete_image(image.uuid)
+            storage.delete_image(linux.uuid)
             store.close()
 
 

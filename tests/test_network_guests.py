@@ -1,0 +1,121 @@
+"""Real guests on the multi-host bed: two VMs on two hosts on one network reach each other
+over IPv6 and IPv4, a VM of another user on another network (with the same IPv4 subnet)
+reaches neither, and the guests learn the network's MTU. The guests report on their serial
+consoles through #! user-data (the busybox Linux guest runs it at first boot)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from tests.bed import Bed, BedCluster
+from tests.servers import wait_for
+from ucloud.models import VM, Network, Status
+
+SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+# Configure eth0 from what the guest knows: its MAC gives its IPv6 address (EUI-64, as the
+# port's), IPv4 is given; then ping each TARGET (address:tries) and say whether it answered.
+USER_DATA = """#!/bin/sh
+PREFIX={prefix}
+set -- $(tr ':' ' ' < /sys/class/net/eth0/address)
+IID=$(printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+  $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 )))
+ip link set eth0 up
+ip -6 addr add $PREFIX:$IID/64 dev eth0
+ip -4 addr add {ipv4}/24 dev eth0
+echo "UCLOUD-NET-UP mtu=$(cat /sys/class/net/eth0/mtu) ipv6=$PREFIX:$IID"
+sleep 2
+for t in {targets}; do
+  addr=${{t%:*}}; tries=${{t##*:}}; ok=no; i=0
+  case $addr in *-*) addr=$(echo $addr | tr - :);; esac
+  while [ $i -lt $tries ]; do
+    if ping -c 1 -W 1 $addr >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-PING $addr $ok"
+done
+"""
+
+
+def user_data(network: dict, ipv4: str, targets: list[tuple[str, int]]) -> str:
+    prefix = ipaddress.IPv6Network(network["ipv6_prefix"]).network_address.exploded[:19]
+    # ':' separates address and tries: IPv6 addresses travel with '-' instead.
+    items = " ".join(f"{a.replace(':', '-')}:{n}" for a, n in targets)
+    return USER_DATA.format(prefix=prefix, ipv4=ipv4, targets=items or "")
+
+
+def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
+    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
+    assert r.status_code == 201, r.json
+    return r.json["network"]
+
+
+def make_vm(c: BedCluster, user: str, name: str, network: dict, script: str) -> VM:
+    body = c.users[user].creds(
+        vm_name=name,
+        specs=SPECS,
+        image=c.linux_image,
+        networks=[network["uuid"]],
+        user_data=script,
+    )
+    r = c.client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return VM.model_validate(r.json["vm"])
+
+
+def ping_results(text: str) -> dict[str, str]:
+    return dict(re.findall(r"UCLOUD-PING (\S+) (yes|no)", text))
+
+
+@pytest.mark.slow
+def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_cluster: BedCluster):
+    c = bed_cluster
+    lan = make_network(c, "alice", "lan", ipv4="10.30.0.0/24")
+    bobnet = make_network(c, "bob", "bobnet", ipv4="10.30.0.0/24")
+    # b answers; a (created next: lowest free addresses) pings b over IPv6 and IPv4.
+    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.30.0.2", []))
+    assert b.ports[0].ipv4 == "10.30.0.2"
+    a = make_vm(
+        c,
+        "alice",
+        "a",
+        lan,
+        user_data(lan, "10.30.0.3", [(b.ports[0].ipv6, 90), ("10.30.0.2", 30)]),
+    )
+    assert a.ports[0].ipv4 == "10.30.0.3"
+    # Bob's VM on his network, the same subnet: it pings alice's VMs, which must not answer.
+    bob_vm = make_vm(c, "bob", "c", bobnet, user_data(bobnet, "10.30.0.2", [("10.30.0.3", 8)]))
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b, bob_vm)]
+        assert not [v.reason for v in vms if v.status == Status.ERROR]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b, bob_vm = wait_for(running, 180, "the three guests to run")
+    assert a.hostname != b.hostname  # spread over the two hosts: traffic crosses VXLAN
+
+    done = wait_for(
+        lambda: len(ping_results(t := c.console(a))) == 2 and t,
+        240,
+        f"guest a to report its pings (console: {c.console(a)[-2000:]})",
+        interval=1,
+    )
+    assert ping_results(done) == {b.ports[0].ipv6: "yes", "10.30.0.2": "yes"}, done
+    # The guest learned the network's MTU from its NIC.
+    mtu = c.store.get(Network, lan["uuid"]).value.mtu
+    assert (
+        f"UCLOUD-NET-UP mtu={mtu} ipv6={a.ports[0].ipv6}"
+        in done.replace(a.ports[0].ipv6, a.ports[0].ipv6)
+        or f"mtu={mtu}" in done
+    )
+    # Bob's VM, on the same hosts with the same subnet, reached none of alice's.
+    other = wait_for(
+        lambda: len(ping_results(t := c.console(bob_vm))) == 1 and t,
+        240,
+        "bob's guest to report",
+        interval=1,
+    )
+    assert ping_results(other) == {"10.30.0.3": "no"}, other
