@@ -119,3 +119,74 @@ def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_clus
         interval=1,
     )
     assert ping_results(other) == {"10.30.0.3": "no"}, other
+
+
+# Keeps every NIC configured (IPv6 from its MAC) and says when its NICs or its reach of PEER
+# change: a NIC hot-plugged or unplugged shows up here.
+WATCH = """#!/bin/sh
+PREFIX={prefix}
+PEER={peer}
+iid() {{
+  set -- $(tr ':' ' ' < /sys/class/net/$1/address)
+  printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+    $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 ))
+}}
+last=x; reach=x
+while true; do
+  nics=$(ls /sys/class/net | grep -v '^lo$' | tr '\\n' ' ')
+  for n in $nics; do
+    ip -6 addr show dev $n | grep -q "$PREFIX:" || {{
+      ip link set $n up; ip -6 addr add $PREFIX:$(iid $n)/64 dev $n; }}
+  done
+  [ "$nics" != "$last" ] && echo "UCLOUD-NICS [$nics]" && last=$nics
+  if ping -c 1 -W 1 $PEER >/dev/null 2>&1; then r=yes; else r=no; fi
+  [ "$r" != "$reach" ] && echo "UCLOUD-REACH $r" && reach=$r
+  sleep 1
+done
+"""
+
+
+def short_prefix(network: dict) -> str:
+    """The /64's four groups as ``ip`` prints them (no leading zeros)."""
+    groups = ipaddress.IPv6Network(network["ipv6_prefix"]).network_address.exploded.split(":")
+    return ":".join(f"{int(g, 16):x}" for g in groups[:4])
+
+
+@pytest.mark.slow
+def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster):
+    from tests.test_network_dataplane import bed_host, link
+
+    c = bed_cluster
+    lan = make_network(c, "alice", "lan")
+    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.0.0.2", []))
+    script = WATCH.format(prefix=short_prefix(lan), peer=b.ports[0].ipv6)
+    a = make_vm(c, "alice", "a", lan, script)
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b)]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b = wait_for(running, 180, "the guests to run")
+    assert a.hostname != b.hostname
+    console = lambda: c.console(a)  # noqa: E731
+    wait_for(lambda: "UCLOUD-REACH yes" in console(), 240, "a to reach b", interval=1)
+    host_a = bed_host(bed, a.hostname)
+    vni = lan["vni"]
+
+    creds = c.users["alice"].creds
+    r = c.client.post("/vm/network/detach", json=creds(vmid=a.uuid, network=lan["uuid"]))
+    assert r.status_code == 202, r.json
+    wait_for(lambda: "UCLOUD-NICS []" in console(), 60, "the guest to lose its NIC", interval=1)
+    # Nothing is left on a's host: it had the network's only VM there.
+    wait_for(lambda: link(host_a, f"ucbr{vni}") is None, 30, "a's host to drop the bridge")
+    assert link(host_a, f"ucvx{vni}") is None
+    assert "<interface" not in host_a.libvirtd.virsh("dumpxml", f"ucloud-{a.uuid}")
+
+    r = c.client.post("/vm/network/attach", json=creds(vmid=a.uuid, network=lan["uuid"]))
+    assert r.status_code == 202, r.json
+    wait_for(
+        lambda: console().count("UCLOUD-REACH yes") == 2,
+        120,
+        f"connectivity to return (console: {console()[-1500:]})",
+        interval=1,
+    )

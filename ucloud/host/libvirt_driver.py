@@ -256,16 +256,15 @@ class LibvirtHypervisor:
         def plug(dom: libvirt.virDomain) -> bool:
             if not dom.isActive():
                 return False
-            have = set(domain_macs(dom.XMLDesc(0)))
+            interfaces = domain_interfaces(dom.XMLDesc(0))
+            have = set(interfaces)
             flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
             for mac in sorted(set(wanted) - have):
                 dom.attachDeviceFlags(nic_xml(wanted[mac]), flags)
                 log.info("VM %s: NIC %s plugged into %s", vm, mac, wanted[mac].bridge)
             for mac in sorted(have - set(wanted)):
                 # Removal completes when the guest lets go of the device (ACPI hotplug).
-                dom.detachDeviceFlags(
-                    f"<interface type='bridge'><mac address='{mac}'/></interface>", flags
-                )
+                dom.detachDeviceFlags(interfaces[mac], flags)
                 log.info("VM %s: NIC %s unplugged", vm, mac)
             return have != set(wanted)
 
@@ -330,14 +329,15 @@ def nic_xml(nic: Nic) -> str:
     )
 
 
-def domain_macs(xml: str) -> list[str]:
-    """The MACs of a domain's NICs, from its XML."""
-    root = ElementTree.fromstring(xml)
-    return [
-        mac.get("address", "").lower()
-        for mac in root.findall("./devices/interface/mac")
-        if mac.get("address")
-    ]
+def domain_interfaces(xml: str) -> dict[str, str]:
+    """A domain's NICs by MAC, each as its XML (what a detach names: libvirt wants the whole
+    element, source included)."""
+    found = {}
+    for interface in ElementTree.fromstring(xml).findall("./devices/interface"):
+        mac = interface.find("mac")
+        if mac is not None and mac.get("address"):
+            found[mac.get("address", "").lower()] = ElementTree.tostring(interface, "unicode")
+    return found
 
 
 def _seed_xml(path: str) -> str:
