@@ -14,6 +14,7 @@ PACKAGES=(
   wrk  # the API benchmark's load generator (bench/api.py)
   # the network tests' pings: iputils' ping sets "don't fragment" (-M do), busybox's cannot
   iputils-ping
+  nftables  # the host agent's port security and VXLAN peer filter (ucloud/host/netfilter.py)
   # guest-image build (scripts/build-guests.sh). busybox-static replaces and conflicts with
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.

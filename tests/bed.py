@@ -168,9 +168,16 @@ def bed_cluster(
         etcd_prefix=f"/test-{uuid.uuid4().hex[:8]}/v1",
         dead_host_grace=0.5,
         scheduler_lease_ttl=2,
-        host_lease_ttl=2,
+        # Long enough for an agent restarted under a loaded CI machine to be back before its
+        # host is taken for dead (and its networks fenced); short enough for the failover test.
+        host_lease_ttl=6,
         host_start_margin=1,
         scheduler_resync=2,
+        # The scheduler fences dead hosts' disks in the bed's Ceph.
+        ceph_conf=str(bed_ceph.conf),
+        ceph_keyring=str(bed_ceph.keyring),
+        ceph_pool=bed_ceph.pool,
+        image_pool=bed_ceph.pool,
     )
     store = Store(settings)
     hosts = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 
 from tests.bed import Bed, BedCluster, BedHost
 from tests.servers import wait_for
-from ucloud.models import VM, Host, Status
+from ucloud.models import VM, Host, HostStatus, Status
 
 SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
 
@@ -205,6 +206,7 @@ def test_an_agent_restart_changes_nothing_that_works(
         h.name: (link(h, f"ucbr{vni}")["ifindex"], link(h, f"ucvx{vni}")["ifindex"])
         for h in bed.hosts
     }
+    since = c.store.get(Host, "h1").value.status_since
     # A ping runs through the restart of h1's agent; count the lost replies.
     ping = subprocess.Popen(
         ["ip", "netns", "exec", s1.ns, "ping", "-c", "40", "-i", "0.2", s2.address],
@@ -221,3 +223,54 @@ def test_an_agent_restart_changes_nothing_that_works(
         for h in bed.hosts
     }
     assert after == before  # the same devices: nothing was made again
+    assert c.store.get(Host, "h1").value.status_since == since  # never taken for dead
+
+
+def test_a_dead_host_is_cut_off_from_its_networks(
+    bed: Bed, bed_cluster: BedCluster, stand_ins: StandIns
+):
+    """Its agent SIGKILLed, a host's QEMUs and devices stay; once it is DEAD no other host
+    sends it the network's frames or accepts its VXLAN packets, so the old copy of a VM that
+    runs again elsewhere (same MAC, same addresses) reaches no one."""
+    c = bed_cluster
+    net = make_network(c, "alice", "lan")
+    vni, mtu = net["vni"], net["mtu"]
+    vms = wait_running(c, make_vm(c, "alice", "a", "lan"), make_vm(c, "alice", "b", "lan"))
+    h1, h2 = bed.hosts
+    on_h1 = next(v for v in vms if v.hostname == "h1")
+    prefix = net["ipv6_prefix"].split("/")[0]
+    s1 = stand_ins.add(h1, f"ucbr{vni}", f"{prefix}c1/64", mtu)
+    s2 = stand_ins.add(h2, f"ucbr{vni}", f"{prefix}c2/64", mtu)
+    assert wait_for(lambda: s1.ping(s2.address), 20, "IPv6 across hosts")
+
+    c.agents["h1"].stop(signal.SIGKILL)
+    wait_for(lambda: c.store.get(Host, "h1").value.status == HostStatus.DEAD, 30, "h1 to be DEAD")
+
+    def moved_to_h2() -> VM | None:
+        vm = c.store.get(VM, on_h1.uuid).value
+        return vm if vm.hostname == "h2" and vm.status == Status.RUNNING else None
+
+    moved = wait_for(moved_to_h2, 90, "the VM to run on h2")
+    assert moved.ports == on_h1.ports  # the same MAC and addresses
+    assert f"ucloud-{on_h1.uuid}" in h1.libvirtd.virsh("list", "--name")  # the old copy runs
+
+    def cut_off() -> bool:
+        fdb = json.loads(h2.run("bridge", "-j", "fdb", "show", "dev", f"ucvx{vni}"))
+        return not [e for e in fdb if e.get("dst") == h1.underlay]
+
+    wait_for(cut_off, 30, "h2 to forget h1")
+    assert not s1.ping(s2.address, count=3)
+    assert not s2.ping(s1.address, count=3)
+    # h2 drops what h1 sends: its VXLAN peer filter counts it.
+    rules = h2.run("nft", "list", "table", "inet", "ucloud")
+    assert h1.underlay not in rules
+
+    # The agent back: it removes the old copy, and publishes that it holds no network.
+    c.start_agent(h1)
+    wait_for(
+        lambda: f"ucloud-{on_h1.uuid}" not in h1.libvirtd.virsh("list", "--name"),
+        60,
+        "the old copy to be destroyed",
+    )
+    wait_for(lambda: c.store.get(Host, "h1").value.status == HostStatus.UP, 30, "h1 UP")
+    assert c.store.get(Host, "h1").value.networks == []

@@ -190,3 +190,76 @@ def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster)
         f"connectivity to return (console: {console()[-1500:]})",
         interval=1,
     )
+
+
+# Sends from its own addresses, then from ones that are not its own: report each.
+SPOOF = """#!/bin/sh
+PREFIX={prefix}
+set -- $(tr ':' ' ' < /sys/class/net/eth0/address)
+IID=$(printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+  $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 )))
+ip link set eth0 up
+ip -6 addr add $PREFIX:$IID/64 dev eth0
+ip -4 addr add {ipv4}/24 dev eth0
+try() {{  # NAME, then ping's arguments
+  name=$1; shift; ok=no; i=0
+  while [ $i -lt $TRIES ]; do
+    if ping -c 1 -W 1 "$@" >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-SEND $name $ok"
+}}
+sleep 2
+TRIES=90; try own6 {peer6}; try own4 {peer4}
+TRIES=5
+ip -6 addr add $PREFIX::bad/64 dev eth0 nodad 2>/dev/null || ip -6 addr add $PREFIX::bad/64 dev eth0
+sleep 2
+try other6 -I $PREFIX::bad {peer6}
+ip -4 addr add {other4}/24 dev eth0
+try other4 -I {other4} {peer4}
+ip -4 addr del {ipv4}/24 dev eth0
+ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:01; ip link set eth0 up
+ip -4 addr add {ipv4}/24 dev eth0
+sleep 2
+try othermac {peer4}
+echo "UCLOUD-SPOOF-DONE"
+"""
+
+
+@pytest.mark.slow
+def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
+    bed: Bed, bed_cluster: BedCluster
+):
+    c = bed_cluster
+    public = make_network(c, "root", "public", ipv4="10.50.0.0/24", shared=True)
+    b = make_vm(c, "bob", "b", public, user_data(public, "10.50.0.2", []))
+    assert b.ports[0].ipv4 == "10.50.0.2"
+    script = SPOOF.format(
+        prefix=short_prefix(public),
+        ipv4="10.50.0.3",
+        other4="10.50.0.99",
+        peer4="10.50.0.2",
+        peer6=b.ports[0].ipv6,
+    )
+    a = make_vm(c, "alice", "a", public, script)
+    assert a.ports[0].ipv4 == "10.50.0.3"
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b)]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b = wait_for(running, 180, "the guests to run")
+    text = wait_for(
+        lambda: "UCLOUD-SPOOF-DONE" in (t := c.console(a)) and t,
+        300,
+        f"the guest to report (console: {c.console(a)[-1500:]})",
+        interval=1,
+    )
+    sent = dict(re.findall(r"UCLOUD-SEND (\S+) (yes|no)", text))
+    assert sent == {
+        "own6": "yes",
+        "own4": "yes",
+        "other6": "no",
+        "other4": "no",
+        "othermac": "no",
+    }, text

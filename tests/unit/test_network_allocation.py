@@ -61,3 +61,17 @@ def test_macs_are_random_under_qemus_oui():
 def test_the_ipv6_address_is_the_slaac_one_a_guest_forms_from_its_mac():
     # RFC 4291 appendix A: flip the universal/local bit, insert ff:fe.
     assert allocate.eui64("fd00:1::/64", "52:54:00:12:34:56") == "fd00:1::5054:ff:fe12:3456"
+
+
+def test_the_port_security_and_peer_rules():
+    from ucloud.host.netfilter import PortGuard, ruleset, tap_name
+
+    assert tap_name("52:54:00:AA:bb:cc") == "uc525400aabbcc"
+    text = ruleset([PortGuard("52:54:00:aa:bb:cc", "fd00::1", "10.0.0.2")], ["10.1.1.2"], 4789)
+    assert 'iifname "uc525400aabbcc" ether saddr != 52:54:00:aa:bb:cc drop' in text
+    assert "ip saddr != { 0.0.0.0, 10.0.0.2 } drop" in text
+    assert "ip6 saddr != { ::, fe80::5054:ff:feaa:bbcc, fd00::1 } drop" in text
+    assert "elements = { 10.1.1.2 }" in text and "udp dport 4789 ip saddr" in text
+    # No peers: every VXLAN packet is dropped; no VXLAN here: no such table.
+    assert "elements" not in ruleset([], [], 4789)
+    assert "inet ucloud" not in ruleset([], None, 4789)

@@ -217,7 +217,10 @@ class HostAgent:
                 after and after.value.hostname == self.name
             ):
                 self.queue.add(id)
-        self.networks.poke()
+        if isinstance(update, Snapshot):
+            self.networks.vms_listed()
+        else:
+            self.networks.poke()
         if isinstance(update, Snapshot):
             self.resync()
 

@@ -38,6 +38,7 @@ class Nic:
     mac: str
     bridge: str
     mtu: int
+    tap: str = ""  # its tap device's name ("": libvirt's choice)
 
 
 @dataclass(frozen=True)

@@ -325,7 +325,9 @@ def nic_xml(nic: Nic) -> str:
     return (
         f"<interface type='bridge'><mac address={quoteattr(nic.mac)}/>"
         f"<source bridge={quoteattr(nic.bridge)}/><model type='virtio'/>"
-        f"<mtu size='{nic.mtu}'/></interface>"
+        f"<mtu size='{nic.mtu}'/>"
+        + (f"<target dev={quoteattr(nic.tap)}/>" if nic.tap else "")
+        + "</interface>"
     )
 
 

@@ -28,7 +28,10 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ucloud import proc
 from ucloud.config import Settings
+from ucloud.host import netfilter
+from ucloud.host.netfilter import PortGuard
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +62,16 @@ class NetPlaneError(RuntimeError):
 
 
 class NetPlane(Protocol):
-    def apply(self, segments: dict[int, Segment]) -> set[int]:
-        """Make the host's networks exactly ``segments`` (by VXLAN id); the ids built."""
+    def apply(self, segments: dict[int, Segment], guards: list[PortGuard]) -> set[int]:
+        """Make the host's networks exactly ``segments`` (by VXLAN id), with port security
+        for ``guards`` (the ports of the VMs here); the ids built."""
         ...
 
 
 class NoNetPlane:
     """For simulations with the fake hypervisor: nothing is built."""
 
-    def apply(self, segments: dict[int, Segment]) -> set[int]:
+    def apply(self, segments: dict[int, Segment], guards: list[PortGuard]) -> set[int]:
         return set(segments)
 
 
@@ -84,7 +88,7 @@ class LinuxNetPlane:
         self.underlay = underlay
         self.port = port
 
-    def apply(self, segments: dict[int, Segment]) -> set[int]:
+    def apply(self, segments: dict[int, Segment], guards: list[PortGuard]) -> set[int]:
         built: set[int] = set()
         try:
             with IPRoute() as ipr:
@@ -95,6 +99,11 @@ class LinuxNetPlane:
                 self._remove_unwanted(ipr, links, set(segments))
         except NetlinkError as e:
             raise NetPlaneError(f"netlink: {e}") from e
+        peers = {p for s in segments.values() for p in s.peers} if self.underlay else None
+        try:
+            netfilter.apply(netfilter.ruleset(guards, peers, self.port))
+        except proc.CommandError as e:
+            raise NetPlaneError(f"nftables: {e}") from e
         return built
 
     # --- one network -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ucloud.config import Settings
 from ucloud.host.hypervisor import Nic
+from ucloud.host.netfilter import PortGuard, tap_name
 from ucloud.host.netplane import NetPlane, NetPlaneError, Segment, bridge_name
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Host, HostStatus, Network, Port
@@ -47,6 +48,10 @@ class NetworkSync:
         self.followers: list[Follower[Network] | Follower[Host]] = []
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
+        # Nothing is built or published before the networks, the hosts and the VMs placed
+        # here have each been listed once: a restarted agent must not take down, even for a
+        # moment, what its VMs use (its first pass would see no VM at all).
+        self.listed: set[str] = set()
 
     def start(self) -> None:
         self.followers = [
@@ -68,14 +73,23 @@ class NetworkSync:
         """Something changed: sync soon (in the thread)."""
         self.wake.set()
 
+    def vms_listed(self) -> None:
+        """The agent has its VMs (their first snapshot was delivered)."""
+        self.listed.add("vms")
+        self.wake.set()
+
     def _deliver_networks(self, update: Snapshot[Network] | Change[Network]) -> None:
         with self.lock:
             self.networks.apply(update)
+        if isinstance(update, Snapshot):
+            self.listed.add("networks")
         self.wake.set()
 
     def _deliver_hosts(self, update: Snapshot[Host] | Change[Host]) -> None:
         with self.lock:
             self.hosts.apply(update)
+        if isinstance(update, Snapshot):
+            self.listed.add("hosts")
         self.wake.set()
 
     def _run(self) -> None:
@@ -98,6 +112,8 @@ class NetworkSync:
     # --- the work ------------------------------------------------------------------------------
 
     def sync(self) -> None:
+        if self.listed != {"vms", "networks", "hosts"}:
+            return
         with self.sync_lock:
             needed = {p.network for p in self.local_ports()}
             with self.lock:
@@ -120,7 +136,8 @@ class NetworkSync:
                 )
                 segments[net.vni] = Segment(net.vni, net.mtu, peers)
                 by_vni[net.vni] = net.uuid
-            built = self.plane.apply(segments)
+            guards = [PortGuard(p.mac, p.ipv6, p.ipv4) for p in self.local_ports()]
+            built = self.plane.apply(segments, guards)
             self.built = {by_vni[v] for v in built if v in by_vni}
             self._publish(sorted(self.built))
 
@@ -145,6 +162,8 @@ class NetworkSync:
             return
         self.sync()
         missing = [p.network for p in vm.ports if p.network not in self.built]
+        if missing and self.listed != {"vms", "networks", "hosts"}:
+            raise NetPlaneError("the networks are not listed yet")
         if missing:
             raise NetPlaneError(f"network(s) {', '.join(missing)} not ready here yet")
 
@@ -156,5 +175,5 @@ class NetworkSync:
                 found = self.networks.get(port.network)
                 if found is not None:
                     net = found.value
-                    nics.append(Nic(port.mac, bridge_name(net.vni), net.mtu))
+                    nics.append(Nic(port.mac, bridge_name(net.vni), net.mtu, tap_name(port.mac)))
         return nics
