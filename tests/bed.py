@@ -9,6 +9,8 @@ reaches; the scheduler and the API run in the root namespace as usual.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -221,6 +223,8 @@ def bed_cluster(
         finally:
             for agent in c.agents.values():
                 agent.stop()
+            for host in hosts.values():
+                stop_routers(Path(host.state_dir))
             scheduler.stop()
             app.extensions["ucloud"].catalog.stop()
             storage.delete_image(image.uuid)
@@ -231,3 +235,16 @@ def bed_cluster(
 def host_network_settings(host: BedHost) -> dict[str, object]:
     """The settings that give a bed host's agent its underlay address."""
     return {"network_underlay": host.underlay}
+
+
+def stop_routers(state_dir: Path) -> None:
+    """The dnsmasqs a router agent left running (they outlive it, as its VMs do): each by the
+    pid in its pid file, checked against its command line."""
+    for pidfile in state_dir.glob("gateway/*/dnsmasq.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(pidfile.parent / "dnsmasq.conf").encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)

@@ -263,3 +263,66 @@ def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
         "other4": "no",
         "othermac": "no",
     }, text
+
+
+# Asks the network for its addresses: DHCPv4 (udhcpc) and SLAAC from router advertisements.
+AUTOCONF = """#!/bin/sh
+cat > /tmp/dhcp.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && \
+  echo "UCLOUD-DHCP $ip mtu=$mtu" > /dev/console
+exit 0
+EOS
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 30 -T 2 -O mtu >/dev/null 2>&1 || echo "UCLOUD-DHCP none"
+i=0
+while [ $i -lt 60 ]; do
+  a=$(ip -6 addr show dev eth0 scope global | sed -n 's/.*inet6 \\([^/]*\\).*/\\1/p' | head -n 1)
+  [ -n "$a" ] && break
+  sleep 1; i=$((i+1))
+done
+echo "UCLOUD-SLAAC ${{a:-none}} ra-mtu=$(cat /proc/sys/net/ipv6/conf/eth0/mtu)"
+for t in {gw6} {gw4}; do
+  ok=no; i=0
+  while [ $i -lt 20 ]; do
+    if ping -c 1 -W 1 $t >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-GW $t $ok"
+done
+"""
+
+
+@pytest.mark.slow
+def test_the_router_gives_addresses_by_ra_and_dhcp(bed: Bed, bed_cluster: BedCluster):
+    c = bed_cluster
+    h1 = bed.hosts[0]
+    c.agents["h1"].stop()
+    c.hosts["h1"] = c.hosts["h1"].model_copy(update={"network_router": True})
+    c.start_agent(h1)
+    lan = make_network(c, "alice", "lan", ipv4="10.60.0.0/24", mtu=1400)
+    gw6 = str(ipaddress.IPv6Network(lan["ipv6_prefix"]).network_address + 1)
+    script = AUTOCONF.format(gw6=gw6, gw4="10.60.0.1")
+    vms = [make_vm(c, "alice", name, lan, script) for name in ("a", "b")]
+
+    def running() -> list[VM] | None:
+        found = [c.store.get(VM, v.uuid).value for v in vms]
+        return found if all(v.status == Status.RUNNING for v in found) else None
+
+    vms = wait_for(running, 180, "the guests to run")
+    assert {v.hostname for v in vms} == {"h1", "h2"}  # one behind VXLAN from its router
+    for vm in vms:
+        text = wait_for(
+            lambda vm=vm: (t := c.console(vm)).count("UCLOUD-GW ") == 2 and t,
+            240,
+            f"guest {vm.name} to report (console: {c.console(vm)[-1500:]})",
+            interval=1,
+        )
+        port = vm.ports[0]
+        assert f"UCLOUD-DHCP {port.ipv4} mtu=1400" in text, text
+        slaac = re.search(r"UCLOUD-SLAAC (\S+) ra-mtu=(\d+)", text)
+        assert slaac is not None, text
+        assert ipaddress.IPv6Address(slaac.group(1)) == ipaddress.IPv6Address(port.ipv6)
+        assert slaac.group(2) == "1400"
+        assert f"UCLOUD-GW {gw6} yes" in text and "UCLOUD-GW 10.60.0.1 yes" in text, text

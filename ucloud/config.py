@@ -208,6 +208,12 @@ class NetworkSettings(_Group):
         "to; empty: its networks reach no other host",
     )
     network_vxlan_port: int = Field(4789, description="UDP port of VXLAN on the underlay")
+    network_router: bool = Field(
+        False,
+        description="this host routes every network: it holds their gateway addresses (::1 "
+        "of the /64, .1 of the IPv4 subnet), sends router advertisements and serves DHCPv4 "
+        "(dnsmasq); exactly one host of a cluster",
+    )
     network_dataplane: str = Field(
         "linux", description="'linux' (bridges and VXLAN devices), or 'none' (simulations)"
     )

@@ -195,7 +195,14 @@ def port_claims(vm: str, port: Port) -> tuple[str, ...]:
     claims = [network_ports_folder(port.network) + vm, f"mac/{port.network}/{port.mac}"]
     if port.ipv4:
         claims.append(f"ipv4/{port.network}/{port.ipv4}")
+        # What the network's DHCP server hands out, listed by its router (keys only).
+        claims.append(f"{network_leases_folder(port.network)}{port.mac},{port.ipv4}")
     return tuple(claims)
+
+
+def network_leases_folder(network: str) -> str:
+    """The index folder of a network's IPv4 reservations (``lease/<network>/<mac>,<ipv4>``)."""
+    return f"lease/{network}/"
 
 
 class FirstBoot(BaseModel):

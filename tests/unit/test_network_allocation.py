@@ -75,3 +75,16 @@ def test_the_port_security_and_peer_rules():
     # No peers: every VXLAN packet is dropped; no VXLAN here: no such table.
     assert "elements" not in ruleset([], [], 4789)
     assert "inet ucloud" not in ruleset([], None, 4789)
+
+
+def test_the_router_config_advertises_the_prefix_and_serves_reserved_addresses_only(tmp_path):
+    from ucloud.host.gateway import Routed, config, gateway_addresses
+
+    assert gateway_addresses("fd00:1::/64", "10.0.0.0/24") == ("fd00:1::1/64", "10.0.0.1/24")
+    assert gateway_addresses("fd00:1::/64", "") == ("fd00:1::1/64",)
+    r = Routed(7, "ucbr7", "fd00:1::/64", "10.0.0.0/24", 1400, (("52:54:00:00:00:01", "10.0.0.2"),))
+    text = config(r, tmp_path).splitlines()
+    assert "interface=ucbr7" in text and "port=0" in text
+    assert "dhcp-range=::,constructor:ucbr7,ra-only,64,1h" in text
+    assert "ra-param=ucbr7,mtu:1400,10" in text
+    assert "dhcp-range=10.0.0.0,static,255.255.255.0,1h" in text

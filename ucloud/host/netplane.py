@@ -55,6 +55,7 @@ class Segment:
     vni: int
     mtu: int
     peers: frozenset[str] = field(default_factory=frozenset)  # other hosts' underlay addresses
+    gateways: tuple[str, ...] = ()  # the router's addresses on it (CIDR), on a router host
 
 
 class NetPlaneError(RuntimeError):
@@ -113,12 +114,14 @@ class LinuxNetPlane:
         br = links.get(br_name)
         if br is None:
             ipr.link("add", ifname=br_name, kind="bridge", br_mcast_snooping=0, mtu=segment.mtu)
-            _disable_ipv6(br_name)
             log.info("network %d: made bridge %s", segment.vni, br_name)
         elif br.get("IFLA_MTU") != segment.mtu:
             ipr.link("set", index=br["index"], mtu=segment.mtu)
         br_index = ipr.link_lookup(ifname=br_name)[0]
+        # Only a router has addresses on its tenants' networks.
+        _set_ipv6(br_name, bool(segment.gateways))
         ipr.link("set", index=br_index, state="up")
+        self._ensure_addresses(ipr, br_index, segment.gateways)
         if not self.underlay:
             return  # this host's networks stay on it
         vx = links.get(vx_name)
@@ -140,6 +143,18 @@ class LinuxNetPlane:
         vx_index = ipr.link_lookup(ifname=vx_name)[0]
         ipr.link("set", index=vx_index, master=br_index, mtu=segment.mtu, state="up")
         self._sync_peers(ipr, vx_index, segment)
+
+    def _ensure_addresses(self, ipr: IPRoute, index: int, gateways: tuple[str, ...]) -> None:
+        have = {
+            (a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr(index=index)
+            if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("fe80:")
+        }
+        for cidr in gateways:
+            address, _, length = cidr.partition("/")
+            if (address, int(length)) not in have:
+                # nodad: the router's address is known to be its own (IFA_F_NODAD).
+                ipr.addr("add", index=index, address=address, prefixlen=int(length), flags=0x02)
 
     def _vxlan_is_right(self, link: Any, segment: Segment) -> bool:
         data = ("IFLA_LINKINFO", "IFLA_INFO_DATA")
@@ -203,10 +218,12 @@ def _vni_of(name: str, prefix: str) -> int | None:
     return int(rest) if rest.isdigit() else None
 
 
-def _disable_ipv6(ifname: str) -> None:
+def _set_ipv6(ifname: str, enabled: bool) -> None:
     # In the agent's own network namespace (/proc/sys/net is per namespace).
     path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    want = "0" if enabled else "1"
     try:
-        path.write_text("1")
+        if path.read_text().strip() != want:
+            path.write_text(want)
     except OSError as e:
-        log.warning("could not disable IPv6 on %s: %s", ifname, e)
+        log.warning("could not set IPv6 on %s: %s", ifname, e)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from ucloud.config import Settings
+from ucloud.host.gateway import Gateways, Routed, gateway_addresses
 from ucloud.host.hypervisor import Nic
 from ucloud.host.netfilter import PortGuard, tap_name
 from ucloud.host.netplane import NetPlane, NetPlaneError, Segment, bridge_name
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Host, HostStatus, Network, Port
+from ucloud.models import VM, Host, HostStatus, Network, Port, network_leases_folder
 from ucloud.store import Change, Follower, Snapshot, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class NetworkSync:
         # here have each been listed once: a restarted agent must not take down, even for a
         # moment, what its VMs use (its first pass would see no VM at all).
         self.listed: set[str] = set()
+        self.gateways = Gateways(Path(settings.state_dir))
 
     def start(self) -> None:
         self.followers = [
@@ -114,9 +117,12 @@ class NetworkSync:
     def sync(self) -> None:
         if self.listed != {"vms", "networks", "hosts"}:
             return
+        router = self.settings.network_router
         with self.sync_lock:
             needed = {p.network for p in self.local_ports()}
             with self.lock:
+                if router:  # the router holds every network
+                    needed |= {id for id, v in self.networks.items.items() if not v.value.deleting}
                 networks = {id: self.networks.get(id) for id in needed}
                 hosts = [h.value for h in self.hosts.items.values()]
             segments: dict[int, Segment] = {}
@@ -134,12 +140,32 @@ class NetworkSync:
                     and net.uuid in h.networks
                     and h.status != HostStatus.DEAD
                 )
-                segments[net.vni] = Segment(net.vni, net.mtu, peers)
+                gateways = gateway_addresses(net.ipv6_prefix, net.ipv4_subnet) if router else ()
+                segments[net.vni] = Segment(net.vni, net.mtu, peers, gateways)
                 by_vni[net.vni] = net.uuid
             guards = [PortGuard(p.mac, p.ipv6, p.ipv4) for p in self.local_ports()]
             built = self.plane.apply(segments, guards)
             self.built = {by_vni[v] for v in built if v in by_vni}
+            if router:
+                self.gateways.apply(
+                    [
+                        self._routed(found.value)
+                        for id, found in networks.items()
+                        if found is not None and id in self.built
+                    ]
+                )
             self._publish(sorted(self.built))
+
+    def _routed(self, net: Network) -> Routed:
+        entries, _ = self.store.list_index(network_leases_folder(net.uuid))
+        leases = []
+        for entry in sorted(entries):
+            mac, _, ipv4 = entry.partition(",")
+            if ipv4:
+                leases.append((mac, ipv4))
+        return Routed(
+            net.vni, bridge_name(net.vni), net.ipv6_prefix, net.ipv4_subnet, net.mtu, tuple(leases)
+        )
 
     def _publish(self, held: list[str]) -> None:
         underlay = self.settings.network_underlay
