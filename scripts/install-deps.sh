@@ -39,6 +39,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
+  # cloud-init is here for its schema check only: it must never configure this machine at its
+  # next boot. (A machine that had cloud-init before keeps it as it was.)
+  if [[ " ${missing[*]} " == *" cloud-init "* ]]; then
+    mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+  fi
 fi
 
 # libvirtd runs without systemd; it looks the QEMU account up before reading qemu.conf.

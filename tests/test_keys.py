@@ -224,9 +224,9 @@ def test_cli_keys_and_first_boot(cli: CLI, api_url, alice, image, pubs, store, t
     assert code == ExitCode.OK, err
     size = len(user_data.read_bytes())
     digest = hashlib.sha256(user_data.read_bytes()).hexdigest()
-    assert "guest hostname: front" in out
-    assert f"{fingerprint(pubs['ed'])} ed@laptop" in out
-    assert f"user-data:      {size} bytes, sha256 {digest}" in out
+    assert "first boot:\n  hostname:  front\n" in out
+    assert f"  ssh keys:  {fingerprint(pubs['ed'])} ed@laptop\n" in out
+    assert f"  user-data: {size} bytes, sha256 {digest}\n" in out
     assert "hello from first boot" not in out
 
     binary = tmp_path / "blob"

@@ -4,15 +4,14 @@ same VM whenever and wherever it is built."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
 
-import pycdlib
 import pytest
 import yaml
 
+from tests.seedfiles import read_seed
 from ucloud import seed
 from ucloud.models import VM, Specs
 
@@ -32,35 +31,9 @@ def make_vm(user_data: str = "", keys: tuple[str, ...] = (KEY,), name: str = "We
     return vm
 
 
-def read_back(data: bytes) -> tuple[str, dict[str, dict[str, bytes]]]:
-    """The volume id, and the files under each of the ISO's name spaces: plain ISO 9660,
-    Joliet (Windows, and what cloud-init's NoCloud reads through most kernels) and Rock Ridge."""
-    iso = pycdlib.pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    label = iso.pvd.volume_identifier.decode().strip()
-    spaces: dict[str, dict[str, bytes]] = {}
-    for path_kind in ("iso_path", "joliet_path", "rr_path"):
-        files = {}
-        for child in iso.list_children(**{path_kind: "/"}):
-            if child.is_dot() or child.is_dotdot():
-                continue
-            if path_kind == "rr_path":
-                name = child.rock_ridge.name().decode()
-            elif path_kind == "joliet_path":
-                name = child.file_identifier().decode("utf-16-be")
-            else:
-                name = child.file_identifier().decode()
-            out = io.BytesIO()
-            iso.get_file_from_iso_fp(out, **{path_kind: "/" + name})
-            files[name] = out.getvalue()
-        spaces[path_kind] = files
-    iso.close()
-    return label, spaces
-
-
 def test_the_seed_is_a_cidata_volume_with_meta_data_and_user_data_in_every_name_space():
     vm = make_vm()
-    label, spaces = read_back(seed.iso(vm))
+    label, spaces = read_seed(seed.iso(vm))
     assert label == "cidata"
     expected = seed.files(vm)
     assert spaces["rr_path"] == expected

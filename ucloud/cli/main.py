@@ -109,13 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NETWORK",
         help="a network (name or uuid) to attach, one NIC each (repeatable)",
     )
-    p.add_argument(
+    key_choice = p.add_mutually_exclusive_group()
+    key_choice.add_argument(
         "--ssh-key",
         action="append",
         metavar="NAME",
         help="one of your SSH keys to put in the VM (repeatable; default: all of them)",
     )
-    p.add_argument("--no-ssh-keys", action="store_true", help="put none of your SSH keys in the VM")
+    key_choice.add_argument(
+        "--no-ssh-keys", action="store_true", help="put none of your SSH keys in the VM"
+    )
     p.add_argument(
         "--user-data",
         metavar="FILE",

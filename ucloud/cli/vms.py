@@ -115,29 +115,29 @@ def describe(vm: dict[str, Any]) -> str:
         ),
         ("image", vm["image"]),
         ("networks", nics(vm)),
-        *first_boot_fields(vm.get("first_boot")),
         ("created", when(vm.get("created"))),
     ]
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
-    text = fields(pairs)
+    text = fields(pairs) + "\n\n" + first_boot(vm.get("first_boot"))
     if events:
         text += "\n\nevents:\n" + table(("TIME", "BY", "MESSAGE"), events)
     return text
 
 
-def first_boot_fields(boot: dict[str, Any] | None) -> list[tuple[str, object]]:
+def first_boot(boot: dict[str, Any] | None) -> str:
     """The guest's hostname, keys and user-data (by size and hash: it may hold secrets)."""
     if not boot:
-        return [("first boot", "- (made before first-boot seeds: it boots without one)")]
+        return "first boot: none (the VM is older than first-boot seeds)"
     keys = boot.get("ssh_keys") or []
     user_data = "-"
     if boot.get("user_data_size"):
         user_data = f"{boot['user_data_size']} bytes, sha256 {boot['user_data_sha256']}"
-    return [
-        ("guest hostname", boot.get("hostname", "-")),
-        ("ssh keys", "; ".join(_key_label(k) for k in keys) or "-"),
+    pairs: list[tuple[str, object]] = [
+        ("hostname", boot.get("hostname", "-")),
+        ("ssh keys", "\n           ".join(_key_label(k) for k in keys) or "-"),
         ("user-data", user_data),
     ]
+    return "first boot:\n" + "\n".join("  " + line for line in fields(pairs).splitlines())
 
 
 def _key_label(line: str) -> str:
