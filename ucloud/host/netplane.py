@@ -88,6 +88,9 @@ class LinuxNetPlane:
     def __init__(self, underlay: str, port: int) -> None:
         self.underlay = underlay
         self.port = port
+        # The rules last applied: a pass that would write the same ones skips nft (a process
+        # and a rewrite of every rule: most of a pass's cost with many ports).
+        self.rules = ""
 
     def apply(self, segments: dict[int, Segment], guards: list[PortGuard]) -> set[int]:
         built: set[int] = set()
@@ -101,10 +104,13 @@ class LinuxNetPlane:
         except NetlinkError as e:
             raise NetPlaneError(f"netlink: {e}") from e
         peers = {p for s in segments.values() for p in s.peers} if self.underlay else None
-        try:
-            netfilter.apply(netfilter.ruleset(guards, peers, self.port))
-        except proc.CommandError as e:
-            raise NetPlaneError(f"nftables: {e}") from e
+        rules = netfilter.ruleset(guards, peers, self.port)
+        if rules != self.rules:
+            try:
+                netfilter.apply(rules)
+            except proc.CommandError as e:
+                raise NetPlaneError(f"nftables: {e}") from e
+            self.rules = rules
         return built
 
     # --- one network -----------------------------------------------------------------------
