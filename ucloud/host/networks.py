@@ -20,7 +20,7 @@ from ucloud.config import Settings
 from ucloud.host.gateway import Gateways, Routed, gateway_addresses
 from ucloud.host.hypervisor import Nic
 from ucloud.host.netfilter import PortGuard, tap_name
-from ucloud.host.netplane import NetPlane, NetPlaneError, Segment, bridge_name
+from ucloud.host.netplane import NetPlane, NetPlaneError, NoNetPlane, Segment, bridge_name
 from ucloud.mirror import Mirror
 from ucloud.models import VM, Host, HostStatus, Network, Port, network_leases_folder
 from ucloud.store import Change, Follower, Snapshot, Store, StoreError
@@ -56,7 +56,15 @@ class NetworkSync:
         self.listed: set[str] = set()
         self.gateways = Gateways(Path(settings.state_dir))
 
+    @property
+    def enabled(self) -> bool:
+        """A simulated host (the fake hypervisor) builds nothing, and follows nothing for it:
+        a scale simulation runs thousands of agents."""
+        return not isinstance(self.plane, NoNetPlane)
+
     def start(self) -> None:
+        if not self.enabled:
+            return
         self.followers = [
             self.store.follow(Network, self._deliver_networks),
             self.store.follow(Host, self._deliver_hosts),
@@ -184,7 +192,7 @@ class NetworkSync:
 
     def ensure(self, vm: VM) -> None:
         """The devices of ``vm``'s networks are up here (NetPlaneError if not: retried)."""
-        if all(p.network in self.built for p in vm.ports):
+        if not self.enabled or all(p.network in self.built for p in vm.ports):
             return
         self.sync()
         missing = [p.network for p in vm.ports if p.network not in self.built]
