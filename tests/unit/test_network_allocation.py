@@ -66,9 +66,11 @@ def test_the_ipv6_address_is_the_slaac_one_a_guest_forms_from_its_mac():
 def test_the_port_security_and_peer_rules():
     from ucloud.host.netfilter import PortGuard, ruleset, tap_name
 
-    assert tap_name("52:54:00:AA:bb:cc") == "uc525400aabbcc"
+    assert tap_name("52:54:00:AA:bb:cc") == "uct525400aabbcc"
     text = ruleset([PortGuard("52:54:00:aa:bb:cc", "fd00::1", "10.0.0.2")], ["10.1.1.2"], 4789)
-    assert 'iifname "uc525400aabbcc" ether saddr != 52:54:00:aa:bb:cc drop' in text
+    assert 'iifname "uct525400aabbcc" ether saddr != 52:54:00:aa:bb:cc drop' in text
+    assert 'iifname "uct*" iifname != { "uct525400aabbcc" } drop' in text
+    assert 'iifname "uct*" drop' in ruleset([], None, 4789)
     assert "ip saddr != { 0.0.0.0, 10.0.0.2 } drop" in text
     assert "ip6 saddr != { ::, fe80::5054:ff:feaa:bbcc, fd00::1 } drop" in text
     assert "elements = { 10.1.1.2 }" in text and "udp dport 4789 ip saddr" in text

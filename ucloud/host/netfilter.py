@@ -1,8 +1,8 @@
 """nftables rules of the host's tenant networks: port security and the VXLAN peer filter.
 
 - Port security (table ``bridge ucloud``): a frame a VM sends through its tap device
-  (``uc<its MAC's hex>``, named so in its domain) must carry the port's MAC, and its ARP, IPv4
-  and IPv6 packets the port's addresses (IPv6: the port's, its link-local one, or the
+  (``uct<its MAC's hex>``, named so in its domain; a tap of no port here sends nothing) must
+  carry the port's MAC, and its ARP, IPv4 and IPv6 packets the port's addresses (IPv6: the port's, its link-local one, or the
   unspecified address of duplicate address detection; IPv4: the port's, or 0.0.0.0 of a DHCP
   client), so no tenant takes another's address on a shared network.
 - VXLAN from peers only (table ``inet ucloud``): VXLAN packets are accepted only from the
@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from ucloud import proc
 from ucloud.network.allocate import eui64
 
+TAP_PREFIX = "uct"
+
 
 def tap_name(mac: str) -> str:
-    """The tap device of the NIC with ``mac`` (<= 15 bytes, the kernel's limit)."""
-    return "uc" + mac.replace(":", "").lower()
+    """The tap device of the NIC with ``mac`` (15 bytes: the kernel's limit)."""
+    return TAP_PREFIX + mac.replace(":", "").lower()
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ def ruleset(guards: Iterable[PortGuard], peers: Iterable[str] | None, vxlan_port
         lines.append(f"    {tap} ip saddr != {{ 0.0.0.0, {v4} }} drop")
         local = eui64("fe80::/64", g.mac)
         lines.append(f"    {tap} ip6 saddr != {{ ::, {local}, {g.ipv6} }} drop")
+    # A tap of no port here (a NIC being unplugged after its port was detached, and its
+    # addresses perhaps given to another VM already) sends nothing.
+    known = ", ".join(f'"{tap_name(g.mac)}"' for g in sorted(guards, key=lambda g: g.mac))
+    unknown = f" iifname != {{ {known} }}" if known else ""
+    lines.append(f'    iifname "{TAP_PREFIX}*"{unknown} drop')
     lines += ["  }", "}"]
     if peers is not None:
         addresses = sorted(set(peers))
