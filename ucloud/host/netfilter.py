@@ -2,9 +2,10 @@
 
 - Port security (table ``bridge ucloud``): a frame a VM sends through its tap device
   (``uct<its MAC's hex>``, named so in its domain; a tap of no port here sends nothing) must
-  carry the port's MAC, and its ARP, IPv4 and IPv6 packets the port's addresses (IPv6: the port's, its link-local one, or the
-  unspecified address of duplicate address detection; IPv4: the port's, or 0.0.0.0 of a DHCP
-  client), so no tenant takes another's address on a shared network.
+  carry the port's MAC, and its ARP, IPv4 and IPv6 packets the port's addresses (IPv6: the
+  port's, its link-local one, or the unspecified address of duplicate address detection;
+  IPv4: the port's, or 0.0.0.0 of a DHCP client), so no tenant takes another's address on a
+  shared network.
 - VXLAN from peers only (table ``inet ucloud``): VXLAN packets are accepted only from the
   underlay addresses of the current peers. A host marked DEAD stops being a peer, so the
   frames of VMs still running there (their disks are fenced, their NICs would not be) reach
