@@ -70,5 +70,16 @@ def ruleset(guards: Iterable[PortGuard], peers: Iterable[str] | None, vxlan_port
     return "\n".join(lines) + "\n"
 
 
+TABLES = ("bridge ucloud", "inet ucloud")
+
+
 def apply(script: str) -> None:
     proc.run(["nft", "-f", "-"], input=script.encode(), timeout=30)
+
+
+def remove() -> None:
+    """Delete our tables, if there are any (the host's last network left)."""
+    listed = proc.run(["nft", "list", "tables"], timeout=30).stdout.decode().splitlines()
+    for table in TABLES:
+        if f"table {table}" in (line.strip() for line in listed):
+            proc.run(["nft", "delete", "table", *table.split()], timeout=30)

@@ -90,7 +90,7 @@ class LinuxNetPlane:
         self.port = port
         # The rules last applied: a pass that would write the same ones skips nft (a process
         # and a rewrite of every rule: most of a pass's cost with many ports).
-        self.rules = ""
+        self.rules: str | None = None
 
     def apply(self, segments: dict[int, Segment], guards: list[PortGuard]) -> set[int]:
         built: set[int] = set()
@@ -104,10 +104,11 @@ class LinuxNetPlane:
         except NetlinkError as e:
             raise NetPlaneError(f"netlink: {e}") from e
         peers = {p for s in segments.values() for p in s.peers} if self.underlay else None
-        rules = netfilter.ruleset(guards, peers, self.port)
+        # A host without networks has no rules of ours at all (nor tables).
+        rules = netfilter.ruleset(guards, peers, self.port) if segments or guards else ""
         if rules != self.rules:
             try:
-                netfilter.apply(rules)
+                netfilter.apply(rules) if rules else netfilter.remove()
             except proc.CommandError as e:
                 raise NetPlaneError(f"nftables: {e}") from e
             self.rules = rules
