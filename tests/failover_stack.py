@@ -140,8 +140,8 @@ class Pair:
             f"{name} {status}",
         )
 
-    def create(self, name: str = "web") -> str:
-        body = self.user.creds(vm_name=name, specs=SPECS, image=self.image.uuid)
+    def create(self, name: str = "web", **specs: object) -> str:
+        body = self.user.creds(vm_name=name, specs={**SPECS, **specs}, image=self.image.uuid)
         r = self.client.post("/vm/create", json=body)
         assert r.status_code == 202, r.json
         return r.json["uuid"]

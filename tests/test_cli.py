@@ -163,6 +163,15 @@ def test_bad_size_is_refused_with_the_apis_reason(alice_cli, image, store):
     assert store.list(VM)[0] == {}
 
 
+def test_create_without_name_and_image_needs_the_clusters_default(alice_cli, store):
+    """Name and image may be left out (the API generates one, takes the other from its
+    settings); a cluster without a default image says so."""
+    code, _, err = alice_cli("vm", "create", "--cpu", "1", "--ram", "1", "--hdd", "5G")
+    assert code == ExitCode.REFUSED
+    assert "no default image (setting UCLOUD_DEFAULT_IMAGE)" in err
+    assert store.list(VM)[0] == {}
+
+
 def test_wait_on_stop_of_a_pending_vm(alice_cli, image, store, scheduler):
     vm = create(alice_cli, image)
     code, out, err = alice_cli("vm", "stop", vm["uuid"], "--wait", "--timeout", "20")

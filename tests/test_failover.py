@@ -29,25 +29,31 @@ from ucloud.models import VM, HostStatus, Status
 def test_a_dead_hosts_vm_is_fenced_then_runs_elsewhere(pair: Pair):
     """A host agent dies but its QEMU goes on (cut off from etcd, not from Ceph): the VM is
     started on another host only after the old QEMU was block-listed, so it can never write
-    to the disk the new one uses."""
+    to the disks the new one uses (its system disk and its HDD disk)."""
     for name in NODES:
         pair.start_agent(name)
         pair.wait_host(name, HostStatus.UP)
-    vmid = pair.create()
+    vmid = pair.create(hdd=1)
     vm = wait_for(lambda: (v := pair.vm(vmid)).status == Status.RUNNING and v, 90, "RUNNING")
     dead, other = vm.hostname, next(n for n in NODES if n != vm.hostname)
     old_qemu = qemu_pid(vmid)
     (old_client,) = disk_clients(pair.ceph, vm.disk)
+    (old_hdd_client,) = disk_clients(pair.ceph, vm.hdd_disk)
     watch = DiskWatch(pair.ceph)
-    watch.disks.add(vm.disk)
+    watch.disks |= {vm.disk, vm.hdd_disk}
 
     pair.agents[dead].stop(signal.SIGKILL)
     moved = pair.wait_running_on(vmid, other)
     wait_console(pair.tmp / other, vmid, BOOT)
     watch.stop()
     assert alive(old_qemu)  # the old QEMU still runs on the dead host...
-    assert old_client in block_list(pair.ceph)  # ...but Ceph refuses its writes
-    assert any(e.message.endswith(f"fenced its disk's clients {old_client}") for e in moved.log)
+    assert {old_client, old_hdd_client} <= block_list(pair.ceph)  # ...but Ceph refuses its writes
+    assert any(
+        e.message.endswith(f"fenced its disk's clients {old_client}, {old_hdd_client}")
+        for e in moved.log
+    )
+    assert (moved.disk, moved.hdd_disk) == (vm.disk, vm.hdd_disk)  # the same disks, moved
+    assert disk_clients(pair.ceph, vm.hdd_disk) != [old_hdd_client]  # opened by the new QEMU
     assert watch.violations == [] and watch.samples > 0
 
     # The dead host's agent comes back: it destroys its copy, placed elsewhere now.

@@ -357,13 +357,13 @@ class Disks:
     def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
         self.disks.add(disk)
 
-    def delete_disk(self, disk: str) -> None:
+    def delete_disk(self, disk: str, *, pool: str = "") -> None:
         self.disks.discard(disk)
 
-    def fence_disk(self, disk: str) -> list[str]:
+    def fence_disk(self, disk: str, *, pool: str = "") -> list[str]:
         return []
 
-    def disk_xml(self, disk: str) -> str:
+    def disk_xml(self, disk: str, *, pool: str = "", target: str = "vda") -> str:
         return f"<disk name='{disk}'/>"
 
     def libvirt_secret(self) -> None:

@@ -65,8 +65,34 @@ class APISettings(_Group):
         64 * 1024, description="largest user-data (first-boot script or cloud-config) in bytes"
     )
     admin_realm: str = "ucloud-admin"
+    default_image: str = Field(
+        "",
+        description="the image (uuid, or a public image's name) of VMs created without one, "
+        "as the original API's requests are; empty: requests must name an image",
+    )
     totp_valid_window: int = Field(
         1, description="how many 30 s steps before and after now a token may be from"
+    )
+
+    # Each user's limits unless an administrator set their own (`ucloud quota set`); -1: none.
+    quota_vms: int = Field(20, ge=-1, description="VMs a user may have (default limit)")
+    quota_cpu: int = Field(64, ge=-1, description="CPUs of a user's running VMs")
+    quota_ram: float = Field(128.0, ge=-1, description="GiB of RAM of a user's running VMs")
+    quota_disk: float = Field(2048.0, ge=-1, description="GiB of disk (ssd + hdd) of a user's VMs")
+    quota_networks: int = Field(10, ge=-1, description="networks a user may have")
+    quota_images: int = Field(20, ge=-1, description="images a user may have")
+
+    upload_max_size: float = Field(
+        100.0, gt=0, description="GiB: the largest file uploaded over the API (PUT /file/upload)"
+    )
+    api_worker_timeout: int = Field(
+        30,
+        ge=1,
+        description="seconds a silent gunicorn worker lives before it is killed (its main loop's "
+        "heartbeat: a long request, an upload, does not count)",
+    )
+    api_uploads_at_once: int = Field(
+        2, ge=1, description="uploads one API worker takes at a time (each holds a thread)"
     )
 
 
@@ -78,6 +104,9 @@ class SchedulerSettings(_Group):
     disk_allocation_ratio: float = 1.0
     scheduler_lease_ttl: int = Field(5, description="seconds before a dead leader is replaced")
     scheduler_resync: float = Field(30.0, description="seconds between full reconciles")
+    quota_recount: float = Field(
+        300.0, description="seconds between recounts of every user's quota usage (a repair)"
+    )
     scheduled_deadline: float = Field(
         120.0, description="seconds a VM may stay SCHEDULED before it is placed again"
     )
@@ -141,6 +170,9 @@ class StorageSettings(_Group):
     ceph_keyring: str = Field("", description="the cephx user's keyring; empty: Ceph's default")
     ceph_pool: str = Field("ucloud", description="pool of VM disks")
     image_pool: str = Field("ucloud", description="pool of images")
+    hdd_pool: str = Field(
+        "", description="pool of VMs' HDD disks (their specs' hdd); empty: ceph_pool"
+    )
     image_dir: str = Field("/var/lib/ucloud/images", description="images, for the file driver")
 
     fence_expiry: float = Field(
@@ -155,7 +187,7 @@ class StorageSettings(_Group):
 
 
 class FileScannerSettings(_Group):
-    read_by = "ucloud-filescanner"
+    read_by = "ucloud-filescanner (upload_root, upload_realm: ucloud-api too, for uploads)"
 
     upload_root: str = Field(
         "/var/www", description="users' upload directories: <upload_root>/<user name>/"
@@ -185,6 +217,23 @@ class ImageScannerSettings(_Group):
     imagescanner_resync: float = Field(30.0, description="seconds between full reconciles")
     imagescanner_lease_ttl: int = Field(
         5, description="seconds before a dead image scanner is replaced by a standby"
+    )
+    import_allow_networks: str = Field(
+        "",
+        description="comma-separated networks images may be fetched from by URL although they "
+        "are loopback, link-local or private (e.g. an internal mirror's 10.1.2.0/24); others "
+        "are refused",
+    )
+    import_timeout: float = Field(
+        30.0, gt=0, description="seconds to connect, or to wait for data, when fetching a URL"
+    )
+    import_deadline: float = Field(
+        3600.0, gt=0, description="seconds a whole download from a URL may take"
+    )
+    import_dir: str = Field(
+        "/var/lib/ucloud/imports",
+        description="where images fetched by URL are kept while they are converted (not /tmp: "
+        "often in memory); files there are unlinked at once",
     )
 
 

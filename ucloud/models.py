@@ -7,6 +7,7 @@ only by the API (what the user asked); ``status`` fields only by the scheduler a
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from enum import StrEnum
@@ -249,6 +250,10 @@ class VM(Stored):
     reboot_done: int = 0
     attempts: int = 0  # placements tried since the last success
     disk: str = ""  # the VM's disk (storage driver's name), recorded when a host claims it
+    # Its empty second disk (specs.hdd GiB) and that disk's pool, recorded in the same claim,
+    # so whoever fences or deletes the VM knows it too; empty: it has none (yet).
+    hdd_disk: str = ""
+    hdd_pool: str = ""
     # The host the VM left without a clean stop (its host died): every storage client that may
     # still have the disk open there must be fenced before the VM runs anywhere again.
     fencing: str = ""
@@ -289,6 +294,13 @@ class VM(Stored):
         claims the VM's first start, before it makes the disk, so whoever fences a dead host
         knows it; a record from before that rule names none, and the agent then used the uuid."""
         return self.disk or self.uuid
+
+    @property
+    def disks(self) -> list[tuple[str, str]]:
+        """Every disk a host may have opened for the VM, as (name, pool; empty: the storage's
+        pool of system disks): what fencing block-lists and deletion removes."""
+        hdd = [(self.hdd_disk, self.hdd_pool)] if self.hdd_disk else []
+        return [(self.disk_name, ""), *hdd]
 
     @property
     def wants_host(self) -> bool:
@@ -409,6 +421,7 @@ class Image(Stored):
     store: str = "images"  # the image store it was made in
     pool: str = ""  # the storage pool its store named then; empty: the image_pool setting
     file: str = ""  # uuid of the uploaded file it is made from
+    url: str = ""  # or the http(s) URL the image scanner fetches it from
     sha512: str = ""  # of the file's content when the image was asked for
     created: float = Field(default_factory=now)
 
@@ -546,11 +559,15 @@ class User(Stored):
         return check_name(v)
 
 
-NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters, not starting
+# with '.'. One pattern for the check and for the API's OpenAPI document (ECMA and Python read
+# it alike: ASCII classes, no look-around).
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(value: str) -> str:
-    """Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters."""
-    if not 1 <= len(value) <= 64 or not set(value) <= NAME_CHARS or value.startswith("."):
+    """``value`` if it matches NAME_PATTERN (a full match: ``$`` would allow a final newline)."""
+    if _NAME.fullmatch(value) is None:
         raise ValueError("must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")
     return value

@@ -376,24 +376,28 @@ class Store:
 
     @_etcd_call
     def swap_many(
-        self, writes: Sequence[tuple[M, Versioned[M]]], guard: Guard | None = None
+        self, writes: Sequence[tuple[M, Versioned[M] | None]], guard: Guard | None = None
     ) -> int | None:
         """Write each object over the one it was read as, all in one transaction, if every key
         is still at its revision (and ``guard`` holds); return the new revision, or None if
-        anything changed meanwhile. The index entries that change (``Stored.index_keys``: a
-        VM's host) change in the same transaction, so an index never disagrees with the
-        records: its objects' compares cover it. Each list of a transaction holds at most
+        anything changed meanwhile. A ``was`` of None creates: the key must not exist. The
+        index entries that change (``Stored.index_keys``: a VM's host) change in the same
+        transaction, so an index never disagrees with the records: its objects' compares
+        cover it. Each list of a transaction holds at most
         MAX_TXN_OPS operations: a batch of VMs that move is at most MAX_TXN_OPS // 2 long."""
         if not writes:
             return None
         t = self.client.transactions
-        compare = [t.mod(self.key_of(obj)) == was.mod_revision for obj, was in writes]
+        # etcd compares a missing key's mod_revision as 0.
+        compare = [
+            t.mod(self.key_of(obj)) == (was.mod_revision if was else 0) for obj, was in writes
+        ]
         if guard is not None:
             compare.append(guard.compare(t))
         # The objects first: the first answer's header is the transaction's revision.
         success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in writes]
         for obj, was in writes:
-            success += self._index_ops(was.value, obj)
+            success += self._index_ops(was.value if was else None, obj)
         assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
         assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
         ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
@@ -404,13 +408,14 @@ class Store:
         self,
         *,
         create: Sequence[Stored] = (),
-        swap: Sequence[tuple[Stored, Versioned[Any]]] = (),
+        swap: Sequence[tuple[Stored, Versioned[Any] | None]] = (),
         delete: Sequence[Versioned[Any]] = (),
         unchanged: Sequence[Versioned[Any]] = (),
         absent: Sequence[str] = (),
     ) -> int | None:
         """Several objects in one transaction: ``create`` (their keys must not exist),
-        ``swap`` (each written over the object as read), ``delete`` (as read), if every
+        ``swap`` (each written over the object as read; as swap_many, a ``was`` of None
+        creates), ``delete`` (as read), if every
         object of ``unchanged`` is still as read and no index entry of ``absent`` (paths below
         the prefix) exists. Index entries follow as in swap_many. For writes whose
         uniqueness an index entry guarantees (a network's VXLAN id, a port's IPv4 address)
@@ -418,7 +423,10 @@ class Store:
         revision, or None if any compare failed (nothing written)."""
         t = self.client.transactions
         compare = [t.version(self.key_of(obj)) == 0 for obj in create]
-        compare += [t.mod(self.key_of(obj)) == was.mod_revision for obj, was in swap]
+        # etcd compares a missing key's mod_revision as 0.
+        compare += [
+            t.mod(self.key_of(obj)) == (was.mod_revision if was else 0) for obj, was in swap
+        ]
         compare += [t.mod(self.key_of(f.value)) == f.mod_revision for f in (*delete, *unchanged)]
         compare += [t.version(self.index_key(path)) == 0 for path in absent]
         success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj in create]
@@ -427,7 +435,7 @@ class Store:
         for obj in create:
             success += self._index_ops(None, obj)
         for obj, was in swap:
-            success += self._index_ops(was.value, obj)
+            success += self._index_ops(was.value if was else None, obj)
         for f in delete:
             success += self._index_ops(f.value, None)
         assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"

@@ -174,7 +174,7 @@ class MemStore:
     swap_edited = Store.swap_edited
 
     def swap_many(
-        self, writes: Sequence[tuple[Stored, Versioned[Any]]], guard: Guard | None = None
+        self, writes: Sequence[tuple[Stored, Versioned[Any] | None]], guard: Guard | None = None
     ) -> int | None:
         # (The real store also keeps index entries, such as the placement index, in step: no
         # reader of this double follows an index.)
@@ -183,7 +183,10 @@ class MemStore:
         with self._lock:
             if not self._holds(guard):
                 return None
-            if any(self._mod(self.key_of(obj)) != was.mod_revision for obj, was in writes):
+            if any(
+                self._mod(self.key_of(obj)) != (was.mod_revision if was else 0)
+                for obj, was in writes
+            ):
                 return None
             self.revision += 1
             for obj, _ in writes:

@@ -53,6 +53,7 @@ class Hypervisor(FakeHypervisor):
             raise HypervisorError(f"{what} {vm} failed")
 
     def start(self, spec: DomainSpec) -> None:
+        self.started_with = spec
         self._call("start", spec.vm)
         super().start(spec)
         self.on_start(spec.vm)
@@ -108,16 +109,20 @@ class Storage:
             raise StorageError(error)
         self.disks.add(disk)
 
-    def delete_disk(self, disk: str) -> None:
+    def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        self.calls.append(("create_blank_disk", f"{pool}/{disk}"))
+        self.disks.add(disk)
+
+    def delete_disk(self, disk: str, *, pool: str = "") -> None:
         self.calls.append(("delete_disk", disk))
         self.disks.discard(disk)
 
-    def fence_disk(self, disk: str) -> list[str]:
+    def fence_disk(self, disk: str, *, pool: str = "") -> list[str]:
         self.calls.append(("fence_disk", disk))
         return self.open_elsewhere.pop(disk, [])
 
-    def disk_xml(self, disk: str) -> str:
-        return f"<disk name='{disk}'/>"
+    def disk_xml(self, disk: str, *, pool: str = "", target: str = "vda") -> str:
+        return f"<disk name='{disk}' pool='{pool}' target='{target}'/>"
 
     def libvirt_secret(self) -> None:
         return None
@@ -204,11 +209,11 @@ def lease(store: MemStore, agent: HostAgent) -> FakeLease:
 
 def place(store: MemStore, status: Status = Status.SCHEDULED, host: str = HERE, **fields) -> str:
     """A VM in etcd as the scheduler left it, delivered to the agent's watch."""
+    fields.setdefault("specs", Specs(cpu=1, ram=1, ssd=10))
     vm = VM(
         name="web",
         owner="alice",
         owner_realm="users",
-        specs=Specs(cpu=1, ram=1, ssd=10),
         image=IMAGE,
         status=status,
         hostname=host,
@@ -267,6 +272,41 @@ def test_a_vm_placed_here_is_claimed_naming_its_disk_then_started_then_running(
     assert storage.calls == [("create_disk", id), ("fence_disk", id)]
     assert hv.calls == [("start", id)]
     assert hv.power(id) == Power.RUNNING
+
+
+def test_an_hdd_disk_is_named_in_the_claim_made_fenced_attached_and_deleted(
+    store, hv, storage, agent
+):
+    id = place(store, specs=Specs(cpu=1, ram=1, ssd=10, hdd=20))
+    agent.reconcile(id)
+    hdd = f"{id}-hdd"
+    claim = store.writes_of(VM, id)[1]
+    assert (claim.status, claim.disk, claim.hdd_disk, claim.hdd_pool) == (
+        Status.CREATING,
+        id,
+        hdd,
+        "ucloud",  # the pool itself (hdd_pool unset: ceph_pool), not "the default"
+    )
+    assert storage.calls == [
+        ("create_disk", id),
+        ("create_blank_disk", f"ucloud/{hdd}"),
+        ("fence_disk", id),
+        ("fence_disk", hdd),
+    ]
+    assert hv.started_with.disk_xml == (
+        f"<disk name='{id}' pool='' target='vda'/><disk name='{hdd}' pool='ucloud' target='vdb'/>"
+    )
+    ask(store, id, Action.DELETE)
+    agent.reconcile(id)
+    assert store.get(VM, id) is None
+    assert storage.disks == set()
+
+
+def test_a_vm_without_hdd_gets_no_second_disk(store, hv, storage, agent):
+    id = place(store)
+    agent.reconcile(id)
+    assert vm_in(store, id).hdd_disk == ""
+    assert [c for c in storage.calls if c[0] == "create_blank_disk"] == []
 
 
 def test_a_vm_whose_disk_is_named_keeps_that_disk(store, storage, agent):

@@ -9,7 +9,22 @@ from ucloud.store import Store
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
-    from ucloud.api import endpoint, errors, hosts, images, keys, networks, openapi, users, vms
+    from ucloud.api import (
+        accounts,
+        endpoint,
+        errors,
+        hosts,
+        images,
+        imports,
+        keys,
+        networks,
+        openapi,
+        quotas,
+        resize,
+        uploads,
+        users,
+        vms,
+    )
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -17,6 +32,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     endpoint.install(app, settings, store or Store(settings))
     errors.register(app)
-    for module in (vms, networks, hosts, users, images, keys, openapi):
+    modules = (
+        vms,
+        resize,
+        networks,
+        hosts,
+        users,
+        accounts,
+        images,
+        imports,
+        uploads,
+        quotas,
+        keys,
+        openapi,
+    )
+    for module in modules:
         app.register_blueprint(module.bp)
     return app

@@ -92,6 +92,14 @@ class Catalog:
                 listing = self._listings[owner] = self._array(vms.values())
             return listing
 
+    def vm_names(self, owner: Owner) -> set[str]:
+        """The names of ``owner``'s VMs."""
+        if not self._vms.live:
+            items, _ = self.store.list(VM)
+            return {v.value.name for v in items.values() if _owner(v.value) == owner}
+        with self._lock:
+            return {v.value.name for v in self._by_owner.get(owner, {}).values()}
+
     def _array(self, vms: Iterable[Versioned[VM]]) -> bytes:
         ordered = sorted(vms, key=lambda v: v.value.created)
         return b"[" + b",".join(self.vm_json(v) for v in ordered) + b"]"

@@ -51,7 +51,10 @@ class Route:
     body: type[BaseModel]
     summary: str
     admin: bool
-    responses: dict[int, str]
+    responses: dict[int, str]  # its own answers: success, and refusals such as 404 and 409
+    reply: type[BaseModel] | None  # the body of its success, if described
+    # The whole OpenAPI operation, for a route whose body is not a JSON object (an upload).
+    operation: dict[str, Any] | None = None
 
 
 ROUTES: list[Route] = []
@@ -73,10 +76,17 @@ def endpoint(
     summary: str,
     admin: bool = False,
     responses: dict[int, str] | None = None,
+    reply: type[BaseModel] | None = None,
 ) -> Callable[[Callable[..., Reply]], Callable[[], Any]]:
+    """``responses``: the route's own answers (its success, and refusals it makes itself such
+    as 403, 404 and 409); those of every route (400, 401, 405, 413, 503) are added by the
+    OpenAPI document. ``reply``: the model of its success's body."""
+
     def decorate(handler: Callable[..., Reply]) -> Callable[[], Any]:
         body_model = next(iter(typing.get_type_hints(handler).values()))
-        ROUTES.append(Route(path, method, body_model, summary, admin, responses or {200: "done"}))
+        ROUTES.append(
+            Route(path, method, body_model, summary, admin, responses or {200: "done"}, reply)
+        )
 
         def view() -> Any:
             body = body_model.model_validate(_request_data())

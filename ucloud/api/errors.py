@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from ucloud.quota import QuotaExceeded
 from ucloud.store import Unavailable
 
 
@@ -59,13 +60,23 @@ def register(app: Flask) -> None:
     def api_error(e: APIError) -> tuple[Any, int]:
         return _json(e.message, e.status)
 
+    @app.errorhandler(QuotaExceeded)
+    def over_quota(e: QuotaExceeded) -> tuple[Any, int]:
+        return _json(str(e), 403)
+
     @app.errorhandler(ValidationError)
     def invalid(e: ValidationError) -> tuple[Any, int]:
         return _json(describe(e), 400)
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException) -> tuple[Any, int]:
-        return _json(e.description or e.name, e.code or 500)
+    def http_error(e: HTTPException) -> Any:
+        response = jsonify(error=e.description or e.name)
+        response.status_code = e.code or 500
+        # Keep what the exception says beyond its body: a 405's Allow header.
+        for name, value in e.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> tuple[Any, int]:

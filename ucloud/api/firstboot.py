@@ -22,7 +22,7 @@ def for_new_vm(body: VMCreate, user: Principal, vm_uuid: str) -> FirstBoot:
 
 def _hostname(body: VMCreate, vm_uuid: str) -> str:
     if body.hostname is None:
-        return seed.hostname_for(body.vm_name, vm_uuid)
+        return seed.hostname_for(body.vm_name or "", vm_uuid)  # none given: vm-<uuid>
     try:
         return seed.check_hostname(body.hostname)
     except ValueError as e:

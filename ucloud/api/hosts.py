@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import HostCreate, HostMaintenance, Listing
 from ucloud.models import AdminState, Host, Specs
@@ -14,7 +14,12 @@ bp = Blueprint("host", __name__)
 
 
 @endpoint(
-    bp, "/host/create", summary="Register a hypervisor host", admin=True, responses={201: "created"}
+    bp,
+    "/host/create",
+    summary="Register a hypervisor host",
+    admin=True,
+    responses={201: "created", 409: "exists"},
+    reply=replies.HostDone,
 )
 def create(body: HostCreate, user: Principal) -> Reply:
     s = body.specs
@@ -27,13 +32,27 @@ def create(body: HostCreate, user: Principal) -> Reply:
     return {"message": "host registered", "host": host.model_dump(mode="json")}, 201
 
 
-@endpoint(bp, "/host/list", "GET", summary="Every host with its state", admin=True)
+@endpoint(
+    bp,
+    "/host/list",
+    "GET",
+    summary="Every host with its state",
+    admin=True,
+    reply=replies.HostList,
+)
 def list_hosts(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(Host)
     return {"hosts": [v.value.model_dump(mode="json") for _, v in sorted(items.items())]}, 200
 
 
-@endpoint(bp, "/host/maintenance", summary="Put a host in or out of maintenance", admin=True)
+@endpoint(
+    bp,
+    "/host/maintenance",
+    summary="Put a host in or out of maintenance",
+    admin=True,
+    responses={200: "done", 404: "no such host"},
+    reply=replies.HostDone,
+)
 def maintenance(body: HostMaintenance, user: Principal) -> Reply:
     wanted = AdminState.MAINTENANCE if body.maintenance else AdminState.UP
 

@@ -11,10 +11,13 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors
+from ucloud import quota
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.quotas import charged
 from ucloud.api.schemas import ImageCreate, ImageRef, Listing, StoreCreate
 from ucloud.models import VM, File, Image, ImageDesired, ImageStore
+from ucloud.quota import Plan
 from ucloud.store import Conflict, Versioned
 
 bp = Blueprint("image", __name__)
@@ -23,7 +26,13 @@ bp = Blueprint("image", __name__)
 # --- files ----------------------------------------------------------------------------------
 
 
-@endpoint(bp, "/file/list", "GET", summary="The caller's uploaded files (not removed)")
+@endpoint(
+    bp,
+    "/file/list",
+    "GET",
+    summary="The caller's uploaded files (not removed)",
+    reply=replies.FileList,
+)
 def list_files(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(File)
     files = sorted(
@@ -40,38 +49,69 @@ def list_files(body: Listing, user: Principal) -> Reply:
     bp,
     "/image/create",
     summary="Make an image from an uploaded file",
-    responses={202: "queued", 404: "no such file", 409: "name taken"},
+    responses={
+        202: "queued",
+        403: "only administrators make public images; or over the images quota",
+        404: "no such file",
+        409: "name taken",
+    },
+    reply=replies.ImageCreated,
 )
 def create(body: ImageCreate, user: Principal) -> Reply:
-    ctx = context()
-    if body.public and not user.admin:
-        raise errors.Forbidden("only administrators may make public images")
     file = owned_file(body.file_uuid, user)
-    store_name = body.image_store or ctx.settings.image_store
+    image = new_image(
+        user, body.image_name, body.image_store, body.public, file=file.uuid, sha512=file.sha512
+    )
+    return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
+
+
+def new_image(
+    user: Principal,
+    name: str,
+    store_name: str | None,
+    public: bool,
+    *,
+    file: str = "",
+    sha512: str = "",
+    url: str = "",
+) -> Image:
+    """Record a request for an image (made from a file, or a URL), charged to the
+    user's quota; what the image scanner then makes. 403, 400 or 409 if it cannot be."""
+    ctx = context()
+    if public and not user.admin:
+        raise errors.Forbidden("only administrators may make public images")
+    store_name = store_name or ctx.settings.image_store
     pool = pool_of(store_name)
     items, _ = ctx.store.list(Image)
     if any(
-        i.value.name == body.image_name
+        i.value.name == name
         and (i.value.owner, i.value.owner_realm) == (user.name, user.realm)
         and i.value.desired != ImageDesired.DELETED
         for i in items.values()
     ):
-        raise errors.Conflict(f"you already have an image named {body.image_name}")
+        raise errors.Conflict(f"you already have an image named {name}")
     image = Image(
-        name=body.image_name,
+        name=name,
         owner=user.name,
         owner_realm=user.realm,
-        public=body.public,
+        public=public,
         store=store_name,
         pool=pool,
-        file=file.uuid,
-        sha512=file.sha512,
+        file=file,
+        sha512=sha512,
+        url=url,
     )
-    ctx.store.create(image)
-    return {"message": "image creation queued", "uuid": image.uuid, "image": public(image)}, 202
+    charged((user.realm, user.name), lambda: Plan([(image, None)], quota.of_image(image)))
+    return image
 
 
-@endpoint(bp, "/image/list", "GET", summary="Public images and the caller's own")
+@endpoint(
+    bp,
+    "/image/list",
+    "GET",
+    summary="Public images and the caller's own",
+    reply=replies.ImageList,
+)
 def list_images(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(Image)
     images = sorted(
@@ -85,7 +125,13 @@ def list_images(body: Listing, user: Principal) -> Reply:
     bp,
     "/image/delete",
     summary="Delete an image no VM uses",
-    responses={202: "queued", 404: "no such image", 409: "VMs use it"},
+    responses={
+        202: "queued",
+        403: "a public image not the caller's",
+        404: "no such image",
+        409: "VMs use it",
+    },
+    reply=replies.ImageQueued,
 )
 def delete(body: ImageRef, user: Principal) -> Reply:
     store = context().store
@@ -105,16 +151,32 @@ def delete(body: ImageRef, user: Principal) -> Reply:
             "delete them first"
         )
 
-    def change(image: Image) -> bool:
-        if image.desired == ImageDesired.DELETED:
-            return False
-        image.desired = ImageDesired.DELETED
-        return True
-
-    written = store.update(Image, uuid, change)
-    if written is None:
+    deleted = mark_deleted(uuid)
+    if deleted is None:
         raise errors.NotFound(f"no image {body.uuid}")
-    return {"message": "image deletion queued", "image": public(written.value)}, 202
+    return {"message": "image deletion queued", "image": public(deleted)}, 202
+
+
+def mark_deleted(uuid: str) -> Image | None:
+    """Ask for the image's deletion (desired ``deleted``), freeing its owner's quota in the
+    same transaction; the image as now recorded, or None if there is none."""
+    store = context().store
+    result: list[Image] = []
+
+    def plan() -> Plan | None:
+        now = store.get(Image, uuid)
+        result[:] = [now.value] if now is not None else []
+        if now is None or now.value.desired == ImageDesired.DELETED:
+            return None
+        image = now.value.model_copy(update={"desired": ImageDesired.DELETED})
+        result[:] = [image]
+        return Plan([(image, now)], quota.of_image(image) - quota.of_image(now.value))
+
+    first = store.get(Image, uuid)
+    if first is None:
+        return None
+    charged((first.value.owner_realm, first.value.owner), plan)
+    return result[0] if result else None
 
 
 # --- image stores ---------------------------------------------------------------------------
@@ -126,6 +188,7 @@ def delete(body: ImageRef, user: Principal) -> Reply:
     summary="Create an image store: which Ceph pool holds its images",
     admin=True,
     responses={201: "created", 409: "exists"},
+    reply=replies.StoreCreated,
 )
 def create_store(body: StoreCreate, user: Principal) -> Reply:
     ctx = context()
@@ -139,7 +202,13 @@ def create_store(body: StoreCreate, user: Principal) -> Reply:
     return {"message": "image store created", "image_store": new.model_dump(mode="json")}, 201
 
 
-@endpoint(bp, "/image/store/list", "GET", summary="The image stores images can be made in")
+@endpoint(
+    bp,
+    "/image/store/list",
+    "GET",
+    summary="The image stores images can be made in",
+    reply=replies.StoreList,
+)
 def list_stores(body: Listing, user: Principal) -> Reply:
     return {"image_stores": [s.model_dump(mode="json") for s in stores()]}, 200
 

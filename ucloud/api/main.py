@@ -30,6 +30,9 @@ class _Gunicorn(BaseApplication):
             "workers": s.api_workers,
             "threads": s.api_threads,
             "worker_class": "gthread",
+            # gthread: the worker's main loop beats, not its requests, so an upload that lasts
+            # hours is not cut (tests/test_uploads.py uploads past a 2 s timeout).
+            "timeout": s.api_worker_timeout,
             "accesslog": "-",
             "loglevel": s.log_level.lower(),
             # Each worker makes its own app, and so its own etcd channel: gRPC channels must

@@ -9,12 +9,26 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
-from ucloud.models import Action, check_name
+from ucloud.models import NAME_PATTERN, Action, check_name
 
-# A number, then no unit (GiB), "B" (bytes), or K/M/G/T with an optional "B" or "iB".
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|[kmgt](?:i?b)?)?\s*$", re.IGNORECASE)
+# A number, then no unit (GiB), "B" (bytes), or K/M/G/T with an optional "B" or "iB". One
+# pattern for parsing and for the OpenAPI document (ECMA and Python read it alike).
+SIZE_PATTERN = r"^ *([0-9]+(\.[0-9]+)?) *([bB]|[kKmMgGtT]([iI]?[bB])?)? *$"
+_SIZE = re.compile(SIZE_PATTERN)
 _UNIT_GIB = {"b": 1 / (1 << 30), "k": 1 / (1 << 20), "m": 1 / 1024, "g": 1.0, "t": 1024.0}
 
 
@@ -25,10 +39,10 @@ def parse_size(value: object) -> float:
     if isinstance(value, int | float):
         gib = float(value)
     elif isinstance(value, str):
-        match = _SIZE.match(value)
+        match = _SIZE.fullmatch(value)
         if not match:
             raise ValueError(f"{value!r} is not a size (examples: 10, '10 GB', '512 MiB')")
-        unit = (match.group(2) or "g")[0].lower()
+        unit = (match.group(3) or "g")[0].lower()
         gib = float(match.group(1)) * _UNIT_GIB[unit]
     else:
         raise ValueError("must be a size in GiB (a number) or a string such as '10 GB'")
@@ -37,8 +51,27 @@ def parse_size(value: object) -> float:
     return gib
 
 
-Size = Annotated[float, BeforeValidator(parse_size)]
-Name = Annotated[str, BeforeValidator(lambda v: check_name(v) if isinstance(v, str) else v)]
+class _NumberOrSizeString:
+    """The JSON schema of a Size: the number (with the field's limits), or a string with a
+    unit; the limits apply to a string's value in GiB too."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        size_string = {
+            "type": "string",
+            "pattern": SIZE_PATTERN,
+            "description": "a size with a unit ('10 GB', '512 MiB'); none: GiB",
+        }
+        return {"anyOf": [handler(schema), size_string]}
+
+
+Size = Annotated[float, BeforeValidator(parse_size), _NumberOrSizeString()]
+Name = Annotated[
+    str,
+    BeforeValidator(lambda v: check_name(v) if isinstance(v, str) else v),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": 64}),
+]
 
 
 class Body(BaseModel):
@@ -70,9 +103,19 @@ class VMSpecs(Body):
 
 
 class VMCreate(Credentials):
-    vm_name: str = Field(min_length=1, max_length=64, description="a name for the VM")
+    vm_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a name for the VM; default: a generated one, unique among yours",
+    )
     specs: VMSpecs
-    image: str = Field(min_length=1, description="an image's uuid or name")
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="an image's uuid or name; default: the cluster's default image",
+    )
     networks: list[str] = Field(
         default_factory=list,
         validation_alias=AliasChoices("networks", "network"),
@@ -111,10 +154,11 @@ class Listing(Credentials):
 
 
 class HostSpecs(Body):
+    # The limits of a stored Specs (ucloud.models), so what passes here can be stored.
     cpu: StrictInt = Field(ge=1, le=4096)
-    ram: Size = Field(gt=0)
-    hdd: Size = Field(0, ge=0)
-    ssd: Size = Field(0, ge=0)
+    ram: Size = Field(gt=0, le=1 << 20)
+    hdd: Size = Field(0, ge=0, le=1 << 30)
+    ssd: Size = Field(0, ge=0, le=1 << 30)
 
 
 class HostCreate(Credentials):
@@ -124,7 +168,7 @@ class HostCreate(Credentials):
 
 class HostMaintenance(Credentials):
     hostname: Name
-    maintenance: bool = Field(description="true: place no new VMs on the host")
+    maintenance: StrictBool = Field(description="true: place no new VMs on the host")
 
 
 class UserCreate(Credentials):
@@ -138,7 +182,7 @@ class ImageCreate(Credentials):
     image_store: Name | None = Field(
         None, description="the image store to keep it in; default: the cluster's default store"
     )
-    public: bool = Field(False, description="usable by every user (administrators only)")
+    public: StrictBool = Field(False, description="usable by every user (administrators only)")
 
 
 class ImageRef(Credentials):

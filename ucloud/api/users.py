@@ -6,7 +6,7 @@ import pyotp
 from flask import Blueprint
 
 from ucloud import auth
-from ucloud.api import errors
+from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import UserCreate
 from ucloud.models import User
@@ -20,7 +20,8 @@ bp = Blueprint("user", __name__)
     "/user/create",
     summary="Create a user (administrators)",
     admin=True,
-    responses={201: "created"},
+    responses={201: "created", 409: "exists"},
+    reply=replies.UserCredentials,
 )
 def create(body: UserCreate, user: Principal) -> Reply:
     try:

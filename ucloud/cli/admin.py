@@ -75,3 +75,42 @@ def create_user(s: Session, args: argparse.Namespace) -> int:
         + "\n".join(f"{k}={v}" for k, v in settings.items())
     )
     return ExitCode.OK
+
+
+def delete_host(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post("/host/delete", hostname=args.name)
+    s.out.data(reply["host"])
+    s.out.text(reply["message"])
+    return ExitCode.OK
+
+
+def list_users(s: Session, args: argparse.Namespace) -> int:
+    s.out.listing(
+        s.api.get("/user/list")["users"],
+        "no users",
+        ("REALM", "NAME", "VMS", "IMAGES", "FILES"),
+        lambda u: (u["realm"], u["name"], *(u["owns"][k] for k in ("vms", "images", "files"))),
+    )
+    return ExitCode.OK
+
+
+def delete_user(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post(
+        "/user/delete", user=args.name, user_realm=args.realm, delete_owned=args.delete_owned
+    )
+    s.out.data(reply)
+    deleting = ", ".join(f"{n} {kind}" for kind, n in reply["deleting"].items() if n)
+    s.out.text(reply["message"] + (f"; deleting {deleting}" if deleting else ""))
+    return ExitCode.OK
+
+
+def reset_totp(s: Session, args: argparse.Namespace) -> int:
+    user = s.api.post("/user/reset-totp", user=args.name, user_realm=args.realm)
+    s.out.data(user)
+    s.out.text(
+        f"user {user['realm']}/{user['name']} has a new TOTP seed (the old one no longer "
+        "works); it is shown only now: give it to the user over a safe channel.\n\n"
+        f"seed:    {user['seed']}\n"
+        f"otpauth: {user['otpauth']}"
+    )
+    return ExitCode.OK

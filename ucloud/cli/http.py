@@ -51,6 +51,24 @@ class API:
             ) from e
         return data if isinstance(data, dict) else {"items": data}
 
+    def put_file(self, path: str, headers: dict[str, str], body: Any, size: int) -> JSON:
+        """PUT a streamed body (a file-like object ``size`` bytes long), authenticated by
+        headers: the body is the file, so the credentials cannot travel in it."""
+        creds = self.config.credentials()
+        headers = {
+            **headers,
+            "X-UCloud-User": creds["name"],
+            "X-UCloud-Realm": creds["realm"],
+            "X-UCloud-Token": creds["token"],
+            "Content-Length": str(size),
+            "Content-Type": "application/octet-stream",
+        }
+        response = self._send("PUT", path, data=body, headers=headers)
+        if response.status_code >= 400:
+            raise self._failure(path, response)
+        data = response.json()
+        return data if isinstance(data, dict) else {"items": data}
+
     def offers(self, path: str) -> bool | None:
         """Whether the server has ``path``, from its OpenAPI document (None: cannot tell)."""
         if self._offered is None:
@@ -92,7 +110,7 @@ class API:
                 status,
                 "the server is older than this client; ask its administrator to upgrade it",
             )
-        return Refused(message, status, _hint(status, self.config))
+        return Refused(message, status, _hint(status, message, self.config))
 
 
 def _error_message(response: requests.Response) -> str:
@@ -107,13 +125,15 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code} {response.reason}" + (f": {text}" if text else "")
 
 
-def _hint(status: int, config: ClientConfig) -> str:
+def _hint(status: int, message: str, config: ClientConfig) -> str:
     if status == 401:
         return (
             f"check UCLOUD_USER, UCLOUD_REALM and UCLOUD_SEED (in {config.path} or the "
             "environment), and that this machine's clock is right: tokens depend on it"
         )
-    if status == 403:
+    if status == 403 and message.startswith("quota exceeded"):
+        return "see your limits and usage with: ucloud quota"
+    if status == 403 and "administrators" in message:
         return f"this needs an administrator's account; you are {config.realm}/{config.user}"
     return ""
 

@@ -21,10 +21,15 @@ def list_files(s: Session, args: argparse.Namespace) -> int:
 
 
 def create_image(s: Session, args: argparse.Namespace) -> int:
-    fields: dict[str, Any] = {"image_name": args.name, "file_uuid": args.file}
+    """``image create NAME --file UUID`` and ``image import NAME --url URL``."""
+    fields: dict[str, Any] = {"image_name": args.name}
+    if getattr(args, "url", None):
+        path, fields["url"] = "/image/import", args.url
+    else:
+        path, fields["file_uuid"] = "/image/create", args.file
     if args.store:
         fields["image_store"] = args.store
-    reply = s.api.post("/image/create", **fields)
+    reply = s.api.post(path, **fields)
     image = reply.get("image", reply)
     s.out.data(image)
     s.out.text(

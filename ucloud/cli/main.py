@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, images, keys, networks, vms
+from ucloud.cli import admin, images, keys, networks, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -97,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="ACTION", required=True
     )
     p = command(vm, "create", "create a VM (it starts once placed)", vms.create, waiting)
-    p.add_argument("name", help="a name for the VM")
-    p.add_argument("--image", required=True, help="an image's name or uuid (see: image list)")
+    p.add_argument("name", nargs="?", help="a name for the VM (default: a generated one)")
+    p.add_argument(
+        "--image", help="an image's name or uuid (see: image list; default: the cluster's)"
+    )
     p.add_argument("--cpu", type=int, required=True, help="virtual CPUs")
     p.add_argument("--ram", required=True, metavar="SIZE", help="memory: 2 (GiB), 2G, 512M")
     p.add_argument("--ssd", metavar="SIZE", help="system disk (default: the API's, 10G)")
-    p.add_argument("--hdd", metavar="SIZE", help="extra disk space (default: none)")
+    p.add_argument(
+        "--hdd", metavar="SIZE", help="a second, empty disk (vdb) of this size (default: none)"
+    )
     p.add_argument(
         "--network",
         action="append",
@@ -126,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hostname", help="the guest's hostname (default: the VM's name)")
     command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
+    p = command(vm, "resize", "change a stopped VM's CPUs and memory, grow its disks", vms.resize)
+    p.add_argument("vm", help="the VM's uuid or name")
+    p.add_argument("--cpu", type=int, help="virtual CPUs")
+    p.add_argument("--ram", metavar="SIZE", help="memory: 2 (GiB), 2G, 512M")
+    p.add_argument("--ssd", metavar="SIZE", help="system disk: it may only grow")
+    p.add_argument("--hdd", metavar="SIZE", help="the second (HDD) disk: it may only grow")
     p = command(vm, "status", "a VM's state and recent events", vms.status)
     p.add_argument("vm", help="the VM's uuid or name")
     for action in ACTIONS:
@@ -176,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="ACTION", required=True
     )
     command(file, "list", "your uploaded files, to make images from", images.list_files)
+    p = command(file, "upload", "upload a file into your upload directory", upload.upload)
+    p.add_argument("path", help="the file to upload")
+    p.add_argument("--name", help="its name there (default: the file's own name)")
 
     # image
     image = groups.add_parser("image", help="disk images").add_subparsers(
@@ -184,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(image, "create", "make an image from an uploaded file", images.create_image)
     p.add_argument("name", help="a name for the image")
     p.add_argument("--file", required=True, metavar="UUID", help="the file's uuid (file list)")
+    p.add_argument("--store", help="the image store to keep it in (default: the API's)")
+    p = command(image, "import", "make an image from an http(s) URL", images.create_image)
+    p.add_argument("name", help="a name for the image")
+    p.add_argument("--url", required=True, help="where the image scanner fetches it from")
     p.add_argument("--store", help="the image store to keep it in (default: the API's)")
     command(image, "list", "images you can use", images.list_images)
     p = command(image, "delete", "delete an image", images.delete_image)
@@ -203,6 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
     p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+    p = command(
+        host,
+        "delete",
+        "delete a host that runs no VM and is DEAD or in maintenance",
+        admin.delete_host,
+    )
+    p.add_argument("name", help="the host's name")
+
+    # quota
+    p = groups.add_parser(
+        "quota",
+        help="your limits and usage (administrators: anyone's; quota set)",
+        description="your limits and usage (administrators: anyone's, and quota set)",
+        parents=[common],
+    )
+    p.set_defaults(handler=quota.show)
+    p.add_argument("--user", help="whose quota (administrators); default: yours")
+    p.add_argument("--realm", help="that user's realm; default: yours")
+    quota_sub = p.add_subparsers(dest="command", metavar="ACTION")
+    p = command(quota_sub, "set", "set a user's limits (administrators)", quota.set_limits)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    for resource, what in (
+        ("vms", "VMs"),
+        ("cpu", "CPUs of VMs that should run"),
+        ("ram", "memory of VMs that should run: 64G"),
+        ("disk", "disk of all VMs: 2T"),
+        ("networks", "networks"),
+        ("images", "images"),
+    ):
+        p.add_argument(
+            f"--{resource}",
+            metavar="LIMIT",
+            help=f"{what}; 'none': no limit, 'default': the cluster's default",
+        )
 
     # user
     user = groups.add_parser("user", help="users (administrators)").add_subparsers(
@@ -211,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(user, "create", "create a user and print its TOTP seed", admin.create_user)
     p.add_argument("name", help="the new user's name")
     p.add_argument("--realm", required=True, help="the new user's realm")
+    command(user, "list", "every user, with what they own", admin.list_users)
+    p = command(
+        user, "delete", "delete a user (refused while they own anything)", admin.delete_user
+    )
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p.add_argument(
+        "--delete-owned",
+        action="store_true",
+        help="also delete the user's VMs, images and files (through the normal paths)",
+    )
+    p = command(user, "reset-totp", "give a user a new TOTP seed, print it", admin.reset_totp)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
     return parser
 
 

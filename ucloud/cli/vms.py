@@ -184,3 +184,13 @@ def nics(vm: dict[str, Any]) -> str:
 def addresses(vm: dict[str, Any]) -> str:
     """A VM's addresses for a listing: IPv4 where there is one, else IPv6."""
     return ",".join(p.get("ipv4") or p["ipv6"] for p in vm.get("ports") or []) or "-"
+
+
+def resize(s: Session, args: argparse.Namespace) -> int:
+    fields = {k: size(v) for k in ("ram", "ssd", "hdd") if (v := getattr(args, k)) is not None}
+    if args.cpu is not None:
+        fields["cpu"] = args.cpu
+    vm = s.api.post("/vm/resize", vmid=resolve(s.api, args.vm), **fields)["vm"]
+    s.out.data(vm)
+    s.out.text(f"VM {vm['uuid']} resized; it takes effect when it starts\n" + describe(vm))
+    return ExitCode.OK

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ucloud import failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
+from ucloud.host import disks
 from ucloud.host.hypervisor import (
     Domain,
     DomainSpec,
@@ -314,7 +315,9 @@ class HostAgent:
 
     def claim(self, found: Versioned[VM], reason: str = "") -> Versioned[VM] | None:
         """CREATING, by compare-and-swap, with the disk named in the same write."""
-        return self.transition(found, Status.CREATING, reason, disk=found.value.disk_name)
+        return self.transition(
+            found, Status.CREATING, reason, **disks.claimed(found.value, self.settings)
+        )
 
     def create(self, found: Versioned[VM], dom: Domain | None) -> None:
         vm = found.value
@@ -356,9 +359,15 @@ class HostAgent:
             self.storage.create_disk(
                 vm.disk_name, image.value.uuid, vm.specs.ssd, pool=image.value.pool
             )
-            # Anyone else with this disk open is a leftover (a QEMU of a host that died, or of
-            # a crash here): the VM is ours by compare-and-swap.
-            fenced = self.storage.fence_disk(vm.disk_name)
+            if vm.hdd_disk:
+                self.storage.create_blank_disk(vm.hdd_disk, vm.specs.hdd, pool=vm.hdd_pool)
+            # Anyone else with these disks open is a leftover (a QEMU of a host that died, or
+            # of a crash here): the VM is ours by compare-and-swap.
+            fenced = [
+                client
+                for disk, pool in vm.disks
+                for client in self.storage.fence_disk(disk, pool=pool)
+            ]
             if fenced:
                 log.warning("VM %s: fenced stale clients of its disk: %s", vm.uuid, fenced)
                 recorded = self.record(
@@ -521,7 +530,8 @@ class HostAgent:
                 return
         self.hv.undefine(vm.uuid)
         self.networks.poke()
-        self.storage.delete_disk(vm.disk_name)
+        for disk, pool in vm.disks:
+            self.storage.delete_disk(disk, pool=pool)
         for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid), self.seeds.path(vm.uuid)):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
@@ -535,7 +545,12 @@ class HostAgent:
             vm=vm.uuid,
             cpu=vm.specs.cpu,
             ram_mib=max(16, round(vm.specs.ram * 1024)),
-            disk_xml=self.storage.disk_xml(vm.disk_name),
+            disk_xml=self.storage.disk_xml(vm.disk_name)
+            + (
+                self.storage.disk_xml(vm.hdd_disk, pool=vm.hdd_pool, target=disks.HDD_TARGET)
+                if vm.hdd_disk
+                else ""
+            ),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
             nics=tuple(self.networks.nics(vm)),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ucloud import uploads
 from ucloud.config import Settings
+from ucloud.imagescanner import fetch
 from ucloud.imagescanner.inspect import GIB, Refused, inspect, source_spec
 from ucloud.models import File, Image, ImageDesired, ImageStatus
 from ucloud.retry import Backoff, Retry
@@ -151,6 +152,8 @@ class ImageScanner:
 
     def convert(self, image: Image, pool: str) -> int:
         """Vet the image's file and convert it into storage; its virtual size in bytes."""
+        if image.url:
+            return self.convert_url(image, pool)
         file = self.store.get(File, image.file)
         if file is None or file.value.removed:
             raise Refused(f"its file {image.file} is no longer in the upload directory")
@@ -180,6 +183,27 @@ class ImageScanner:
         except Unusable as e:
             raise Refused(f"its file {file.value.name} cannot be used: {e}") from e
         return size
+
+    def convert_url(self, image: Image, pool: str) -> int:
+        """Fetch the image's URL (see fetch.py), vet what came and convert it into storage.
+        The download counts as the first half of the progress."""
+        progress = self.progress_writer(image.uuid)
+        s = self.settings
+        policy = fetch.Policy(
+            allowed_networks=fetch.Policy.networks(s.import_allow_networks),
+            limit=int(s.image_max_size * GIB),
+            timeout=s.import_timeout,
+            deadline=s.import_deadline,
+        )
+        log.info("fetching image %s from %s", image.uuid, image.url)
+        with fetch.download(image.url, policy, s.import_dir, lambda p: progress(p / 2)) as fd:
+            checked = inspect(fd, int(s.image_max_size * GIB))
+            return self.storage.import_image(
+                image.uuid,
+                source_spec(fd, checked.format),
+                pool=pool,
+                progress=lambda p: progress(50 + p / 2),
+            )
 
     def progress_writer(self, id: str) -> Callable[[float], None]:
         """Record the conversion's progress at most every image_progress_interval seconds;

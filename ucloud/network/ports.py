@@ -84,19 +84,14 @@ def _new_claims(vm: VM, was: VM | None) -> list[str]:
     return [k for k in vm.index_keys() if k not in before and not k.startswith("placement/")]
 
 
-def create_vm(store: Store, vm: VM, networks: Sequence[Versioned[Network]]) -> int:
-    """Create ``vm`` with a port on each network, all claims made in the same transaction,
-    while each network is unchanged (not being deleted). The VM's new revision."""
-    for _ in range(ATTEMPTS):
-        ports: list[Port] = []
-        for found in networks:
-            ports.append(new_port(store, found.value, ports))
-        vm.ports = ports
-        revision = store.commit(create=[vm], unchanged=networks, absent=_new_claims(vm, None))
-        if revision is not None:
-            return revision
-        networks = [_fresh_network(store, n) for n in networks]
-    raise Changed("the networks kept changing meanwhile; try again")
+def give_ports(store: Store, vm: VM, networks: Sequence[Versioned[Network]]) -> list[str]:
+    """Give a new ``vm`` a port on each network; the claims its creation must find absent
+    (made in the transaction that creates it, with each network compared unchanged)."""
+    chosen: list[Port] = []
+    for found in networks:
+        chosen.append(new_port(store, found.value, chosen))
+    vm.ports = chosen
+    return _new_claims(vm, None)
 
 
 def attach(store: Store, vm: Versioned[VM], network: Versioned[Network]) -> Versioned[VM]:
@@ -113,7 +108,7 @@ def attach(store: Store, vm: Versioned[VM], network: Versioned[Network]) -> Vers
         revision = store.commit(swap=[(changed, vm)], unchanged=[network], absent=claims)
         if revision is not None:
             return Versioned(changed, revision)
-        vm, network = _fresh_vm(store, vm), _fresh_network(store, network)
+        vm, network = _fresh_vm(store, vm), fresh_network(store, network)
     raise Changed("the VM or the network kept changing meanwhile; try again")
 
 
@@ -161,7 +156,7 @@ def _fresh_vm(store: Store, found: Versioned[VM]) -> Versioned[VM]:
     return again
 
 
-def _fresh_network(store: Store, found: Versioned[Network]) -> Versioned[Network]:
+def fresh_network(store: Store, found: Versioned[Network]) -> Versioned[Network]:
     again = store.get(Network, found.value.uuid)
     if again is None or again.value.deleting:
         raise Changed(f"network {found.value.name} is being deleted")

@@ -7,6 +7,8 @@ parts, and in one thread runs a pass of each:
 - Chores (chores.py): VMs without a host whose desired state needs a step;
 - Placer (placer.py): placement and the SCHEDULED deadlines;
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
+- the quota recount (ucloud.quota.recount), every quota_recount seconds: usage records that
+  disagree with the objects are repaired;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
 compare-and-swaps, so a deposed scheduler cannot write. Only the periodic resync looks at
 everything.
@@ -20,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from ucloud import quota
 from ucloud.config import Settings
 from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Alive, Host
@@ -82,6 +85,7 @@ class Scheduler:
         """Reconcile until ``stop`` (or ``lost``: leadership gone) is set."""
         self.start()
         next_resync = time.monotonic() + self.settings.scheduler_resync
+        next_recount = time.monotonic()  # soon after it leads: then every quota_recount
         index_checked = False  # once the first snapshots are in: then at each resync
         backoff, failures = Backoff.of(self.settings), 0
         try:
@@ -94,6 +98,9 @@ class Scheduler:
                     if time.monotonic() >= next_resync:
                         self.resync()
                         next_resync = time.monotonic() + self.settings.scheduler_resync
+                    if time.monotonic() >= next_recount:
+                        quota.recount(self.store, self.writes.guard)
+                        next_recount = time.monotonic() + self.settings.quota_recount
                     self.step()
                     failures = 0
                 except Deposed:

@@ -133,7 +133,11 @@ class HostLifecycle:
 
         def fence_one(found: Versioned[VM]) -> list[str] | StorageError:
             try:
-                return self.storage.fence_disk(found.value.disk_name)
+                return [
+                    client
+                    for disk, pool in found.value.disks  # the system disk and its HDD disk
+                    for client in self.storage.fence_disk(disk, pool=pool)
+                ]
             except StorageError as e:
                 return e
 

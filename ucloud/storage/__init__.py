@@ -51,20 +51,34 @@ class Storage(Protocol):
         ``size_gib`` large. Idempotent: an existing disk is left as it is (only grown)."""
         ...
 
-    def delete_disk(self, disk: str) -> None:
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        """Make ``disk`` at least ``size_gib`` large; a larger disk is left as it is (never
+        shrunk). How a resized VM's disks grow: the agent makes each disk its size before
+        every start (create_disk and create_blank_disk grow them this way)."""
+        ...
+
+    def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        """Make ``disk`` an empty disk of at least ``size_gib`` in ``pool`` (a VM's HDD disk;
+        empty pool: the pool of system disks). Idempotent, like create_disk.
+
+        Below, ``pool`` is the disk's own pool (empty: the pool of system disks); the file
+        driver keeps every disk in one directory and ignores it."""
+        ...
+
+    def delete_disk(self, disk: str, *, pool: str = "") -> None:
         """Remove ``disk``; nothing happens if it is already gone."""
         ...
 
-    def disk_exists(self, disk: str) -> bool: ...
+    def disk_exists(self, disk: str, *, pool: str = "") -> bool: ...
 
-    def fence_disk(self, disk: str) -> list[str]:
+    def fence_disk(self, disk: str, *, pool: str = "") -> list[str]:
         """Make sure no client that has ``disk`` open now can ever write to it again; return
         who was fenced. Called before a dead host's VM starts elsewhere: its QEMU may still
         run, cut off from etcd but not from the disks."""
         ...
 
-    def disk_xml(self, disk: str) -> str:
-        """The libvirt ``<disk>`` element that attaches ``disk`` as the VM's first disk."""
+    def disk_xml(self, disk: str, *, pool: str = "", target: str = "vda") -> str:
+        """The libvirt ``<disk>`` element that attaches ``disk`` as virtio disk ``target``."""
         ...
 
     def libvirt_secret(self) -> tuple[str, str] | None:

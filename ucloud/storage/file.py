@@ -71,26 +71,42 @@ class FileStorage:
                 ]
             )
             os.replace(partial, path)
+        self.grow_disk(disk, size_gib)
+
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        path = self._disk(disk)
+        if not path.is_file():
+            raise StorageError(f"disk {disk} does not exist in {self.disks}")
         wanted = int(size_gib * (1 << 30))
         if _virtual_size(path) < wanted:
             proc.run(["qemu-img", "resize", "-q", str(path), str(wanted)])
 
-    def delete_disk(self, disk: str) -> None:
+    def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        path = self._disk(disk)
+        wanted = int(size_gib * (1 << 30))
+        if not path.exists():
+            self.disks.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(wanted)])
+            os.replace(partial, path)
+        self.grow_disk(disk, size_gib)
+
+    def delete_disk(self, disk: str, *, pool: str = "") -> None:
         self._disk(disk).unlink(missing_ok=True)
 
-    def disk_exists(self, disk: str) -> bool:
+    def disk_exists(self, disk: str, *, pool: str = "") -> bool:
         return self._disk(disk).is_file()
 
-    def fence_disk(self, disk: str) -> list[str]:
+    def fence_disk(self, disk: str, *, pool: str = "") -> list[str]:
         # Local files: no other host can reach them, so no other host runs this VM.
         return []
 
-    def disk_xml(self, disk: str) -> str:
+    def disk_xml(self, disk: str, *, pool: str = "", target: str = "vda") -> str:
         return (
             "<disk type='file' device='disk'>"
             "<driver name='qemu' type='qcow2' cache='none'/>"
             f"<source file={quoteattr(str(self._disk(disk)))}/>"
-            "<target dev='vda' bus='virtio'/>"
+            f"<target dev={quoteattr(target)} bus='virtio'/>"
             "</disk>"
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import contextlib
 import json
 import logging
 import threading
@@ -150,7 +151,6 @@ class RBDStorage:
     # --- disks ---------------------------------------------------------------------------------
 
     def create_disk(self, disk: str, image: str, size_gib: float, *, pool: str = "") -> None:
-        wanted = int(size_gib * (1 << 30))
         pool = pool or self.settings.image_pool
         with (
             self._ioctx(pool) as parent,
@@ -162,12 +162,30 @@ class RBDStorage:
                 pass  # made by an earlier attempt
             except rbd.ImageNotFound as e:
                 raise StorageError(f"image {image} is not in pool {pool}") from e
-            with rbd.Image(child, disk) as img:
-                if img.size() < wanted:
-                    img.resize(wanted)
+        self.grow_disk(disk, size_gib)
 
-    def delete_disk(self, disk: str) -> None:
-        with self._ioctx(self.settings.ceph_pool) as ioctx:
+    def grow_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        wanted = int(size_gib * (1 << 30))
+        with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, disk) as img:
+                    if img.size() < wanted:
+                        log.info("growing disk %s to %d bytes", disk, wanted)
+                        img.resize(wanted, allow_shrink=False)
+            except rbd.ImageNotFound as e:
+                raise StorageError(f"disk {disk} does not exist") from e
+
+    def create_blank_disk(self, disk: str, size_gib: float, *, pool: str = "") -> None:
+        wanted = int(size_gib * (1 << 30))
+        with (
+            self._ioctx(pool or self.settings.ceph_pool) as ioctx,
+            contextlib.suppress(rbd.ImageExists),  # made by an earlier attempt
+        ):
+            rbd.RBD().create(ioctx, disk, wanted)
+        self.grow_disk(disk, size_gib, pool=pool)
+
+    def delete_disk(self, disk: str, *, pool: str = "") -> None:
+        with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
             try:
                 rbd.RBD().remove(ioctx, disk)
             except rbd.ImageNotFound:
@@ -175,17 +193,17 @@ class RBDStorage:
             except rbd.ImageBusy as e:
                 raise StorageError(f"disk {disk} is still open (by a running QEMU?)") from e
 
-    def disk_exists(self, disk: str) -> bool:
-        with self._ioctx(self.settings.ceph_pool) as ioctx:
+    def disk_exists(self, disk: str, *, pool: str = "") -> bool:
+        with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
             return disk in rbd.RBD().list(ioctx)
 
-    def fence_disk(self, disk: str) -> list[str]:
+    def fence_disk(self, disk: str, *, pool: str = "") -> list[str]:
         """Block-list every client watching the disk (each QEMU that has it open watches its
         header): the OSDs refuse their writes from then on, whatever becomes of their host.
         A block-list entry names one client instance (address and nonce), so the fenced QEMUs
         stay fenced and a new one on any host is not."""
         try:
-            with self._ioctx(self.settings.ceph_pool) as ioctx:
+            with self._ioctx(pool or self.settings.ceph_pool) as ioctx:
                 return self._block_list_watchers(ioctx, disk)
         except rbd.ImageNotFound:
             return []
@@ -211,8 +229,8 @@ class RBDStorage:
                 raise StorageError(f"cannot block-list Ceph client {addr}: {err} ({ret})")
         return clients
 
-    def disk_xml(self, disk: str) -> str:
-        name = quoteattr(f"{self.settings.ceph_pool}/{disk}")
+    def disk_xml(self, disk: str, *, pool: str = "", target: str = "vda") -> str:
+        name = quoteattr(f"{pool or self.settings.ceph_pool}/{disk}")
         return (
             "<disk type='network' device='disk'>"
             "<driver name='qemu' type='raw' cache='writeback' discard='unmap'/>"
@@ -222,7 +240,7 @@ class RBDStorage:
             f"<auth username={quoteattr(self.user)}>"
             f"<secret type='ceph' usage={quoteattr(self.secret_usage)}/>"
             "</auth>"
-            "<target dev='vda' bus='virtio'/>"
+            f"<target dev={quoteattr(target)} bus='virtio'/>"
             "</disk>"
         )
 

@@ -1,0 +1,110 @@
+"""The CLI commands of quotas, resize, accounts, host deletion, uploads and imports, run
+in-process against the real API on a loopback port and a real etcd."""
+# ruff: noqa: F811  (the fixtures imported from test_cli are redefined as parameters)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import admin_cli, alice_cli, api_url, cli, home  # noqa: F401
+from ucloud.cli.errors import ExitCode
+from ucloud.config import Settings
+from ucloud.models import VM, Desired, Host, Image, Specs, Status, User
+from ucloud.store import Store
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return settings.model_copy(update={"upload_root": str(root), "quota_cpu": 2})
+
+
+def test_quota_shown_and_set(alice_cli, admin_cli, image):
+    code, out, err = alice_cli("quota")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "quota of users/alice (cpu and ram: of VMs that should run)"
+    assert lines[1].split() == ["RESOURCE", "USED", "LIMIT", "LIMIT", "FROM"]
+    assert lines[3].split() == ["cpu", "0", "2", "default"]
+    alice_cli.json("vm", "create", "a", "--image", image.name, "--cpu", "2", "--ram", "1")
+    code, _, err = alice_cli("vm", "create", "b", "--image", image.name, "--cpu", "1", "--ram", "1")
+    assert code == ExitCode.REFUSED
+    assert "quota exceeded: cpu limit is 2, 2 in use, this needs 1 more" in err
+    assert "see your limits and usage with: ucloud quota" in err
+    code, out, err = admin_cli("quota", "set", "alice", "--realm", "users", "--cpu", "none")
+    assert code == 0, err
+    assert "cpu       2     unlimited  set" in out
+    shown = admin_cli.json("quota", "--user", "alice", "--realm", "users")
+    assert shown["limits"]["cpu"] == -1 and shown["usage"]["cpu"] == 2
+    code, _, err = alice_cli("quota", "set", "alice", "--realm", "users", "--cpu", "9")
+    assert code == ExitCode.REFUSED and "only administrators" in err
+
+
+def test_resize_from_the_cli(alice_cli, image, store: Store):
+    vm = alice_cli.json("vm", "create", "a", "--image", image.name, "--cpu", "1", "--ram", "1")
+    code, _, err = alice_cli("vm", "resize", "a", "--cpu", "2")
+    assert code == ExitCode.REFUSED and "stop it first (ucloud vm stop a --wait)" in err
+    store.create(Host(name="h1", capacity=Specs(cpu=8, ram=8)))
+
+    def stopped(v: VM) -> None:
+        v.desired, v.status = Desired.STOPPED, Status.STOPPED
+
+    store.update(VM, vm["uuid"], stopped)
+    code, out, err = alice_cli("vm", "resize", "a", "--cpu", "2", "--ram", "2G", "--ssd", "20G")
+    assert code == 0, err
+    assert "specs:    2 CPU, 2G RAM, 20G SSD, 0 HDD" in out
+
+
+def test_accounts_and_hosts_from_the_cli(admin_cli, alice_cli, store: Store, image):
+    alice_cli.json("vm", "create", "a", "--image", image.name, "--cpu", "1", "--ram", "1")
+    code, out, _ = admin_cli("user", "list")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert ["users", "alice", "1", "0", "0"] in rows
+    code, _, err = admin_cli("user", "delete", "alice", "--realm", "users")
+    assert code == ExitCode.REFUSED and "owns 1 vms" in err
+    code, out, err = admin_cli("user", "delete", "alice", "--realm", "users", "--delete-owned")
+    assert code == 0, err
+    assert out.strip() == "user users/alice deleted; deleting 1 vms"
+    assert store.get(User, "users/alice") is None
+    code, out, err = admin_cli("user", "reset-totp", "root", "--realm", "ucloud-admin")
+    assert code == 0 and "seed:" in out, err
+
+    store.create(Host(name="old", capacity=Specs(cpu=8, ram=8)))
+    code, _, err = alice_cli("host", "delete", "old")
+    assert code == ExitCode.REFUSED  # alice is gone: her token no longer works
+
+
+def test_upload_and_import_from_the_cli(alice_cli, settings, store: Store, tmp_path):
+    source = tmp_path / "disk.img"
+    source.write_bytes(b"x" * 100_000)
+    code, out, err = alice_cli("file", "upload", str(source), "--name", "d.img")
+    assert code == 0, err
+    assert out.startswith("uploaded d.img (97.7K)")
+    assert (Path(settings.upload_root) / "alice" / "d.img").read_bytes() == source.read_bytes()
+    code, _, err = alice_cli("file", "upload", str(source), "--name", "d.img")
+    assert code == ExitCode.REFUSED and "already have a file named d.img" in err
+    code, _, err = alice_cli("file", "upload", str(tmp_path / "missing"))
+    assert code == ExitCode.USAGE and "cannot read" in err
+
+    image = alice_cli.json("image", "import", "web", "--url", "https://example.org/d.qcow2")
+    assert image["url"] == "https://example.org/d.qcow2"
+    found = store.get(Image, image["uuid"])
+    assert found is not None and found.value.status == "TO_BE_CREATED"
+
+
+def test_host_delete_from_the_cli(admin_cli, store: Store):
+    store.create(Host(name="old", capacity=Specs(cpu=8, ram=8)))
+    code, out, err = admin_cli("host", "delete", "old")
+    assert code == 0, err
+    assert out.strip() == "host old deleted"
+    code, _, err = admin_cli("host", "delete", "old")
+    assert code == ExitCode.REFUSED and "no host old" in err
+
+
+def test_alice_is_no_admin(alice_cli):
+    code, _, err = alice_cli("user", "list")
+    assert code == ExitCode.REFUSED and "administrator's account" in err

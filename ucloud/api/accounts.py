@@ -1,0 +1,268 @@
+"""Accounts, for administrators: list users, delete one (and what they own), reset a user's
+TOTP seed, delete a host that is empty and out of service.
+
+Deleting what a user owns takes the normal paths, so nothing is removed behind a daemon's back:
+VMs are asked to be deleted (desired ``deleted``: their hosts remove domains and disks), images
+too (the image scanner removes them from storage once no disk is cloned from them), files are
+removed from the user's upload directory (with their records); then the user's quota records
+and the user go. Owned things are listed again after the user is gone, so a request that was
+already authenticated when the deletion began cannot leave a VM behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint
+from pydantic import Field, StrictBool
+
+from ucloud import auth, uploads
+from ucloud.api import errors
+from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.images import mark_deleted
+from ucloud.api.schemas import Credentials, Listing, Name
+from ucloud.api.users import credentials
+from ucloud.api.vms import apply
+from ucloud.models import (
+    VM,
+    Action,
+    Desired,
+    File,
+    Host,
+    HostStatus,
+    Image,
+    ImageDesired,
+    Status,
+    User,
+    placement_folder,
+)
+from ucloud.quota import Quota, Usage
+from ucloud.store import Store, Versioned
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("account", __name__)
+
+Owner = tuple[str, str]  # (realm, name)
+
+
+class UserRef(Credentials):
+    user: Name = Field(description="the user's name")
+    user_realm: Name = Field(description="the user's realm")
+
+
+class UserDelete(UserRef):
+    delete_owned: StrictBool = Field(
+        False, description="also delete the user's VMs, images and files (else: 409 if any)"
+    )
+
+
+class HostRef(Credentials):
+    hostname: Name = Field(description="the host's name")
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+@endpoint(bp, "/user/list", "GET", summary="Every user, with what they own", admin=True)
+def list_users(body: Listing, user: Principal) -> Reply:
+    store = context().store
+    users, _ = store.list(User)
+    owned = Owned.read(store)
+    answer = []
+    for _, found in sorted(users.items()):
+        u = found.value
+        counts = owned.counts((u.realm, u.name))
+        answer.append({"name": u.name, "realm": u.realm, "created": u.created, "owns": counts})
+    return {"users": answer}, 200
+
+
+@endpoint(
+    bp,
+    "/user/delete",
+    summary="Delete a user (administrators); with delete_owned, what they own too",
+    admin=True,
+    responses={202: "deleted; owned things being deleted", 404: "no such user", 409: "owns"},
+)
+def delete_user(body: UserDelete, user: Principal) -> Reply:
+    ctx = context()
+    owner = (body.user_realm, body.user)
+    who = f"{body.user_realm}/{body.user}"
+    if owner == (user.realm, user.name):
+        raise errors.Conflict("you cannot delete yourself: ask another administrator")
+    if ctx.store.get(User, who) is None:
+        raise errors.NotFound(f"no user {who}")
+    owned = Owned.read(ctx.store)
+    counts = owned.counts(owner)
+    if any(counts.values()) and not body.delete_owned:
+        raise errors.Conflict(
+            f"user {who} owns {describe(counts)}: delete them first, or ask to delete them "
+            f"with the user (delete_owned; ucloud user delete {body.user} --realm "
+            f"{body.user_realm} --delete-owned)"
+        )
+    owned.check_images_unused_by_others(owner)
+    deleted = delete_owned(owned, owner, user)
+    # The user goes, then what they own is looked at again: a request authenticated before
+    # the user went may have created something meanwhile.
+    for kind in (User, Quota, Usage):
+        # Compared with the record as read: one changed meanwhile (a seed reset) is read again.
+        while (record := ctx.store.get(kind, who)) is not None and not ctx.store.delete(record):
+            pass
+    more = delete_owned(Owned.read(ctx.store), owner, user)
+    total = Counter(deleted) + Counter(more)
+    log.info("user %s deleted by %s/%s; deleting %s", who, user.realm, user.name, dict(total))
+    return {"message": f"user {who} deleted", "deleting": {k: total[k] for k in counts}}, 202
+
+
+@endpoint(
+    bp,
+    "/user/reset-totp",
+    summary="Give a user a new TOTP seed (the old one stops working at once)",
+    admin=True,
+    responses={200: "done: the new seed", 404: "no such user"},
+)
+def reset_totp(body: UserRef, user: Principal) -> Reply:
+    def change(u: User) -> None:
+        u.totp_secret = auth.new_secret()
+
+    written = context().store.update(User, f"{body.user_realm}/{body.user}", change)
+    if written is None:
+        raise errors.NotFound(f"no user {body.user_realm}/{body.user}")
+    return credentials(written.value), 200
+
+
+# --- hosts ----------------------------------------------------------------------------------
+
+
+@endpoint(
+    bp,
+    "/host/delete",
+    summary="Delete a host that runs no VM and is DEAD or in maintenance",
+    admin=True,
+    responses={200: "deleted", 404: "no such host", 409: "in service, or has VMs"},
+)
+def delete_host(body: HostRef, user: Principal) -> Reply:
+    store = context().store
+    found = store.get(Host, body.hostname)
+    if found is None:
+        raise errors.NotFound(f"no host {body.hostname}")
+    host = found.value
+    if host.status == HostStatus.UP and host.admin_state != "MAINTENANCE":
+        raise errors.Conflict(
+            f"host {host.name} is UP and in service: put it in maintenance first (ucloud host "
+            f"maintenance {host.name} on), move its VMs away, and stop its agent"
+        )
+    placed, _ = store.list_index(placement_folder(host.name))
+    vms, _ = store.list(VM)
+    on_it = sorted(
+        set(placed)
+        | {id for id, v in vms.items() if host.name in (v.value.hostname, v.value.fencing)}
+    )
+    if on_it:
+        raise errors.Conflict(
+            f"host {host.name} still has {len(on_it)} VM(s) ({', '.join(on_it[:5])}): stop "
+            "them and start them elsewhere, or delete them, first"
+        )
+    # Compared with the host as read: a host that came back UP meanwhile is not deleted.
+    if not store.delete(found):
+        raise errors.Conflict(f"host {host.name} changed meanwhile: look again and retry")
+    return {"message": f"host {host.name} deleted", "host": host.model_dump(mode="json")}, 200
+
+
+# --- what a user owns -----------------------------------------------------------------------
+
+
+class Owned:
+    """Every VM, image and file, to find a user's (administrators' requests, rare)."""
+
+    def __init__(
+        self,
+        vms: dict[str, Versioned[VM]],
+        images: dict[str, Versioned[Image]],
+        files: dict[str, Versioned[File]],
+    ) -> None:
+        self.vms, self.images, self.files = vms, images, files
+
+    @classmethod
+    def read(cls, store: Store) -> Owned:
+        return cls(store.list(VM)[0], store.list(Image)[0], store.list(File)[0])
+
+    def of(self, owner: Owner) -> tuple[list[VM], list[Image], list[File]]:
+        def mine(obj: Any) -> bool:
+            return bool((obj.owner_realm, obj.owner) == owner)
+
+        return (
+            [v.value for v in self.vms.values() if mine(v.value)],
+            [i.value for i in self.images.values() if mine(i.value)],
+            [f.value for f in self.files.values() if mine(f.value)],
+        )
+
+    def counts(self, owner: Owner) -> dict[str, int]:
+        """What the user still has (not already being deleted)."""
+        vms, images, files = self.of(owner)
+        return {
+            "vms": sum(v.desired != Desired.DELETED for v in vms),
+            "images": sum(i.desired != ImageDesired.DELETED for i in images),
+            "files": sum(not f.removed for f in files),
+        }
+
+    def check_images_unused_by_others(self, owner: Owner) -> None:
+        """409 if another user's VM was made from one of the user's (public) images: it
+        could not be removed from storage while that VM's disk is cloned from it."""
+        mine = {i.uuid for i in self.of(owner)[1]}
+        others = sorted(
+            v.value.uuid
+            for v in self.vms.values()
+            if v.value.image in mine and (v.value.owner_realm, v.value.owner) != owner
+        )
+        if others:
+            raise errors.Conflict(
+                f"other users' VMs use this user's images ({', '.join(others[:5])}): "
+                "those VMs must be deleted first"
+            )
+
+
+def delete_owned(owned: Owned, owner: Owner, by: Principal) -> dict[str, int]:
+    """Ask for the deletion of everything ``owner`` owns, through the normal paths."""
+    vms, images, files = owned.of(owner)
+    done = {"vms": 0, "images": 0, "files": 0}
+    for vm in vms:
+        if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
+            continue
+        try:
+            apply(vm.uuid, Action.DELETE, by)
+            done["vms"] += 1
+        except (errors.NotFound, errors.Conflict):
+            pass  # deleted meanwhile, or being deleted already
+    for image in images:
+        if image.desired != ImageDesired.DELETED and mark_deleted(image.uuid) is not None:
+            done["images"] += 1
+    done["files"] = delete_files(owner, files)
+    return done
+
+
+def delete_files(owner: Owner, files: list[File]) -> int:
+    """Remove the user's upload directory, then their file records (which the file scanner
+    would otherwise only mark removed)."""
+    ctx = context()
+    realm, name = owner
+    count = sum(not f.removed for f in files)
+    if realm == ctx.settings.upload_realm:
+        try:
+            shutil.rmtree(uploads.user_dir(Path(ctx.settings.upload_root), name))
+        except FileNotFoundError:
+            pass
+        except (uploads.Unusable, OSError) as e:
+            raise errors.APIError(f"cannot remove the user's upload directory: {e}", 500) from e
+    for f in files:
+        while (found := ctx.store.get(File, f.uuid)) is not None and not ctx.store.delete(found):
+            pass  # the file scanner marked it removed meanwhile: delete that
+    return count
+
+
+def describe(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "nothing"
