@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from ucloud.api import errors, vms
+from ucloud.api import errors, replies, vms
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, VMNetwork
 from ucloud.models import Network
@@ -17,7 +17,32 @@ from ucloud.store import Conflict, Versioned
 bp = Blueprint("network", __name__)
 
 
-@endpoint(bp, "/network/create", summary="Create a network", responses={201: "created"})
+class NetworkInfo(Network):
+    """A network as the API shows it: with the VMs attached to it."""
+
+    attached: list[str]
+
+
+class NetworkDone(replies.Reply):
+    message: str
+    network: NetworkInfo
+
+
+class NetworkList(replies.Reply):
+    networks: list[NetworkInfo]
+
+
+@endpoint(
+    bp,
+    "/network/create",
+    summary="Create a network",
+    responses={
+        201: "created",
+        403: "a shared network, by a user who is no administrator",
+        409: "no VXLAN id or prefix left, or they kept being taken meanwhile",
+    },
+    reply=NetworkDone,
+)
 def create(body: NetworkCreate, user: Principal) -> Reply:
     if body.shared and not user.admin:
         raise errors.Forbidden("only administrators may create shared networks")
@@ -40,7 +65,13 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
     return {"message": "network created", "network": network_json(network)}, 201
 
 
-@endpoint(bp, "/network/list", "GET", summary="The caller's networks and the shared ones")
+@endpoint(
+    bp,
+    "/network/list",
+    "GET",
+    summary="The caller's networks and the shared ones",
+    reply=NetworkList,
+)
 def list_networks(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(Network)
     visible = [v.value for v in items.values() if v.value.shared or user.owns(v.value)]
@@ -52,7 +83,12 @@ def list_networks(body: Listing, user: Principal) -> Reply:
     bp,
     "/network/delete",
     summary="Delete a network (refused while VMs are attached)",
-    responses={409: "VMs are attached"},
+    responses={
+        200: "deleted",
+        404: "no such network of the caller's",
+        409: "VMs are attached (named), or it changed meanwhile",
+    },
+    reply=NetworkDone,
 )
 def delete(body: NetworkRef, user: Principal) -> Reply:
     found = visible_network(body.network, user)
@@ -70,7 +106,12 @@ def delete(body: NetworkRef, user: Principal) -> Reply:
     bp,
     "/vm/network/attach",
     summary="Attach a VM to a network (hot-plugged into a running VM)",
-    responses={202: "queued", 409: "already attached"},
+    responses={
+        202: "queued",
+        404: "no such VM or network of the caller's",
+        409: "already attached, the network is being deleted, or its addresses are all taken",
+    },
+    reply=replies.VMQueued,
 )
 def attach(body: VMNetwork, user: Principal) -> Reply:
     vm = vms.owned_vm(body.vmid, user)
@@ -89,7 +130,12 @@ def attach(body: VMNetwork, user: Principal) -> Reply:
     bp,
     "/vm/network/detach",
     summary="Detach a VM from a network (the NIC is removed from a running VM)",
-    responses={202: "queued", 409: "not attached"},
+    responses={
+        202: "queued",
+        404: "no such VM of the caller's",
+        409: "not attached to that network",
+    },
+    reply=replies.VMQueued,
 )
 def detach(body: VMNetwork, user: Principal) -> Reply:
     vm = vms.owned_vm(body.vmid, user)

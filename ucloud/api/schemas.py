@@ -205,7 +205,7 @@ class NetworkCreate(Credentials):
         None, description="an IPv4 subnet for it, e.g. '10.0.0.0/24' (default: IPv6 only)"
     )
     mtu: int | None = Field(None, ge=1280, le=9000, description="default: the cluster's")
-    shared: bool = Field(False, description="every user may attach it (administrators only)")
+    shared: StrictBool = Field(False, description="every user may attach it (administrators only)")
 
 
 class NetworkRef(Credentials):
