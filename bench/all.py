@@ -13,7 +13,7 @@ import time
 from bench.common import REPO, log
 
 # In the order of priority.
-BENCHMARKS = ["scheduling", "api", "disks", "provisioning", "image_import", "failover"]
+BENCHMARKS = ["scheduling", "api", "disks", "provisioning", "image_import", "failover", "consoles"]
 
 
 def main(argv: list[str] | None = None) -> int:

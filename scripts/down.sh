@@ -17,7 +17,7 @@ WIPE=0
 [ -e "$DIR/.ucloud-up" ] || { log "nothing to stop: $DIR is not an up.sh directory"; exit 0; }
 
 # Daemons first, so the host agent does not see its VMs vanish; then what they stand on.
-for daemon in imagescanner filescanner host scheduler api; do
+for daemon in imagescanner filescanner console console-relay host scheduler api; do
   pid=$(read_pidfile "$DIR/run/$daemon.pid")
   [ -n "$pid" ] && stop_pids 30 "$(re_escape "$REPO")/\.venv/bin/ucloud-$daemon" "$pid" >/dev/null
   rm -f "$DIR/run/$daemon.pid"

@@ -24,7 +24,14 @@ PACKAGES=(
   # check of the seeds ucloud makes (tests/test_seed.py)
   debootstrap e2fsprogs cloud-init
   python3 python3-venv python3-dev gcc
+  # the console page's browser tests: Playwright drives Debian's chromium (never a
+  # downloaded browser)
+  chromium
 )
+
+# npm for the console page's browser libraries (npm ci below); a machine with Node.js from
+# elsewhere (NodeSource's nodejs bundles npm) keeps it.
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -69,4 +76,9 @@ if [ -f pyproject.toml ] && [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# noVNC and xterm.js for the console page, exactly as package-lock.json pins them.
+if [ ! -d node_modules/@novnc/novnc ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
 fi

@@ -19,6 +19,8 @@ need_root
 DIR=$(realpath -m "${UCLOUD_UP_DIR:-$REPO/.state/up}")
 ETCD_PORT=23790
 API=127.0.0.1:5000
+CONSOLE_PROXY=127.0.0.1:6080
+CONSOLE_RELAY=127.0.0.1:6090
 mkdir -p "$DIR"/{run,log,uploads/demo,host}
 touch "$DIR/.ucloud-up"
 
@@ -58,6 +60,13 @@ bash scripts/libvirtd-up.sh "$DIR/libvirtd" >>"$DIR/log/libvirtd-up.log" 2>&1 \
   || die "libvirtd did not come up: see $DIR/log/libvirtd-up.log"
 
 # --- ucloud's daemons ---------------------------------------------------------------------
+# The console's secrets are made once and kept: a new one would end every console page session.
+[ -f "$DIR/console.secrets" ] || {
+  umask 077
+  printf 'UCLOUD_CONSOLE_RELAY_SECRET=%s\nUCLOUD_WEB_SECRET_KEY=%s\n' \
+    "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+    "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$DIR/console.secrets"
+}
 cat >"$DIR/ucloud.env" <<EOF
 UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$ETCD_PORT
 UCLOUD_API_BIND=$API
@@ -70,9 +79,16 @@ UCLOUD_CEPH_CONF=$DIR/ceph/ceph.conf
 UCLOUD_CEPH_KEYRING=$DIR/ceph/ceph.client.ucloud.keyring
 UCLOUD_UPLOAD_ROOT=$DIR/uploads
 UCLOUD_SHUTDOWN_TIMEOUT=10
+UCLOUD_CONSOLE_URL=http://$API
+UCLOUD_CONSOLE_WEBSOCKET_URL=ws://$CONSOLE_PROXY/
+UCLOUD_CONSOLE_PROXY_BIND=$CONSOLE_PROXY
+UCLOUD_CONSOLE_RELAY_BIND=$CONSOLE_RELAY
+UCLOUD_WEB_COOKIE_SECURE=false
+$(cat "$DIR/console.secrets")
 EOF
+chmod 600 "$DIR/ucloud.env"
 export UCLOUD_ENV_FILE=$DIR/ucloud.env
-for daemon in api scheduler host filescanner imagescanner; do
+for daemon in api scheduler host console-relay console filescanner imagescanner; do
   command -v "ucloud-$daemon" >/dev/null || { log "ucloud-$daemon is not installed: skipped"; continue; }
   start "$daemon" "$(re_escape "$REPO")/\.venv/bin/ucloud-$daemon" "$REPO/.venv/bin/ucloud-$daemon"
 done
@@ -153,6 +169,9 @@ ucloud runs on this machine ($DIR). Try:
   .venv/bin/ucloud vm suspend demo-vm --wait && .venv/bin/ucloud vm resume demo-vm --wait
   .venv/bin/ucloud vm stop demo-vm --wait && .venv/bin/ucloud vm start demo-vm --wait
   tail -f $console
+  .venv/bin/ucloud vm console demo-vm --serial   # its serial port, here (leave with Ctrl-])
+  .venv/bin/ucloud token                         # a code for the console page's login
+The console page: http://$API/console/ (log in as demo, realm users, with a code from \`ucloud token\`).
   cp some-disk.qcow2 $DIR/uploads/demo/ && .venv/bin/ucloud file list
   UCLOUD_CLIENT_CONFIG=$DIR/admin.env .venv/bin/ucloud host list
   .venv/bin/ucloud key add laptop --file ~/.ssh/id_ed25519.pub   # your SSH key for new VMs

@@ -149,3 +149,12 @@ def scheduler(store: Store, settings: Settings):
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Each phase's report on the test item (``item.rep_call``): fixtures that keep artifacts
+    of failed tests (browser screenshots) look at it."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -268,6 +268,57 @@ class NetworkSettings(_Group):
     )
 
 
+class ConsoleSettings(_Group):
+    read_by = "ucloud-console, ucloud-console-relay and ucloud-api (console tokens, web page)"
+
+    console_url: str = Field(
+        "http://127.0.0.1:5000",
+        description="the console page's public address as users reach it (behind TLS: "
+        "https://console.example.com); console URLs start with it",
+    )
+    console_websocket_url: str = Field(
+        "",
+        description="where browsers open console WebSockets; empty: the console page's own "
+        "address with /websockify (a TLS front sends that path to ucloud-console)",
+    )
+    console_token_ttl: int = Field(60, description="seconds a console token may wait for use")
+    console_proxy_bind: str = Field(
+        "127.0.0.1:6080", description="ucloud-console's WebSocket address (host:port)"
+    )
+    console_relay_bind: str = Field(
+        "127.0.0.1:6090",
+        description="ucloud-console-relay's address on a host (host:port); only ucloud-console "
+        "needs to reach it",
+    )
+    console_relay_address: str = Field(
+        "",
+        description="the relay's address as ucloud-console reaches it; empty: console_relay_bind",
+    )
+    console_relay_secret: str = Field(
+        "",
+        description="shared by ucloud-console and every relay: signs the tickets that open a "
+        "VM's console on its host (at least 32 characters; no console works without it)",
+    )
+    web_secret_key: str = Field(
+        "",
+        description="signs the console page's session cookies; the same in every ucloud-api "
+        "(the page is off without it)",
+    )
+    web_session_lifetime: int = Field(
+        8 * 3600, description="seconds a login on the console page lasts"
+    )
+    web_cookie_secure: bool = Field(
+        True,
+        description="send the session cookie over HTTPS only (set false only to try the page "
+        "over plain HTTP on a loopback address)",
+    )
+    web_assets_dir: str = Field(
+        "",
+        description="node_modules with @novnc/novnc and @xterm/xterm (npm ci); empty: the one "
+        "beside the ucloud package",
+    )
+
+
 class Settings(
     CommonSettings,
     APISettings,
@@ -277,6 +328,7 @@ class Settings(
     FileScannerSettings,
     ImageScannerSettings,
     NetworkSettings,
+    ConsoleSettings,
 ):
     """Every setting, flat (``settings.host_lease_ttl``, ``UCLOUD_HOST_LEASE_TTL``), defined
     in groups by the daemon that reads them: a part that needs one group may say so in its

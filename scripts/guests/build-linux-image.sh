@@ -12,6 +12,7 @@
 # The guest (all output on ttyS0, 115200):
 #   - prints "UCLOUD-LINUX-BOOT-OK uptime=... kernel=... disks=... nics=... ip=..." once up
 #     (15-25 s under TCG), then "UCLOUD-HEARTBEAT <seconds>" every 5 s;
+#   - runs a shell on ttyS0 (serial consoles type into it);
 #   - loads virtio (blk, net, console, rng), ata_piix/sd_mod and e1000 drivers;
 #   - powers off on the ACPI power button (virDomainShutdown), printing
 #     "UCLOUD-LINUX-POWEROFF", through busybox acpid;
@@ -176,6 +177,9 @@ fi
 # acpid exits when its default log file /var/log/acpid.log cannot be opened: log to console
 acpid -c /etc/acpi -l /dev/console
 echo "UCLOUD-LINUX-BOOT-OK uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r) disks=$(ls /sys/block | tr '\n' ' ') nics=$(ls /sys/class/net | tr '\n' ' ') ip=$UCIP" > /dev/console
+# A shell on the serial port, for serial consoles (ucloud vm console --serial); a new one
+# when it exits.
+(while true; do setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'; done) &
 i=0
 while true; do sleep 5; i=$((i+5)); echo "UCLOUD-HEARTBEAT $i" > /dev/console; done
 EOS

@@ -225,6 +225,12 @@ class MemStore:
 
     # --- leases --------------------------------------------------------------------------------
 
+    def lease(self, ttl: int) -> FakeLease:
+        """A lease nobody renews (``Store.lease``): ``expire()`` removes its keys."""
+        lease = FakeLease(self, ttl, lambda: None)
+        self.leases.append(lease)
+        return lease
+
     def hold_lease(self, ttl: int, on_lost: Callable[[], None]) -> FakeLease:
         lease = FakeLease(self, ttl, on_lost)
         self.leases.append(lease)

@@ -11,6 +11,7 @@ from ucloud.store import Store
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
     from ucloud.api import (
         accounts,
+        consoles,
         endpoint,
         errors,
         hosts,
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         users,
         vms,
     )
+    from ucloud.web import install_web
 
     settings = settings or load_settings()
     app = Flask("ucloud.api")
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     errors.register(app)
     modules = (
         vms,
+        consoles,
         resize,
         networks,
         hosts,
@@ -48,4 +51,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     for module in modules:
         app.register_blueprint(module.bp)
+    install_web(app, settings)
     return app

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, images, keys, networks, quota, upload, vms
+from ucloud.cli import admin, console, images, keys, networks, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -142,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(vm, action, ACTION_HELP[action], vms.act, waiting)
         p.add_argument("vm", help="the VM's uuid or name")
         p.set_defaults(action=action)
+    p = command(
+        vm, "console", "a VM's console: a URL for a browser, or --serial here", console.console
+    )
+    p.add_argument("vm", help="the VM's uuid or name")
+    p.add_argument(
+        "--serial",
+        action="store_true",
+        help=f"the serial console in this terminal (leave with {console.ESCAPE_NAME})",
+    )
+
+    # token
+    command(
+        groups, "token", "your current TOTP code (to log in on the console page)", console.token
+    )
 
     nic = vm.add_parser("network", help="attach a VM to a network, or detach it")
     nic_actions = nic.add_subparsers(dest="nic_action", metavar="ACTION", required=True)

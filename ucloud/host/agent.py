@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import failpoints, proc, retry, sdnotify
+from ucloud import consoles, failpoints, proc, retry, sdnotify
 from ucloud.config import Settings
 from ucloud.host import disks
 from ucloud.host.hypervisor import (
@@ -532,7 +532,12 @@ class HostAgent:
         self.networks.poke()
         for disk, pool in vm.disks:
             self.storage.delete_disk(disk, pool=pool)
-        for path in (self.console_log(vm.uuid), self.vnc_socket(vm.uuid), self.seeds.path(vm.uuid)):
+        for path in (
+            self.console_log(vm.uuid),
+            self.vnc_socket(vm.uuid),
+            consoles.serial_socket(self.vnc_dir, vm.uuid),
+            self.seeds.path(vm.uuid),
+        ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
@@ -553,6 +558,7 @@ class HostAgent:
             ),
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
+            serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
             nics=tuple(self.networks.nics(vm)),
             seed_iso=seed_iso,
         )
@@ -571,7 +577,7 @@ class HostAgent:
         return self.console_dir / f"{vm}.log"
 
     def vnc_socket(self, vm: str) -> Path:
-        return self.vnc_dir / f"{vm}.sock"
+        return consoles.vnc_socket(self.vnc_dir, vm)
 
     def notify(self, vm: VM, message: str) -> None:
         if not self.settings.notify_command:

@@ -49,6 +49,7 @@ class DomainSpec:
     disk_xml: str
     console_log: str
     vnc_socket: str
+    serial_socket: str  # the serial port, interactive; console_log keeps what it printed
     nics: tuple[Nic, ...] = ()
     seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 

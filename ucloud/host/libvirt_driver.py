@@ -292,6 +292,10 @@ class LibvirtHypervisor:
         # SeaBIOS initialises it on every boot (~0.1 CPU-second a start under TCG, more than
         # the rest of the BIOS). No VM uses USB; VNC input goes through the PS/2 keyboard and
         # mouse that the machine has anyway.
+        # The serial port is a unix socket that ucloud-console-relay alone connects to (QEMU
+        # takes one client at a time and drops output while none is connected); its <log> keeps
+        # everything the guest printed, connected or not. VNC listens on a unix socket only:
+        # nothing reaches a display without going through the relay.
         return f"""<domain type='{self.domain_type}'>
   <name>{PREFIX}{spec.vm}</name>
   <uuid>{spec.vm}</uuid>
@@ -306,11 +310,13 @@ class LibvirtHypervisor:
   <devices>
     {spec.disk_xml}{_seed_xml(spec.seed_iso)}
     {"".join(nic_xml(n) for n in spec.nics)}
-    <serial type='file'>
-      <source path={quoteattr(spec.console_log)} append='on'/><target port='0'/>
+    <serial type='unix'>
+      <source mode='bind' path={quoteattr(spec.serial_socket)}/>
+      <log file={quoteattr(spec.console_log)} append='on'/><target port='0'/>
     </serial>
-    <console type='file'>
-      <source path={quoteattr(spec.console_log)} append='on'/><target type='serial' port='0'/>
+    <console type='unix'>
+      <source mode='bind' path={quoteattr(spec.serial_socket)}/>
+      <log file={quoteattr(spec.console_log)} append='on'/><target type='serial' port='0'/>
     </console>
     <graphics type='vnc' socket={quoteattr(spec.vnc_socket)}/>
     <video><model type='vga'/></video>

@@ -1,0 +1,65 @@
+// What every page's script shares: calls to the page's JSON routes, messages, console sockets.
+
+export function csrf() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? meta.content : '';
+}
+
+// A call to the console page's own routes: the answer's JSON, or an Error with the server's
+// message as it is (the API's rules and 409 messages are shown to the user unchanged).
+export async function call(method, path, body) {
+  const options = { method, headers: { 'X-CSRF-Token': csrf() }, credentials: 'same-origin' };
+  if (body !== undefined) {
+    options.headers['Content-Type'] = 'application/json';
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  if (response.status === 401) {
+    location.href = '/console/login';
+    throw new Error('not logged in');
+  }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+export function say(text, ok = false) {
+  const p = document.getElementById('message');
+  p.textContent = text;
+  p.className = ok ? 'ok' : '';
+}
+
+// The display of a VM in `element`, through ucloud-console (noVNC).
+export async function openVnc(element, url) {
+  const { default: RFB } = await import('/console/assets/novnc/core/rfb.js');
+  element.replaceChildren();
+  element.dataset.state = 'connecting';
+  element.dataset.kind = 'vnc';
+  const rfb = new RFB(element, url, { shared: true });
+  rfb.addEventListener('connect', () => { element.dataset.state = 'connected'; });
+  rfb.addEventListener('disconnect', (e) => {
+    element.dataset.state = 'disconnected';
+    say(e.detail.clean ? 'The console closed.' : 'The console was refused or lost: open it again.');
+  });
+  return rfb;
+}
+
+// The serial port of a VM in `element`, through ucloud-console (xterm.js).
+export function openSerial(element, url) {
+  element.replaceChildren();
+  element.dataset.state = 'connecting';
+  element.dataset.kind = 'serial';
+  const term = new window.Terminal({ cols: 100, rows: 30, scrollback: 2000 });
+  term.open(element);
+  const ws = new WebSocket(url, ['binary']);
+  ws.binaryType = 'arraybuffer';
+  ws.onopen = () => { element.dataset.state = 'connected'; term.focus(); };
+  ws.onmessage = (e) => term.write(new Uint8Array(e.data));
+  ws.onclose = (e) => {
+    element.dataset.state = 'disconnected';
+    say(e.wasClean ? 'The serial console closed.' : 'The serial console was refused or lost: open it again.');
+  };
+  const encoder = new TextEncoder();
+  term.onData((data) => { if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
+  return { term, ws };
+}
