@@ -13,6 +13,10 @@ PACKAGES=(
   nasm iproute2 uuid-runtime curl
   wrk  # the API benchmark's load generator (bench/api.py)
   prometheus  # tests/test_metrics.py scrapes the stack with it; promtool checks conf/prometheus/
+  # the network tests' pings: iputils' ping sets "don't fragment" (-M do), busybox's cannot
+  iputils-ping
+  nftables  # the host agent's port security and VXLAN peer filter (ucloud/host/netfilter.py)
+  dnsmasq-base  # the network router's RAs and DHCPv4 (ucloud/host/gateway.py)
   # guest-image build (scripts/build-guests.sh). busybox-static replaces and conflicts with
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.

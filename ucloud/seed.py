@@ -9,8 +9,11 @@ NoCloud datasource and every guest kernel read it) holding:
 - ``user-data``: the user's own (a ``#cloud-config``, a ``#!`` script...), or else a
   cloud-config with the SSH keys.
 
-No ``network-config`` yet: cloud-init then configures the first NIC by DHCP (and RA), which is
-what a VM without ucloud networks needs; the networks issue adds one here.
+- ``network-config`` (a VM with ports only): version 2, one ethernet per port matched by its
+  MAC and named ``eth<i>`` in port order, its IPv6 address set statically (the port's,
+  which SLAAC would give too), router advertisements accepted (the default route, the MTU),
+  DHCPv4 where the network has IPv4 (the router hands out the port's reserved address).
+  Without one cloud-init configures the first NIC by DHCP (and RA).
 
 The seed is built from the VM's record alone (``VM.first_boot``, fixed at creation), with fixed
 timestamps, so every host that starts the VM makes the same bytes (docs/design-decisions.md).
@@ -99,10 +102,29 @@ def files(vm: VM) -> dict[str, bytes]:
     """The seed's files by name; empty for a VM without first-boot data (an older record)."""
     if vm.first_boot is None:
         return {}
-    return {
+    found = {
         "meta-data": meta_data(vm, vm.first_boot).encode(),
         "user-data": user_data(vm.first_boot).encode(),
     }
+    if vm.ports:
+        found["network-config"] = network_config(vm).encode()
+    return found
+
+
+def network_config(vm: VM) -> str:
+    """cloud-init's network config (version 2; JSON is YAML) for the VM's ports."""
+    ethernets = {
+        f"eth{i}": {
+            "match": {"macaddress": port.mac},
+            "set-name": f"eth{i}",
+            "addresses": [f"{port.ipv6}/64"],
+            "accept-ra": True,
+            "dhcp4": bool(port.ipv4),
+            "dhcp6": False,
+        }
+        for i, port in enumerate(vm.ports)
+    }
+    return json.dumps({"version": 2, "ethernets": ethernets}, indent=2, sort_keys=True) + "\n"
 
 
 # --- the ISO --------------------------------------------------------------------------------

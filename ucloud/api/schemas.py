@@ -119,7 +119,7 @@ class VMCreate(Credentials):
     networks: list[str] = Field(
         default_factory=list,
         validation_alias=AliasChoices("networks", "network"),
-        description="network uuids to attach",
+        description="networks to attach (uuids or names), one NIC on each",
     )
     ssh_keys: list[Name] | None = Field(
         None,
@@ -197,6 +197,28 @@ class ImageRef(Credentials):
 class StoreCreate(Credentials):
     image_store: Name = Field(description="the new store's name")
     pool: Name = Field(description="the Ceph pool that holds its images")
+
+
+class NetworkCreate(Credentials):
+    network_name: Name = Field(description="a name for the network")
+    ipv4: str | None = Field(
+        None, description="an IPv4 subnet for it, e.g. '10.0.0.0/24' (default: IPv6 only)"
+    )
+    mtu: int | None = Field(None, ge=1280, le=9000, description="default: the cluster's")
+    shared: StrictBool = Field(False, description="every user may attach it (administrators only)")
+
+
+class NetworkRef(Credentials):
+    network: str = Field(
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("network", "uuid", "id"),
+        description="the network's uuid, or the name of one's own (or a shared) network",
+    )
+
+
+class VMNetwork(VMRef):
+    network: str = Field(min_length=1, max_length=64, description="the network's uuid or name")
 
 
 class KeyAdd(Credentials):

@@ -74,7 +74,7 @@ def list_vms(s: Session, args: argparse.Namespace) -> int:
     s.out.listing(
         s.api.get("/vm/list")["vms"],
         "no VMs",
-        ("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"),
+        ("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM", "ADDRESSES"),
         lambda v: (
             v["uuid"],
             v["name"],
@@ -83,6 +83,7 @@ def list_vms(s: Session, args: argparse.Namespace) -> int:
             v["hostname"] or "-",
             v["specs"]["cpu"],
             gib(v["specs"]["ram"]),
+            addresses(v),
         ),
     )
     return ExitCode.OK
@@ -113,7 +114,7 @@ def describe(vm: dict[str, Any]) -> str:
             f"{gib(spec['ssd'])} SSD, {gib(spec['hdd'])} HDD",
         ),
         ("image", vm["image"]),
-        ("networks", ", ".join(vm.get("networks") or []) or "-"),
+        ("networks", nics(vm)),
         ("created", when(vm.get("created"))),
     ]
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
@@ -168,6 +169,21 @@ def act(s: Session, args: argparse.Namespace) -> int:
         s.out.text(f"VM {vmid} is {final['status']}")
         s.out.data(final)
     return ExitCode.OK
+
+
+def nics(vm: dict[str, Any]) -> str:
+    """A VM's NICs in one line: MAC and addresses of each."""
+    ports = vm.get("ports") or []
+    if not ports:
+        return "no NICs"
+    return "; ".join(
+        " ".join(x for x in (p["mac"], p["ipv6"], p.get("ipv4", "")) if x) for p in ports
+    )
+
+
+def addresses(vm: dict[str, Any]) -> str:
+    """A VM's addresses for a listing: IPv4 where there is one, else IPv6."""
+    return ",".join(p.get("ipv4") or p["ipv6"] for p in vm.get("ports") or []) or "-"
 
 
 def resize(s: Session, args: argparse.Namespace) -> int:
