@@ -234,7 +234,13 @@ def test_deleting_a_user_and_all_they_own_leaves_nothing(
         body = admin.creds(user="alice", user_realm="users", delete_owned=True)
         r = client.post("/user/delete", json=body)
         assert r.status_code == 202, r.json
-        assert r.json["deleting"] == {"vms": 1, "images": 1, "files": 1}
+        assert r.json["deleting"] == {
+            "vms": 1,
+            "images": 1,
+            "files": 1,
+            "keys": 0,
+            "networks": 0,
+        }
 
         wait_for(lambda: store.get(VM, vmid) is None, 60, "the VM to be deleted")
         # The image goes once no disk is cloned from it (the scanner retries until then).
