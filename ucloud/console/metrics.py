@@ -28,13 +28,14 @@ from prometheus_client.core import Metric
 from ucloud.consoles import Console
 from ucloud.metrics import StateCollector, gauge
 
-UNKNOWN = "unknown"  # the console kind of a connection refused before its token was read
+# The console kind of a connection whose token itself was refused (none, unknown, used, expired).
+UNKNOWN = "unknown"
 KINDS = tuple(str(c) for c in Console)
 
 CONNECTIONS = Counter(
     "ucloud_console_connections_total",
-    "Console WebSocket connections by console kind (unknown: refused before the token was "
-    "read) and result: accepted, or why refused (unknown_token, used_token, expired_token, "
+    "Console WebSocket connections by console kind (unknown: the token itself was refused) "
+    "and result: accepted, or why refused (unknown_token, used_token, expired_token, "
     "other_user, vm_not_running, relay_down, relay_unreachable, relay_refused, ...)",
     ["console", "result"],
 )
