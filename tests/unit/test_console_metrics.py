@@ -31,9 +31,9 @@ def test_children_events_count_connections_and_sessions():
     assert count("ucloud_console_connections_total", console="vnc", result="accepted") == (
         accepted + 1
     )
-    assert count(
-        "ucloud_console_connections_total", console="unknown", result="unknown_token"
-    ) == (used + 1)
+    assert count("ucloud_console_connections_total", console="unknown", result="unknown_token") == (
+        used + 1
+    )
     sessions = scrape(meter.collector)
     assert sessions[("ucloud_console_sessions", (("console", "vnc"), ("host", "node1")))] == 1
     assert sessions[("ucloud_console_sessions", (("console", "serial"), ("host", "node1")))] == 0
