@@ -313,6 +313,13 @@ class ConsoleSettings(_Group):
         description="ucloud-console-relay's address on a host (host:port); only ucloud-console "
         "needs to reach it",
     )
+    console_metrics_port: int = Field(
+        0,
+        description="ucloud-console's Prometheus /metrics (consoles opened, refused, open); 0: off",
+    )
+    console_relay_metrics_port: int = Field(
+        0, description="a relay's Prometheus /metrics (tickets, consoles open on its host); 0: off"
+    )
     console_relay_address: str = Field(
         "",
         description="the relay's address as ucloud-console reaches it; empty: console_relay_bind",
