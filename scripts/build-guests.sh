@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build the two test guests into OUTDIR.
 #
-# usage: build-guests.sh [--check] OUTDIR
+# usage: build-guests.sh [--check] [--debian] OUTDIR
 #   --check   boot each built image under QEMU (TCG) and wait for its marker
 #             (scripts/guest-boot-check.sh); exit 1 if one does not print it
+#   --debian  also build the real Debian guest, debian.raw (guests/build-debian-image.sh:
+#             1.5-4 minutes the first time, then cached by content)
 # env:   FORCE=1       rebuild even if the outputs are up to date
 #        GUEST_CACHE   where the Linux kernel package is cached (default OUTDIR/cache)
 #        GUEST_ACCEL   accelerator for --check (tcg, default; or kvm)
@@ -28,9 +30,16 @@ UC_PROG=build-guests
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-CHECK=0
-if [ "${1:-}" = --check ]; then CHECK=1; shift; fi
-[ $# -eq 1 ] || { echo "usage: $0 [--check] OUTDIR" >&2; exit 2; }
+CHECK=0 DEBIAN=0
+while [ $# -gt 1 ]; do
+  case $1 in
+    --check) CHECK=1 ;;
+    --debian) DEBIAN=1 ;;
+    *) break ;;
+  esac
+  shift
+done
+[ $# -eq 1 ] || { echo "usage: $0 [--check] [--debian] OUTDIR" >&2; exit 2; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$1"
 OUT=$(realpath "$1")
@@ -78,6 +87,10 @@ else
   "$HERE/guests/build-linux-image.sh" "$OUT"
   # mtimes: make every output newer than the sources even on coarse-timestamp filesystems
   touch "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/linux.qcow2" "$OUT/linux.raw"
+fi
+
+if [ "$DEBIAN" = 1 ]; then
+  "$HERE/guests/build-debian-image.sh" "$OUT"
 fi
 
 if [ "$CHECK" = 1 ]; then

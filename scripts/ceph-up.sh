@@ -20,6 +20,9 @@
 #   CEPH_FAST=0         drop the fast-convergence settings meant for throwaway clusters
 #   CEPH_UP_TIMEOUT     seconds to wait for PGs active+clean (default 180)
 #   CEPH_FRESH=1        wipe an existing (stopped) cluster in DIR instead of restarting it
+#   CEPH_ADDR           the address every daemon binds and advertises (default 127.0.0.1);
+#                       the multi-host test bed gives its switch bridge's, so that clients in
+#                       other network namespaces reach the cluster
 #
 # Idempotent: on a DIR whose cluster is running it only re-checks and prints; on a DIR whose
 # cluster is stopped (e.g. after a reboot) it restarts the daemons on the existing data; a
@@ -67,6 +70,7 @@ PGS=${CEPH_POOL_PGS:-32}
 CLIENT=${CEPH_CLIENT:-ucloud}
 NO_MGR=${CEPH_NO_MGR:-0}
 TIMEOUT=${CEPH_UP_TIMEOUT:-180}
+ADDR=${CEPH_ADDR:-127.0.0.1}
 
 SHOW_LOGS=0   # set once daemons are being started: then a failure shows their logs
 uc_on_die() {
@@ -208,11 +212,11 @@ bluestore fsck on mkfs = false
 mgr initial modules = iostat'
 fi
 cat >"$CONF" <<EOF
-# Written by scripts/ceph-up.sh: one-node test cluster, everything on 127.0.0.1.
+# Written by scripts/ceph-up.sh: one-node test cluster, everything on $ADDR.
 [global]
 fsid = $FSID
 mon initial members = $MON_ID
-mon host = [v2:127.0.0.1:$V2,v1:127.0.0.1:$V1]
+mon host = [v2:$ADDR:$V2,v1:$ADDR:$V1]
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -249,13 +253,13 @@ keyring = $DIR/mon/\$cluster-\$id/keyring
 [mgr]
 mgr data = $DIR/mgr/\$cluster-\$id
 keyring = $DIR/mgr/\$cluster-\$id/keyring
-public addr = 127.0.0.1
+public addr = $ADDR
 
 [osd]
 osd data = $DIR/osd/\$cluster-\$id
 keyring = $DIR/osd/\$cluster-\$id/keyring
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+public addr = $ADDR
+cluster addr = $ADDR
 osd objectstore = $STORE
 bluestore block create = true
 bluestore block size = $(numfmt --from=iec "$OSD_SIZE")
@@ -277,9 +281,9 @@ export CEPH_CONF=$(printf %q "$CONF")
 export UCLOUD_CEPH_POOL=$(printf %q "$POOL")
 export UCLOUD_CEPH_CLIENT=$(printf %q "$CLIENT")
 export UCLOUD_CEPH_KEYRING=$(printf %q "$DIR/ceph.client.$CLIENT.keyring")
-export UCLOUD_CEPH_MON_HOST='[v2:127.0.0.1:$V2,v1:127.0.0.1:$V1]'
+export UCLOUD_CEPH_MON_HOST='[v2:$ADDR:$V2,v1:$ADDR:$V1]'
 # for a libvirt <host name=... port=.../> element (plain ip:port; both ports were verified)
-export UCLOUD_CEPH_MON_V1=127.0.0.1:$V1
+export UCLOUD_CEPH_MON_V1=$ADDR:$V1
 EOF
 export CEPH_CONF="$CONF"
 
@@ -302,7 +306,7 @@ ceph-authtool "$MONKR" --import-keyring "$DIR/ceph.client.$CLIENT.keyring" >/dev
 chmod 600 "$DIR"/*.keyring
 
 # --- mon ---------------------------------------------------------------------------------
-monmaptool --create --fsid "$FSID" --addv "$MON_ID" "[v2:127.0.0.1:$V2,v1:127.0.0.1:$V1]" \
+monmaptool --create --fsid "$FSID" --addv "$MON_ID" "[v2:$ADDR:$V2,v1:$ADDR:$V1]" \
   --enable-all-features --set-min-mon-release pacific "$DIR/monmap" >/dev/null
 ceph-mon -c "$CONF" --mkfs -i "$MON_ID" --monmap "$DIR/monmap" --keyring "$MONKR" \
   2>"$DIR/log/mkfs-mon.err" || die "ceph-mon --mkfs failed: $(tail -n 5 "$DIR/log/mkfs-mon.err")"

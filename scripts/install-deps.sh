@@ -13,10 +13,17 @@ PACKAGES=(
   nasm iproute2 uuid-runtime curl
   wrk  # the API benchmark's load generator (bench/api.py)
   prometheus  # tests/test_metrics.py scrapes the stack with it; promtool checks conf/prometheus/
+  # the network tests' pings: iputils' ping sets "don't fragment" (-M do), busybox's cannot
+  iputils-ping
+  nftables  # the host agent's port security and VXLAN peer filter (ucloud/host/netfilter.py)
+  dnsmasq-base  # the network router's RAs and DHCPv4 (ucloud/host/gateway.py)
   # guest-image build (scripts/build-guests.sh). busybox-static replaces and conflicts with
   # busybox (it provides /bin/busybox too, and `busybox ping`): list only the static one, or
   # every run would try to install both.
   fdisk busybox-static syslinux syslinux-common mtools dosfstools cpio
+  # the Debian test guest (scripts/guests/build-debian-image.sh), and cloud-init's own schema
+  # check of the seeds ucloud makes (tests/test_seed.py)
+  debootstrap e2fsprogs cloud-init
   python3 python3-venv python3-dev gcc
   # the console page's browser tests: Playwright drives Debian's chromium (never a
   # downloaded browser)
@@ -40,6 +47,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
+  # cloud-init is here for its schema check only: it must never configure this machine at its
+  # next boot. (A machine that had cloud-init before keeps it as it was.)
+  if [[ " ${missing[*]} " == *" cloud-init "* ]]; then
+    mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+  fi
 fi
 
 # libvirtd runs without systemd; it looks the QEMU account up before reading qemu.conf.

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.bed import bed, bed_ceph, bed_cluster, bed_etcd  # noqa: F401  (the test bed)
 from tests.servers import Etcd
-from tests.stack import ceph, guests, libvirtd  # noqa: F401  (fixtures of the real stack)
+from tests.stack import ceph, debian_guest, guests, libvirtd  # noqa: F401  (fixtures of the real stack)
 from ucloud import auth
 from ucloud.config import Settings, load_settings
 from ucloud.models import Image, ImageStatus

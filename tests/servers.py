@@ -35,9 +35,10 @@ class Etcd:
 
     Alone it is a cluster of one; EtcdCluster makes several of them one cluster."""
 
-    def __init__(self, workdir: Path, name: str = "test") -> None:
+    def __init__(self, workdir: Path, name: str = "test", host: str = "127.0.0.1") -> None:
         self.workdir = workdir
         self.name = name
+        self.host = host  # the test bed's etcd listens on its switch bridge's address
         self.port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{name}={self.peer_url}"
@@ -45,11 +46,11 @@ class Etcd:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, wait: bool = True) -> None:
         """Start the member (on its data, if it has some); ``wait``: until it answers. A member
@@ -78,7 +79,9 @@ class Etcd:
             self.wait_ready()
 
     def wait_ready(self) -> None:
-        wait_for(lambda: _answers(self.port), 20, f"etcd {self.name} to answer", interval=0.2)
+        wait_for(
+            lambda: _answers(self.host, self.port), 20, f"etcd {self.name} answer", interval=0.2
+        )
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -138,9 +141,9 @@ class EtcdCluster:
             m.stop()
 
 
-def _answers(port: int) -> bool:
+def _answers(host: str, port: int) -> bool:
     # A fresh client each time: python-etcd3 holds on to an endpoint it saw fail.
-    client = etcd3.client(port=port, timeout=1)
+    client = etcd3.client(host=host, port=port, timeout=1)
     try:
         client.status()
         return True

@@ -44,6 +44,23 @@ class Guests:
     linux: Path  # raw disk: prints UCLOUD-LINUX-BOOT-OK in about 7 s (TCG); powers off on ACPI
 
 
+# What the Linux test guest prints about its cloud-init NoCloud seed, before
+# UCLOUD-LINUX-BOOT-OK (scripts/guests/build-linux-image.sh has the details):
+SEED = "UCLOUD-SEED"  # "UCLOUD-SEED label=cidata hostname=H keys=N instance-id=UUID"
+NO_SEED = "UCLOUD-NO-SEED"
+FIRST_BOOT = "UCLOUD-FIRSTBOOT"  # "... instance-id=UUID": first boot of this instance
+FIRST_BOOT_BEFORE = "UCLOUD-FIRSTBOOT-DONE-BEFORE"  # the disk has booted this instance before
+USER_DATA_BEGIN = "UCLOUD-USERDATA-BEGIN"  # a "#!" user-data's output follows, then
+USER_DATA_END = "UCLOUD-USERDATA-END"  # "UCLOUD-USERDATA-END rc=<exit code>"
+
+
+def marker_fields(console: str, marker: str) -> dict[str, str]:
+    """The ``key=value`` fields of the last ``marker`` line on a console."""
+    lines = [line for line in console.splitlines() if line.startswith(marker + " ")]
+    assert lines, f"no {marker} line on the console"
+    return dict(f.split("=", 1) for f in lines[-1].split()[1:] if "=" in f)
+
+
 @dataclass(frozen=True)
 class Ceph:
     dir: Path
@@ -79,6 +96,14 @@ class Libvirtd:
 def guests() -> Guests:
     run_script(str(SCRIPTS / "build-guests.sh"), str(GUEST_DIR), timeout=900)
     return Guests(GUEST_DIR / "bootsector.raw", GUEST_DIR / "linux.raw")
+
+
+@pytest.fixture(scope="session")
+def debian_guest() -> Path:
+    """A real Debian 12 disk (cloud-init, openssh-server, serial console): built once by
+    scripts/guests/build-debian-image.sh (about 1.5-4 minutes), cached by its script's hash."""
+    run_script(str(SCRIPTS / "guests" / "build-debian-image.sh"), str(GUEST_DIR), timeout=1200)
+    return GUEST_DIR / "debian.raw"
 
 
 @pytest.fixture(scope="session")

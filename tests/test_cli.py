@@ -105,8 +105,17 @@ def test_vm_create_list_status(alice_cli, image, store):
     code, out, _ = alice_cli("vm", "list")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"]
-    assert row.split() == [vm.value.uuid, "web", "PENDING", "running", "-", "2", "2G"]
+    assert header.split() == [
+        "UUID",
+        "NAME",
+        "STATUS",
+        "DESIRED",
+        "HOST",
+        "CPU",
+        "RAM",
+        "ADDRESSES",
+    ]
+    assert row.split() == [vm.value.uuid, "web", "PENDING", "running", "-", "2", "2G", "-"]
     # Columns line up under their headers.
     assert header.index("STATUS") == row.index("PENDING")
 
@@ -447,3 +456,28 @@ def test_hosts_are_for_administrators(alice_cli):
     code, _, err = alice_cli("host", "list")
     assert code == ExitCode.REFUSED
     assert "only administrators may do this" in err
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+def test_network_create_attach_show_detach_delete(alice_cli, image):
+    code, out, err = alice_cli("network", "create", "lan", "--ipv4", "10.3.0.0/24")
+    assert code == 0, err
+    assert out.startswith("network lan created: ") and "10.3.0.0/24" in out
+    vm = create(alice_cli, image)
+    code, out, err = alice_cli("vm", "network", "attach", "web", "lan")
+    assert code == 0, err
+    code, out, _ = alice_cli("vm", "list")
+    assert out.splitlines()[1].split()[-1] == "10.3.0.2"
+    code, out, _ = alice_cli("vm", "status", "web")
+    (nic_line,) = [line for line in out.splitlines() if line.startswith("networks:")]
+    assert "52:54:00:" in nic_line and "10.3.0.2" in nic_line
+    code, out, _ = alice_cli("network", "list")
+    assert out.splitlines()[1].split()[1:3] == ["lan", f"users/{vm['owner']}"]
+    code, _, err = alice_cli("network", "delete", "lan")
+    assert code != 0 and vm["uuid"] in err
+    assert alice_cli("vm", "network", "detach", "web", "lan")[0] == 0
+    code, out, err = alice_cli("network", "delete", "lan")
+    assert code == 0, err
+    assert alice_cli("network", "list")[1].strip() == "no networks"

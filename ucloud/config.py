@@ -69,7 +69,13 @@ class APISettings(_Group):
     api_bind: str = "127.0.0.1:5000"
     api_workers: int = 2
     api_threads: int = 4
-    api_max_body: int = Field(64 * 1024, description="largest request body in bytes")
+    api_max_body: int = Field(
+        256 * 1024,
+        description="largest request body in bytes (above user_data_max: JSON escapes grow it)",
+    )
+    user_data_max: int = Field(
+        64 * 1024, description="largest user-data (first-boot script or cloud-config) in bytes"
+    )
     admin_realm: str = "ucloud-admin"
     default_image: str = Field(
         "",
@@ -260,6 +266,37 @@ class ImageScannerSettings(_Group):
     )
 
 
+class NetworkSettings(_Group):
+    read_by = "ucloud-api (allocation), ucloud-host (data plane)"
+
+    network_vni_range: str = Field(
+        "1000-999999", description="VXLAN ids given to networks: FIRST-LAST (at most 16777215)"
+    )
+    network_ipv6_pool: str = Field(
+        "fd75:636c:6f75::/48",
+        description="the IPv6 prefix networks get their /64 from (a ULA by default; set "
+        "the routed prefix of your site)",
+    )
+    network_mtu: int = Field(
+        1450, description="MTU of new networks: the underlay's less VXLAN's 50 bytes (IPv4)"
+    )
+    network_underlay: str = Field(
+        "",
+        description="this host's underlay address, the VXLAN endpoint the other hosts send "
+        "to; empty: its networks reach no other host",
+    )
+    network_vxlan_port: int = Field(4789, description="UDP port of VXLAN on the underlay")
+    network_router: bool = Field(
+        False,
+        description="this host routes every network: it holds their gateway addresses (::1 "
+        "of the /64, .1 of the IPv4 subnet), sends router advertisements and serves DHCPv4 "
+        "(dnsmasq); exactly one host of a cluster",
+    )
+    network_dataplane: str = Field(
+        "linux", description="'linux' (bridges and VXLAN devices), or 'none' (simulations)"
+    )
+
+
 class ConsoleSettings(_Group):
     read_by = "ucloud-console, ucloud-console-relay and ucloud-api (console tokens, web page)"
 
@@ -319,6 +356,7 @@ class Settings(
     StorageSettings,
     FileScannerSettings,
     ImageScannerSettings,
+    NetworkSettings,
     ConsoleSettings,
 ):
     """Every setting, flat (``settings.host_lease_ttl``, ``UCLOUD_HOST_LEASE_TTL``), defined

@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -176,6 +176,52 @@ class Event(BaseModel):
     message: str
 
 
+class Port(BaseModel):
+    """A VM's NIC on a network: its MAC and addresses stay with the VM wherever it runs."""
+
+    network: str  # the network's uuid
+    mac: str
+    ipv6: str
+    ipv4: str = ""
+
+
+def network_ports_folder(network: str) -> str:
+    """The index folder of the VMs attached to ``network`` (``netport/<network>/<vm>``)."""
+    return f"netport/{network}/"
+
+
+def port_claims(vm: str, port: Port) -> tuple[str, ...]:
+    """The index entries a port holds while its VM is stored: who is attached, and its MAC
+    and IPv4 address on the network (each created only if absent: never handed out twice)."""
+    claims = [network_ports_folder(port.network) + vm, f"mac/{port.network}/{port.mac}"]
+    if port.ipv4:
+        claims.append(f"ipv4/{port.network}/{port.ipv4}")
+        # What the network's DHCP server hands out, listed by its router (keys only).
+        claims.append(f"{network_leases_folder(port.network)}{port.mac},{port.ipv4}")
+    return tuple(claims)
+
+
+def network_leases_folder(network: str) -> str:
+    """The index folder of a network's IPv4 reservations (``lease/<network>/<mac>,<ipv4>``)."""
+    return f"lease/{network}/"
+
+
+class FirstBoot(BaseModel):
+    """What a VM's NoCloud seed is built from (``ucloud.seed``): fixed when the VM is created,
+    so the seed is the same on whichever host starts it. ``hostname`` is the guest's own name
+    (``VM.hostname`` is the host the VM is placed on)."""
+
+    hostname: str
+    ssh_keys: list[str] = Field(default_factory=list)  # authorized_keys lines, as created
+    user_data: str = ""  # the user's, as given; never in API answers (see PUBLIC_EXCLUDE)
+    user_data_size: int = 0  # bytes (UTF-8)
+    user_data_sha256: str = ""
+
+
+# What API answers leave out of a VM: the user-data is shown by size and hash, not echoed.
+PUBLIC_EXCLUDE: dict[str, Any] = {"first_boot": {"user_data"}}
+
+
 class VM(Stored):
     kind: ClassVar[str] = "vm"
 
@@ -185,8 +231,10 @@ class VM(Stored):
     owner_realm: str
     specs: Specs
     image: str  # image uuid
-    networks: list[str] = Field(default_factory=list)
+    ports: list[Port] = Field(default_factory=list)  # its NICs, in order
     created: float = Field(default_factory=now)
+    # None: a VM created before first-boot seeds existed; it boots without one, as it did.
+    first_boot: FirstBoot | None = None
 
     # Written by the API.
     desired: Desired = Desired.RUNNING
@@ -216,8 +264,15 @@ class VM(Stored):
         return self.uuid
 
     def index_keys(self) -> tuple[str, ...]:
-        """A placed VM's entry in its host's placement index (what its host agent follows)."""
-        return (placement_key(self.hostname, self.uuid),) if self.hostname else ()
+        """A placed VM's entry in its host's placement index (what its host agent follows),
+        and its ports' claims (models.port_claims)."""
+        placed = (placement_key(self.hostname, self.uuid),) if self.hostname else ()
+        return placed + tuple(k for p in self.ports for k in port_claims(self.uuid, p))
+
+    @property
+    def networks(self) -> list[str]:
+        """The uuids of the networks its NICs are on."""
+        return [p.network for p in self.ports]
 
     def record(self, by: str, message: str) -> None:
         """Append to the VM's short event log."""
@@ -311,6 +366,10 @@ class Host(Stored):
     status: HostStatus = HostStatus.DEAD  # written by the scheduler, from the alive key
     status_since: float = Field(default_factory=now)
     addresses: list[str] = Field(default_factory=list)  # written by the host agent
+    # Written by the host agent: its VXLAN endpoint, and the networks whose data plane it
+    # holds (the other hosts of a network send its frames there).
+    underlay: str = ""
+    networks: list[str] = Field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -448,20 +507,56 @@ class File(Stored):
 
 
 class Network(Stored):
+    """A tenant network: a VXLAN segment with an IPv6 /64 and optionally an IPv4 subnet.
+    Its VXLAN id and prefix are claimed by index entries (``vni/<id>``, ``prefix6/<addr>``)
+    created with it, so no two networks ever share them (see ucloud/network/)."""
+
     kind: ClassVar[str] = "network"
 
     uuid: str = Field(default_factory=new_id)
     name: str
     owner: str
     owner_realm: str
-    type: str = "vxlan"
-    vni: int = 0
-    ipv6_prefix: str = ""
+    shared: bool = False  # made by an administrator: every user may attach it
+    vni: int
+    ipv6_prefix: str  # e.g. fd75:636c:6f75:1::/64
+    ipv4_subnet: str = ""  # e.g. 10.0.0.0/24; empty: IPv6 only
+    mtu: int
     created: float = Field(default_factory=now)
+    # Set while it is being deleted: no VM may attach it from then on (ucloud/network/).
+    deleting: bool = False
 
     @property
     def id(self) -> str:
         return self.uuid
+
+    def index_keys(self) -> tuple[str, ...]:
+        return (f"vni/{self.vni}", f"prefix6/{self.ipv6_prefix.split('/')[0]}")
+
+
+class SSHKey(Stored):
+    """A user's SSH public key, by name (``ucloud.sshkeys`` checked it)."""
+
+    kind: ClassVar[str] = "sshkey"
+    id_parts: ClassVar[int] = 3  # realm/owner/name: a user's keys are one folder
+
+    name: str
+    owner: str
+    owner_realm: str
+    public_key: str  # one authorized_keys line: type, base64, comment
+    type: str
+    bits: int
+    fingerprint: str  # SHA256:..., as ssh-keygen -l prints it
+    created: float = Field(default_factory=now)
+
+    @property
+    def id(self) -> str:
+        return f"{self.owner_realm}/{self.owner}/{self.name}"
+
+    @field_validator("name", "owner", "owner_realm")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_name(v)
 
 
 class User(Stored):

@@ -189,6 +189,10 @@ class Plan:
 
     writes: Sequence[tuple[Stored, Versioned[Any] | None]]
     change: Amounts
+    # Objects the writes depend on, compared unchanged (the networks a new VM's ports are
+    # on), and index entries that must not exist (its ports' claims): see Store.commit.
+    unchanged: Sequence[Versioned[Any]] = ()
+    absent: Sequence[str] = ()
 
 
 def charge(
@@ -217,7 +221,7 @@ def charge(
             check(usage.used, change, limits)
             usage.used = (usage.used + change).rounded()
             writes.append((usage, found))
-        revision = store.swap_many(writes)
+        revision = store.commit(swap=writes, unchanged=planned.unchanged, absent=planned.absent)
         if revision is not None:
             return revision
     raise Conflict(f"the objects of {realm}/{name} kept changing; try again")

@@ -428,6 +428,49 @@ class Store:
         return responses[0].response_put.header.revision if ok else None
 
     @_etcd_call
+    def commit(
+        self,
+        *,
+        create: Sequence[Stored] = (),
+        swap: Sequence[tuple[Stored, Versioned[Any] | None]] = (),
+        delete: Sequence[Versioned[Any]] = (),
+        unchanged: Sequence[Versioned[Any]] = (),
+        absent: Sequence[str] = (),
+    ) -> int | None:
+        """Several objects in one transaction: ``create`` (their keys must not exist),
+        ``swap`` (each written over the object as read; as swap_many, a ``was`` of None
+        creates), ``delete`` (as read), if every
+        object of ``unchanged`` is still as read and no index entry of ``absent`` (paths below
+        the prefix) exists. Index entries follow as in swap_many. For writes whose
+        uniqueness an index entry guarantees (a network's VXLAN id, a port's IPv4 address)
+        and that depend on another object staying as read (the network a port is on). The new
+        revision, or None if any compare failed (nothing written)."""
+        t = self.client.transactions
+        compare = [t.version(self.key_of(obj)) == 0 for obj in create]
+        # etcd compares a missing key's mod_revision as 0.
+        compare += [
+            t.mod(self.key_of(obj)) == (was.mod_revision if was else 0) for obj, was in swap
+        ]
+        compare += [t.mod(self.key_of(f.value)) == f.mod_revision for f in (*delete, *unchanged)]
+        compare += [t.version(self.index_key(path)) == 0 for path in absent]
+        success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj in create]
+        success += [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in swap]
+        success += [t.delete(self.key_of(f.value)) for f in delete]
+        for obj in create:
+            success += self._index_ops(None, obj)
+        for obj, was in swap:
+            success += self._index_ops(was.value if was else None, obj)
+        for f in delete:
+            success += self._index_ops(f.value, None)
+        assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
+        ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
+        if not ok or not responses:
+            return None
+        first = responses[0]
+        return getattr(first, first.WhichOneof("response")).header.revision
+
+    @_etcd_call
     def delete(self, found: Versioned[M], guard: Guard | None = None) -> bool:
         """Delete the object (and its index entries) if its key is still at the revision it
         was read at (and ``guard`` holds)."""

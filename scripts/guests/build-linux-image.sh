@@ -18,6 +18,16 @@
 #     "UCLOUD-LINUX-POWEROFF", through busybox acpid;
 #   - optional static address from the kernel command line (direct kernel boot with
 #     OUTDIR/vmlinuz + initrd.img): uc.ip=A.B.C.D/NN [uc.gw=A.B.C.D].
+#   - first boot from a cloud-init NoCloud seed (a CD-ROM, /dev/sr0, with meta-data and
+#     user-data), before UCLOUD-LINUX-BOOT-OK, with these markers (tests/stack.py reads them):
+#       UCLOUD-SEED label=<volume id> hostname=<local-hostname> keys=<public-keys in meta-data>
+#         instance-id=<instance-id>       the seed was read; the hostname is set
+#       UCLOUD-NO-SEED                    no seed CD-ROM
+#       UCLOUD-FIRSTBOOT instance-id=...  first boot of this instance: a user-data starting
+#         with "#!" runs as a shell script, in the background, its output on the console
+#         between "UCLOUD-USERDATA-BEGIN" and "UCLOUD-USERDATA-END rc=<exit code>"
+#       UCLOUD-FIRSTBOOT-DONE-BEFORE instance-id=...   this instance-id booted before from
+#         this disk (remembered in INSTANCE.ID on the boot partition): nothing is run again
 # Host packages: fdisk busybox-static syslinux syslinux-common mtools dosfstools cpio
 # qemu-utils (scripts/install-deps.sh). busybox must be the static build: it is copied into
 # the initramfs, which has no libc.
@@ -80,7 +90,8 @@ ln -s busybox "$IR/bin/sh"
 # Drivers the test VMs need (the init script modprobes them). Their dependencies come from
 # the kernel's own modules.dep, so the list survives kernel updates that move or add modules
 # (6.1.0-56 moved t10-pi.ko, which sd_mod needs, from drivers/block/ to block/).
-WANT=(virtio_pci virtio_blk virtio_net virtio_console virtio-rng button evdev ata_piix sd_mod e1000)
+WANT=(virtio_pci virtio_blk virtio_net virtio_console virtio-rng button evdev ata_piix sd_mod e1000
+  sr_mod cdrom isofs vfat nls_cp437 nls_ascii nls_utf8)
 mapfile -t MODS < <(awk -v want="${WANT[*]}" '
   BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) { g = w[i]; gsub("-", "_", g); W[g] = 1 } }
   {
@@ -114,11 +125,46 @@ chmod +x "$IR/etc/acpi/PWRF/00000080"
 
 cat >"$IR/init" <<'EOS'
 #!/bin/sh
+# A small reading of cloud-init's NoCloud seed (see first_boot below and the header).
+yaml_value() { sed -n "s/^$1: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *\$/\1/p" "$2" | head -n 1; }
+first_boot() {
+  i=0
+  while [ ! -b /dev/sr0 ] && [ $i -lt 15 ]; do sleep 0.2; i=$((i+1)); done
+  mkdir -p /seed /disk
+  if ! mount -t iso9660 -o ro /dev/sr0 /seed 2>/dev/null || [ ! -f /seed/meta-data ]; then
+    echo "UCLOUD-NO-SEED" > /dev/console
+    return
+  fi
+  iid=$(yaml_value instance-id /seed/meta-data)
+  host=$(yaml_value local-hostname /seed/meta-data)
+  keys=$(grep -c '^  - ' /seed/meta-data)
+  [ -n "$host" ] && hostname "$host"
+  echo "UCLOUD-SEED label=$(dd if=/dev/sr0 bs=1 skip=32808 count=32 2>/dev/null | tr -d ' ') hostname=$(hostname) keys=$keys instance-id=$iid" > /dev/console
+  # First boot happens once per instance-id, remembered on the VM's own disk (the boot
+  # partition): a restart, on this host or another, of the same VM does not run it again.
+  before=""; disk=""
+  if mount -t vfat /dev/vda1 /disk 2>/dev/null; then
+    disk=/disk; before=$(cat /disk/INSTANCE.ID 2>/dev/null)
+  fi
+  if [ -n "$iid" ] && [ "$before" = "$iid" ]; then
+    echo "UCLOUD-FIRSTBOOT-DONE-BEFORE instance-id=$iid" > /dev/console
+  else
+    echo "UCLOUD-FIRSTBOOT instance-id=$iid" > /dev/console
+    if [ -n "$disk" ]; then echo "$iid" > /disk/INSTANCE.ID; sync; fi
+    if [ "$(head -c 2 /seed/user-data 2>/dev/null)" = "#!" ]; then
+      cp /seed/user-data /tmp/user-data; chmod +x /tmp/user-data
+      # In the background: a user-data script may serve for ever.
+      ( echo "UCLOUD-USERDATA-BEGIN"; sh /tmp/user-data; echo "UCLOUD-USERDATA-END rc=$?" ) > /dev/console 2>&1 &
+    fi
+  fi
+  [ -n "$disk" ] && umount /disk
+}
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null
-for m in button evdev virtio_pci virtio_blk virtio_net virtio_console virtio-rng ata_piix sd_mod e1000; do
+for m in button evdev virtio_pci virtio_blk virtio_net virtio_console virtio-rng ata_piix sd_mod e1000 sr_mod isofs vfat nls_cp437 nls_ascii nls_utf8; do
   modprobe $m 2>/dev/null
 done
+first_boot
 # optional static IP from the kernel command line: uc.ip=10.0.0.5/24 [uc.gw=10.0.0.1]
 for a in $(cat /proc/cmdline); do
   case $a in uc.ip=*) UCIP=${a#uc.ip=};; uc.gw=*) UCGW=${a#uc.gw=};; esac

@@ -17,7 +17,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         hosts,
         images,
         imports,
+        keys,
         metrics,
+        networks,
         openapi,
         quotas,
         resize,
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         vms,
         consoles,
         resize,
+        networks,
         hosts,
         users,
         accounts,
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         imports,
         uploads,
         quotas,
+        keys,
         openapi,
     )
     for module in modules:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic
 
 from ucloud.mirror import Diff, Mirror
-from ucloud.models import VM, ZERO, Specs, User
+from ucloud.models import PUBLIC_EXCLUDE, VM, ZERO, Specs, User
 from ucloud.store import Change, Follower, M, Snapshot, Store, Versioned
 
 Owner = tuple[str, str]  # (realm, name); None below: every VM (administrators)
@@ -75,7 +75,7 @@ class Catalog:
         cached = self._json.get(vm.value.id)
         if cached is not None and cached[0] == vm.mod_revision:
             return cached[1]
-        data = vm.value.model_dump_json().encode()
+        data = vm.value.model_dump_json(exclude=PUBLIC_EXCLUDE).encode()
         if self._vms.live:
             self._json[vm.value.id] = (vm.mod_revision, data)
         return data

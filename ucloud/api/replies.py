@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ucloud.models import VM, File, Host, Image, ImageStore, Specs
+from ucloud.models import VM, File, Host, Image, ImageStore, Specs, SSHKey
 
 
 class Reply(BaseModel):
@@ -89,3 +89,12 @@ class StoreCreated(Reply):
 
 class StoreList(Reply):
     image_stores: list[ImageStore]
+
+
+class KeyDone(Reply):
+    message: str
+    key: SSHKey
+
+
+class KeyList(Reply):
+    keys: list[SSHKey]

@@ -119,7 +119,20 @@ class VMCreate(Credentials):
     networks: list[str] = Field(
         default_factory=list,
         validation_alias=AliasChoices("networks", "network"),
-        description="network uuids to attach",
+        description="networks to attach (uuids or names), one NIC on each",
+    )
+    ssh_keys: list[Name] | None = Field(
+        None,
+        max_length=100,
+        description="names of the caller's SSH keys to put in the VM; default: all of them",
+    )
+    user_data: str | None = Field(
+        None,
+        description="run at first boot: a #cloud-config or a #! script (UTF-8 text, at most "
+        "the API's user_data_max bytes)",
+    )
+    hostname: str | None = Field(
+        None, description="the guest's hostname (one DNS label); default: the VM's name"
     )
 
 
@@ -184,3 +197,38 @@ class ImageRef(Credentials):
 class StoreCreate(Credentials):
     image_store: Name = Field(description="the new store's name")
     pool: Name = Field(description="the Ceph pool that holds its images")
+
+
+class NetworkCreate(Credentials):
+    network_name: Name = Field(description="a name for the network")
+    ipv4: str | None = Field(
+        None, description="an IPv4 subnet for it, e.g. '10.0.0.0/24' (default: IPv6 only)"
+    )
+    mtu: int | None = Field(None, ge=1280, le=9000, description="default: the cluster's")
+    shared: StrictBool = Field(False, description="every user may attach it (administrators only)")
+
+
+class NetworkRef(Credentials):
+    network: str = Field(
+        min_length=1,
+        max_length=64,
+        validation_alias=AliasChoices("network", "uuid", "id"),
+        description="the network's uuid, or the name of one's own (or a shared) network",
+    )
+
+
+class VMNetwork(VMRef):
+    network: str = Field(min_length=1, max_length=64, description="the network's uuid or name")
+
+
+class KeyAdd(Credentials):
+    key_name: Name = Field(description="a name for the key")
+    public_key: str = Field(
+        max_length=16384,
+        validation_alias=AliasChoices("public_key", "key"),
+        description="one OpenSSH public key line (the content of id_ed25519.pub, ...)",
+    )
+
+
+class KeyRef(Credentials):
+    key_name: str = Field(min_length=1, max_length=64, description="the key's name")

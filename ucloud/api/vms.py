@@ -8,12 +8,24 @@ from typing import Any
 from flask import Blueprint
 
 from ucloud import quota
-from ucloud.api import errors, original, replies
+from ucloud.api import errors, firstboot, original, replies
+from ucloud.api import networks as networks_api
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import visible_image
 from ucloud.api.quotas import charged
 from ucloud.api.schemas import Listing, VMAction, VMCreate, VMRef
-from ucloud.models import VM, Action, Image, ImageDesired, ImageStatus, Specs, TransitionError
+from ucloud.models import (
+    PUBLIC_EXCLUDE,
+    VM,
+    Action,
+    Image,
+    ImageDesired,
+    ImageStatus,
+    Specs,
+    TransitionError,
+)
+from ucloud.network import ports
+from ucloud.network.allocate import AllocationError
 from ucloud.quota import Plan
 from ucloud.store import Versioned
 
@@ -33,6 +45,9 @@ bp = Blueprint("vm", __name__)
 )
 def create(body: VMCreate, user: Principal) -> Reply:
     image = find_image(original.image_ref(body.image), user)
+    networks = [networks_api.find_network(ref, user) for ref in body.networks]
+    if len({n.value.uuid for n in networks}) != len(networks):
+        raise errors.BadRequest("a network is named twice: a VM has one NIC on each network")
     specs = Specs(cpu=body.specs.cpu, ram=body.specs.ram, ssd=body.specs.ssd, hdd=body.specs.hdd)
     vm = VM(
         name=original.vm_name(body.vm_name, user),
@@ -40,10 +55,24 @@ def create(body: VMCreate, user: Principal) -> Reply:
         owner_realm=user.realm,
         specs=specs,
         image=image.uuid,
-        networks=body.networks,
     )
+    vm.first_boot = firstboot.for_new_vm(body, user, vm)
     vm.record("api", f"created by {user.realm}/{user.name}")
-    revision = charged((user.realm, user.name), lambda: Plan([(vm, None)], quota.of_vm(vm)))
+    store = context().store
+
+    def plan() -> Plan:
+        # Called again on every retry: fresh networks (one being deleted refuses) and ports
+        # (a MAC or an address taken meanwhile is chosen again).
+        fresh = [ports.fresh_network(store, n) for n in networks]
+        claims = ports.give_ports(store, vm, fresh)
+        return Plan([(vm, None)], quota.of_vm(vm), unchanged=fresh, absent=claims)
+
+    try:
+        revision = charged((user.realm, user.name), plan)
+    except ports.Changed as e:
+        raise errors.Conflict(str(e)) from e
+    except AllocationError as e:
+        raise errors.Conflict(str(e)) from e
     assert revision is not None
     context().catalog.wrote(vm, revision)
     return {"message": "VM creation queued", "uuid": vm.uuid, "vm": public(vm)}, 202
@@ -157,4 +186,4 @@ def find_image(ref: str, user: Principal) -> Image:
 
 
 def public(vm: VM) -> dict[str, Any]:
-    return vm.model_dump(mode="json")
+    return vm.model_dump(mode="json", exclude=PUBLIC_EXCLUDE)

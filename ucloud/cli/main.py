@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, console, images, quota, upload, vms
+from ucloud.cli import admin, console, images, keys, networks, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -108,8 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--hdd", metavar="SIZE", help="a second, empty disk (vdb) of this size (default: none)"
     )
     p.add_argument(
-        "--network", action="append", metavar="UUID", help="a network to attach (repeatable)"
+        "--network",
+        action="append",
+        metavar="NETWORK",
+        help="a network (name or uuid) to attach, one NIC each (repeatable)",
     )
+    key_choice = p.add_mutually_exclusive_group()
+    key_choice.add_argument(
+        "--ssh-key",
+        action="append",
+        metavar="NAME",
+        help="one of your SSH keys to put in the VM (repeatable; default: all of them)",
+    )
+    key_choice.add_argument(
+        "--no-ssh-keys", action="store_true", help="put none of your SSH keys in the VM"
+    )
+    p.add_argument(
+        "--user-data",
+        metavar="FILE",
+        help="run at first boot: a #cloud-config or a #! script ('-': stdin)",
+    )
+    p.add_argument("--hostname", help="the guest's hostname (default: the VM's name)")
     command(vm, "list", "your VMs (every VM for administrators)", vms.list_vms)
     p = command(vm, "resize", "change a stopped VM's CPUs and memory, grow its disks", vms.resize)
     p.add_argument("vm", help="the VM's uuid or name")
@@ -137,6 +156,44 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         groups, "token", "your current TOTP code (to log in on the console page)", console.token
     )
+
+    nic = vm.add_parser("network", help="attach a VM to a network, or detach it")
+    nic_actions = nic.add_subparsers(dest="nic_action", metavar="ACTION", required=True)
+    for name, handler, help in (
+        ("attach", networks.attach, "attach a VM to a network (hot-plugged if it runs)"),
+        ("detach", networks.detach, "detach a VM from a network (unplugged if it runs)"),
+    ):
+        p = command(nic_actions, name, help, handler)
+        p.add_argument("vm", help="the VM's uuid or name")
+        p.add_argument("network", help="the network's uuid or name")
+
+    # network
+    network = groups.add_parser("network", help="your networks").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(network, "create", "create a network (IPv6, optionally IPv4)", networks.create)
+    p.add_argument("name", help="a name for the network")
+    p.add_argument("--ipv4", metavar="SUBNET", help="an IPv4 subnet too, e.g. 10.0.0.0/24")
+    p.add_argument("--mtu", type=int, help="default: the cluster's")
+    p.add_argument("--shared", action="store_true", help="usable by all (administrators)")
+    command(network, "list", "your networks and the shared ones", networks.list_networks)
+    p = command(network, "delete", "delete a network (no VM may be attached)", networks.delete)
+    p.add_argument("network", help="the network's uuid or name")
+    # key
+    key = groups.add_parser("key", help="your SSH public keys").add_subparsers(
+        dest="command", metavar="ACTION", required=True
+    )
+    p = command(key, "add", "add an SSH public key", keys.add_key)
+    p.add_argument("name", help="a name for the key")
+    p.add_argument(
+        "--file",
+        required=True,
+        metavar="PATH",
+        help="the public key file, e.g. ~/.ssh/id_ed25519.pub",
+    )
+    command(key, "list", "your SSH keys", keys.list_keys)
+    p = command(key, "delete", "delete an SSH key", keys.delete_key)
+    p.add_argument("name", help="the key's name")
 
     # file
     file = groups.add_parser("file", help="your uploaded files").add_subparsers(

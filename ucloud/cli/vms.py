@@ -6,8 +6,10 @@ import argparse
 import re
 from typing import Any
 
+from ucloud import sshkeys
 from ucloud.cli.errors import ExitCode, Refused
 from ucloud.cli.http import API
+from ucloud.cli.keys import read_text
 from ucloud.cli.output import fields, gib, table, when
 from ucloud.cli.session import Session
 from ucloud.cli.wait import Goal, wait_for
@@ -44,12 +46,20 @@ def create(s: Session, args: argparse.Namespace) -> int:
         specs["ssd"] = size(args.ssd)
     if args.hdd is not None:
         specs["hdd"] = size(args.hdd)
+    first_boot: dict[str, Any] = {}
+    if args.no_ssh_keys or args.ssh_key:
+        first_boot["ssh_keys"] = [] if args.no_ssh_keys else args.ssh_key
+    if args.user_data is not None:
+        first_boot["user_data"] = read_text(args.user_data, "user-data file")
+    if args.hostname is not None:
+        first_boot["hostname"] = args.hostname
     reply = s.api.post(
         "/vm/create",
         vm_name=args.name,
         specs=specs,
         image=args.image,
         networks=args.network or [],
+        **first_boot,
     )
     vm = reply["vm"]
     s.out.text(f"VM {vm['name']} created: {vm['uuid']}")
@@ -64,7 +74,7 @@ def list_vms(s: Session, args: argparse.Namespace) -> int:
     s.out.listing(
         s.api.get("/vm/list")["vms"],
         "no VMs",
-        ("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM"),
+        ("UUID", "NAME", "STATUS", "DESIRED", "HOST", "CPU", "RAM", "ADDRESSES"),
         lambda v: (
             v["uuid"],
             v["name"],
@@ -73,6 +83,7 @@ def list_vms(s: Session, args: argparse.Namespace) -> int:
             v["hostname"] or "-",
             v["specs"]["cpu"],
             gib(v["specs"]["ram"]),
+            addresses(v),
         ),
     )
     return ExitCode.OK
@@ -103,14 +114,39 @@ def describe(vm: dict[str, Any]) -> str:
             f"{gib(spec['ssd'])} SSD, {gib(spec['hdd'])} HDD",
         ),
         ("image", vm["image"]),
-        ("networks", ", ".join(vm.get("networks") or []) or "-"),
+        ("networks", nics(vm)),
         ("created", when(vm.get("created"))),
     ]
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
-    text = fields(pairs)
+    text = fields(pairs) + "\n\n" + first_boot(vm.get("first_boot"))
     if events:
         text += "\n\nevents:\n" + table(("TIME", "BY", "MESSAGE"), events)
     return text
+
+
+def first_boot(boot: dict[str, Any] | None) -> str:
+    """The guest's hostname, keys and user-data (by size and hash: it may hold secrets)."""
+    if not boot:
+        return "first boot: none (the VM is older than first-boot seeds)"
+    keys = boot.get("ssh_keys") or []
+    user_data = "-"
+    if boot.get("user_data_size"):
+        user_data = f"{boot['user_data_size']} bytes, sha256 {boot['user_data_sha256']}"
+    pairs: list[tuple[str, object]] = [
+        ("hostname", boot.get("hostname", "-")),
+        ("ssh keys", "\n           ".join(_key_label(k) for k in keys) or "-"),
+        ("user-data", user_data),
+    ]
+    return "first boot:\n" + "\n".join("  " + line for line in fields(pairs).splitlines())
+
+
+def _key_label(line: str) -> str:
+    """A key as ssh-keygen -l shows it: fingerprint and comment."""
+    try:
+        key = sshkeys.parse(line)
+    except sshkeys.InvalidKey:
+        return line[:40]
+    return f"{key.fingerprint} {key.comment}".rstrip()
 
 
 def act(s: Session, args: argparse.Namespace) -> int:
@@ -133,6 +169,21 @@ def act(s: Session, args: argparse.Namespace) -> int:
         s.out.text(f"VM {vmid} is {final['status']}")
         s.out.data(final)
     return ExitCode.OK
+
+
+def nics(vm: dict[str, Any]) -> str:
+    """A VM's NICs in one line: MAC and addresses of each."""
+    ports = vm.get("ports") or []
+    if not ports:
+        return "no NICs"
+    return "; ".join(
+        " ".join(x for x in (p["mac"], p["ipv6"], p.get("ipv4", "")) if x) for p in ports
+    )
+
+
+def addresses(vm: dict[str, Any]) -> str:
+    """A VM's addresses for a listing: IPv4 where there is one, else IPv6."""
+    return ",".join(p.get("ipv4") or p["ipv6"] for p in vm.get("ports") or []) or "-"
 
 
 def resize(s: Session, args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ from ucloud.host.hypervisor import (
     Power,
     Unreachable,
 )
+from ucloud.host.netplane import NetPlane, NetPlaneError, NoNetPlane, open_netplane
+from ucloud.host.networks import NetworkSync
+from ucloud.host.seeds import Seeds
 from ucloud.mirror import Mirror
 from ucloud.models import (
     VM,
@@ -44,6 +47,7 @@ from ucloud.models import (
     Desired,
     Host,
     Image,
+    Port,
     Specs,
     Status,
     new_id,
@@ -59,7 +63,12 @@ log = logging.getLogger(__name__)
 
 class HostAgent:
     def __init__(
-        self, store: Store, settings: Settings, hypervisor: Hypervisor, storage: Storage
+        self,
+        store: Store,
+        settings: Settings,
+        hypervisor: Hypervisor,
+        storage: Storage,
+        netplane: NetPlane | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -80,8 +89,12 @@ class HostAgent:
         # Domains this agent stopped because its lease was lost: if their VMs are still placed
         # here when it holds a lease again, they are restarted, and that is no crash.
         self.stopped_for_lease: set[str] = set()
+        if netplane is None:
+            netplane = open_netplane(settings) if settings.hypervisor == "libvirt" else NoNetPlane()
+        self.networks = NetworkSync(store, settings, netplane, self.local_ports)
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
+        self.seeds = Seeds(Path(settings.state_dir) / "seed")
         if len(str(self.vnc_socket(new_id()))) > 107:
             raise ValueError(f"vnc_dir {settings.vnc_dir!r} is too long for a socket path")
 
@@ -93,6 +106,7 @@ class HostAgent:
         self._retry(stop, "connect to the hypervisor", self.connect_hypervisor)
         self._retry(stop, "register the host", self.register)
         self._retry(stop, "take the host's lease", self.take_lease)
+        self.networks.start()
         # The VMs placed here, and the change that takes each elsewhere (see IndexFollower).
         follower = self.store.follow_index(VM, placement_folder(self.name), self.deliver)
         workers = self.queue.run_workers(self.settings.host_workers, self.reconcile_or_retry, "vm")
@@ -111,6 +125,7 @@ class HostAgent:
                     self.resync()
         finally:
             follower.stop()
+            self.networks.stop()
             self.queue.close()
             for w in workers:
                 w.join(timeout=self.settings.shutdown_timeout)
@@ -204,6 +219,10 @@ class HostAgent:
             ):
                 self.queue.add(id)
         if isinstance(update, Snapshot):
+            self.networks.vms_listed()
+        else:
+            self.networks.poke()
+        if isinstance(update, Snapshot):
             self.resync()
 
     def resync(self) -> None:
@@ -247,6 +266,8 @@ class HostAgent:
                 )
                 log.warning("destroying local domain of VM %s: it is %s", id, where)
                 self.hv.undefine(id)
+                self.networks.poke()
+            self.seeds.remove(id)
             self.stopped_for_lease.discard(id)
             return
         vm = found.value
@@ -355,8 +376,9 @@ class HostAgent:
                 if recorded is None:
                     return None
                 found = recorded
-            self.hv.start(self.domain_spec(vm))
-        except (StorageError, HypervisorError) as e:
+            self.networks.ensure(vm)
+            self.hv.start(self.domain_spec(vm, seed_iso=self.seeds.write(vm)))
+        except (StorageError, HypervisorError, NetPlaneError, OSError) as e:
             if isinstance(e, Unreachable):
                 raise
             if self.record(found, f"create failed: {e}") is None:
@@ -446,8 +468,23 @@ class HostAgent:
 
             self.write(found, rebooted)
             return
+        plugged = self.plug_nics(found)
+        if plugged is None:
+            return  # it changed meanwhile: the watch brings it back
         if vm.status != Status.RUNNING:
-            self.transition(found, Status.RUNNING)
+            self.transition(plugged, Status.RUNNING)
+
+    def plug_nics(self, found: Versioned[VM]) -> Versioned[VM] | None:
+        """A running VM's NICs follow its ports (attached or detached while it runs)."""
+        vm = found.value
+        try:
+            self.networks.ensure(vm)
+        except NetPlaneError as e:
+            raise Retry(f"VM {vm.uuid}: {e}") from e
+        if not self.hv.set_nics(vm.uuid, self.networks.nics(vm)):
+            return found
+        self.networks.poke()  # a network it left may have no VM here any more
+        return self.record(found, f"NICs now: {', '.join(vm.networks) or 'none'}")
 
     def suspend(self, found: Versioned[VM], dom: Domain) -> None:
         if dom.power == Power.RUNNING:
@@ -479,6 +516,8 @@ class HostAgent:
                 return
         self.stopping_since.pop(vm.uuid, None)
         self.hv.undefine(vm.uuid)
+        self.networks.poke()
+        self.seeds.remove(vm.uuid)
         self.transition(
             found,
             Status.STOPPED,
@@ -493,12 +532,14 @@ class HostAgent:
             if found.value.status != Status.DELETING:
                 return
         self.hv.undefine(vm.uuid)
+        self.networks.poke()
         for disk, pool in vm.disks:
             self.storage.delete_disk(disk, pool=pool)
         for path in (
             self.console_log(vm.uuid),
             self.vnc_socket(vm.uuid),
             consoles.serial_socket(self.vnc_dir, vm.uuid),
+            self.seeds.path(vm.uuid),
         ):
             path.unlink(missing_ok=True)
         if self.store.delete(found):
@@ -507,7 +548,7 @@ class HostAgent:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def domain_spec(self, vm: VM) -> DomainSpec:
+    def domain_spec(self, vm: VM, seed_iso: str = "") -> DomainSpec:
         return DomainSpec(
             vm=vm.uuid,
             cpu=vm.specs.cpu,
@@ -521,7 +562,19 @@ class HostAgent:
             console_log=str(self.console_log(vm.uuid)),
             vnc_socket=str(self.vnc_socket(vm.uuid)),
             serial_socket=str(consoles.serial_socket(self.vnc_dir, vm.uuid)),
+            nics=tuple(self.networks.nics(vm)),
+            seed_iso=seed_iso,
         )
+
+    def local_ports(self) -> list[Port]:
+        """The ports of every VM placed here: the networks this host needs."""
+        with self.lock:
+            return [
+                p
+                for v in self.vms.items.values()
+                if v.value.hostname == self.name
+                for p in v.value.ports
+            ]
 
     def console_log(self, vm: str) -> Path:
         return self.console_dir / f"{vm}.log"

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ucloud.host.hypervisor import Domain, DomainSpec, DomainStats, Power, stats_from_record
+from ucloud.host.hypervisor import Domain, DomainSpec, DomainStats, Nic, Power, stats_from_record
 
 
 class FakeHypervisor:
@@ -63,6 +63,9 @@ class FakeHypervisor:
     def undefine(self, vm: str) -> None:
         if vm in self._domains:
             self._set(vm, None)
+
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        return False
 
     def ensure_secret(self, usage: str, value: str) -> None:
         pass

@@ -49,6 +49,16 @@ class DomainStats:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """A VM's NIC: its tap device goes on ``bridge``."""
+
+    mac: str
+    bridge: str
+    mtu: int
+    tap: str = ""  # its tap device's name ("": libvirt's choice)
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     vm: str
     cpu: int
@@ -57,6 +67,8 @@ class DomainSpec:
     console_log: str
     vnc_socket: str
     serial_socket: str  # the serial port, interactive; console_log keeps what it printed
+    nics: tuple[Nic, ...] = ()
+    seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
 class Hypervisor(Protocol):
@@ -93,6 +105,11 @@ class Hypervisor(Protocol):
 
     def undefine(self, vm: str) -> None:
         """Forget the domain (stopping it first); nothing happens if it is unknown."""
+        ...
+
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        """Hot-plug the NICs a running domain lacks and unplug those it should not have
+        (by MAC; its definition follows); whether anything changed."""
         ...
 
     def ensure_secret(self, usage: str, value: str) -> None:

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -25,6 +26,7 @@ from ucloud.host.hypervisor import (
     DomainSpec,
     DomainStats,
     HypervisorError,
+    Nic,
     Power,
     Unreachable,
     stats_from_record,
@@ -284,6 +286,30 @@ class LibvirtHypervisor:
 
         self._on_domain("undefine", vm, undefine)
 
+    def set_nics(self, vm: str, nics: list[Nic]) -> bool:
+        wanted = {n.mac: n for n in nics}
+
+        def plug(dom: libvirt.virDomain) -> bool:
+            if not dom.isActive():
+                return False
+            interfaces = domain_interfaces(dom.XMLDesc(0))
+            have = set(interfaces)
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            for mac in sorted(set(wanted) - have):
+                dom.attachDeviceFlags(nic_xml(wanted[mac]), flags)
+                log.info("VM %s: NIC %s plugged into %s", vm, mac, wanted[mac].bridge)
+            for mac in sorted(have - set(wanted)):
+                # Removal completes when the guest lets go of the device (ACPI hotplug).
+                dom.detachDeviceFlags(interfaces[mac], flags)
+                log.info("VM %s: NIC %s unplugged", vm, mac)
+            return have != set(wanted)
+
+        def act(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, vm)
+            return dom is not None and plug(dom)
+
+        return bool(self._call(f"set the NICs of VM {vm}", act))
+
     def ensure_secret(self, usage: str, value: str) -> None:
         def ensure(conn: libvirt.virConnect) -> None:
             try:
@@ -318,7 +344,8 @@ class LibvirtHypervisor:
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    {spec.disk_xml}
+    {spec.disk_xml}{_seed_xml(spec.seed_iso)}
+    {"".join(nic_xml(n) for n in spec.nics)}
     <serial type='unix'>
       <source mode='bind' path={quoteattr(spec.serial_socket)}/>
       <log file={quoteattr(spec.console_log)} append='on'/><target port='0'/>
@@ -333,3 +360,36 @@ class LibvirtHypervisor:
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def nic_xml(nic: Nic) -> str:
+    # virtio: the guest's driver learns the MTU from the device (libvirt's <mtu>).
+    return (
+        f"<interface type='bridge'><mac address={quoteattr(nic.mac)}/>"
+        f"<source bridge={quoteattr(nic.bridge)}/><model type='virtio'/>"
+        f"<mtu size='{nic.mtu}'/>"
+        + (f"<target dev={quoteattr(nic.tap)}/>" if nic.tap else "")
+        + "</interface>"
+    )
+
+
+def domain_interfaces(xml: str) -> dict[str, str]:
+    """A domain's NICs by MAC, each as its XML (what a detach names: libvirt wants the whole
+    element, source included)."""
+    found = {}
+    for interface in ElementTree.fromstring(xml).findall("./devices/interface"):
+        mac = interface.find("mac")
+        if mac is not None and mac.get("address"):
+            found[mac.get("address", "").lower()] = ElementTree.tostring(interface, "unicode")
+    return found
+
+
+def _seed_xml(path: str) -> str:
+    """The NoCloud seed as a read-only IDE CD-ROM: the 'pc' machine has an IDE controller, and
+    every guest kernel reads one (ata_piix, sr_mod, isofs)."""
+    if not path:
+        return ""
+    return (
+        "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+        f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
+    )

@@ -1,0 +1,326 @@
+"""First boot on the real stack: the NoCloud seed a host agent builds for a VM, read back and
+checked by cloud-init's own schema; our busybox guest and a real Debian guest (cloud-init 22.4)
+booting with it under TCG; a VM restarted on another host keeps its instance and does not run
+first boot again."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import Account, make_image, register_image
+from tests.failover_stack import NODES, libvirtds_fixture, start_scheduler  # noqa: F401
+from tests.seedfiles import read_seed
+from tests.servers import Daemon, wait_for
+from tests.stack import (
+    FIRST_BOOT,
+    FIRST_BOOT_BEFORE,
+    NO_SEED,
+    SEED,
+    USER_DATA_BEGIN,
+    USER_DATA_END,
+    Ceph,
+    daemon,
+    host_settings,
+    marker_fields,
+    wait_console,
+)
+from ucloud import seed
+from ucloud.config import Settings
+from ucloud.models import VM, Host, HostStatus, Image, Specs, Status
+from ucloud.storage.rbd import RBDStorage
+from ucloud.store import Store
+
+SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
+
+
+def keygen(folder: Path, name: str) -> Path:
+    path = folder / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path.with_suffix(".pub")
+
+
+def cloud_init_schema(path: Path) -> str:
+    """cloud-init's own check of a cloud-config (Debian's cloud-init package)."""
+    result = subprocess.run(
+        ["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def add_key(client, user: Account, pub: Path) -> None:
+    r = client.post("/key/add", json=user.creds(key_name=pub.stem, public_key=pub.read_text()))
+    assert r.status_code == 201, r.json
+
+
+def create_vm(client, user: Account, image: Image, **fields: object) -> str:
+    body = user.creds(vm_name="vm", specs=SPECS, image=image.uuid)
+    r = client.post("/vm/create", json={**body, **fields})
+    assert r.status_code == 202, r.json
+    return r.json["uuid"]
+
+
+@dataclass
+class Hosts:
+    """Two hypervisors (agents and libvirtds), a scheduler, the API in-process."""
+
+    settings: Settings
+    store: Store
+    client: object
+    user: Account
+    admin: Account
+    hosts: dict[str, Settings]
+    agents: dict[str, Daemon]
+    tmp: Path
+
+    def add_key(self, pub: Path) -> None:
+        add_key(self.client, self.user, pub)
+
+    def create(self, image: Image, **fields: object) -> str:
+        return create_vm(self.client, self.user, image, **fields)
+
+    def act(self, vmid: str, action: str) -> None:
+        r = self.client.post("/vm/action", json=self.user.creds(vmid=vmid, action=action))
+        assert r.status_code == 202, r.json
+
+    def maintenance(self, host: str, on: bool) -> None:
+        body = self.admin.creds(hostname=host, maintenance=on)
+        assert self.client.post("/host/maintenance", json=body).status_code == 200
+
+    def vm(self, vmid: str) -> VM:
+        found = self.store.get(VM, vmid)
+        assert found is not None
+        return found.value
+
+    def wait(self, vmid: str, status: Status, timeout: float = 120) -> VM:
+        def reached() -> VM | None:
+            vm = self.vm(vmid)
+            assert vm.status != Status.ERROR, vm.reason
+            return vm if vm.status == status else None
+
+        return wait_for(reached, timeout, f"VM {vmid} to be {status}")
+
+    def state(self, host: str) -> Path:
+        return Path(self.hosts[host].state_dir)
+
+    def seed_file(self, host: str, vmid: str) -> Path:
+        return self.state(host) / "seed" / f"{vmid}.iso"
+
+
+@pytest.fixture
+def two_hosts(
+    settings, store, client, alice, admin, ceph: Ceph, libvirtds, tmp_path
+) -> Iterator[Hosts]:
+    hosts = {n: host_settings(settings, ceph, libvirtds[n], n, tmp_path / n) for n in NODES}
+    scheduler = start_scheduler(hosts, tmp_path)
+    agents = {n: daemon("ucloud.host.main", hosts[n], tmp_path / f"{n}.log") for n in NODES}
+    h = Hosts(settings, store, client, alice, admin, hosts, agents, tmp_path)
+    try:
+        for name in NODES:
+            wait_for(
+                lambda name=name: (x := store.get(Host, name)) and x.value.status == HostStatus.UP,
+                60,
+                f"{name} UP",
+            )
+        yield h
+    finally:
+        for name in NODES:
+            h.maintenance(name, False)
+        for vmid in store.list(VM)[0]:
+            client.post("/vm/delete", json=alice.creds(vmid=vmid))
+        wait_for(lambda: not store.list(VM)[0], 120, "the test's VMs to be deleted")
+        for agent in agents.values():
+            agent.stop()
+        scheduler.stop()
+
+
+@pytest.fixture
+def storage(two_hosts: Hosts) -> RBDStorage:
+    return RBDStorage(two_hosts.hosts[NODES[0]])
+
+
+def test_seeds_hold_what_cloud_init_accepts(client, store, alice, tmp_path):
+    """For keys, hostname and user-data as the API records them: the seed's YAML passes
+    cloud-init's schema check, and its meta-data names the instance, hostname and keys."""
+    image = make_image(store)
+    pub = keygen(tmp_path, "laptop")
+    add_key(client, alice, pub)
+    config = (
+        "#cloud-config\nruncmd:\n  - [sh, -c, 'echo made by $(hostname)']\npackage_update: false\n"
+    )
+    default = create_vm(client, alice, image, hostname="db-1")
+    custom = create_vm(client, alice, image, user_data=config)
+    for vmid, user_data in ((default, None), (custom, config)):
+        found = store.get(VM, vmid)
+        assert found is not None
+        vm = found.value
+        label, spaces = read_seed(seed.iso(vm))
+        assert label == "cidata"
+        files = spaces["rr_path"]
+        assert sorted(files) == ["meta-data", "user-data"]
+        assert spaces["joliet_path"] == files
+        meta = yaml.safe_load(files["meta-data"])
+        assert meta["instance-id"] == vmid
+        assert meta["local-hostname"] == ("db-1" if vmid == default else "vm")
+        assert meta["public-keys"] == [pub.read_text().strip()]
+        if user_data is not None:
+            assert files["user-data"].decode() == user_data
+        (tmp_path / "user-data").write_bytes(files["user-data"])
+        assert "Valid cloud-config" in cloud_init_schema(tmp_path / "user-data")
+        if user_data is None:
+            assert yaml.safe_load(files["user-data"]) == {
+                "ssh_authorized_keys": [pub.read_text().strip()]
+            }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_busybox_guest_boots_with_its_seed_once_per_instance(
+    two_hosts: Hosts, storage: RBDStorage, guests, libvirtds, tmp_path
+):
+    h = two_hosts
+    image = register_image(h.store, storage, str(guests.linux), "linux", "root", "ucloud-admin")
+    try:
+        keys = [keygen(tmp_path, "laptop"), keygen(tmp_path, "desktop")]
+        for pub in keys:
+            h.add_key(pub)
+        # A VM recorded before first-boot seeds existed (no first_boot): it boots as before.
+        before = VM(
+            name="old", owner=h.user.name, owner_realm=h.user.realm, specs=Specs(**SPECS),
+            image=image.uuid,
+        )  # fmt: skip
+        h.store.create(before)
+        script = '#!/bin/sh\necho "hello from $(hostname): $(( 6 * 7 ))"\n'
+        vmid = h.create(image, hostname="guest-one", user_data=script)
+        first = h.wait(vmid, Status.RUNNING).hostname
+        other = next(n for n in NODES if n != first)
+
+        console = wait_console(h.state(first), vmid, USER_DATA_END, timeout=180)
+        assert marker_fields(console, SEED) == {
+            "label": "cidata",
+            "hostname": "guest-one",
+            "keys": "2",
+            "instance-id": vmid,
+        }
+        assert marker_fields(console, FIRST_BOOT) == {"instance-id": vmid}
+        output = console.split(USER_DATA_BEGIN, 1)[1].split(USER_DATA_END, 1)[0]
+        assert output.strip() == "hello from guest-one: 42"
+        assert marker_fields(console, USER_DATA_END) == {"rc": "0"}
+
+        # The seed the agent wrote: a volume blkid knows as cidata, with the VM's data.
+        iso = h.seed_file(first, vmid)
+        blkid = ["blkid", "-o", "value", "-s", "LABEL", str(iso)]
+        assert subprocess.run(blkid, capture_output=True, text=True).stdout.strip() == "cidata"
+        written = iso.read_bytes()
+        files = read_seed(written)[1]["rr_path"]
+        assert files["user-data"] == script.encode()
+        assert yaml.safe_load(files["meta-data"])["public-keys"] == [
+            k.read_text().strip() for k in keys
+        ]
+
+        old_host = h.wait(before.uuid, Status.RUNNING).hostname
+        old_console = wait_console(h.state(old_host), before.uuid, "UCLOUD-LINUX-BOOT-OK")
+        assert NO_SEED in old_console and SEED not in old_console
+        assert "cdrom" not in libvirtds[old_host].virsh("dumpxml", f"ucloud-{before.uuid}")
+        assert not h.seed_file(old_host, before.uuid).exists()
+
+        # Restarted on the other host: the same seed, the same instance, no first boot again.
+        h.act(vmid, "stop")
+        h.wait(vmid, Status.STOPPED, timeout=60)
+        assert not iso.exists()  # the host it left keeps nothing of it
+        h.maintenance(first, True)
+        h.act(vmid, "start")
+        moved = h.wait(vmid, Status.RUNNING)
+        assert moved.hostname == other
+        console = wait_console(h.state(other), vmid, FIRST_BOOT_BEFORE, timeout=180)
+        assert marker_fields(console, FIRST_BOOT_BEFORE) == {"instance-id": vmid}
+        assert marker_fields(console, SEED)["hostname"] == "guest-one"
+        assert f"{FIRST_BOOT} " not in console and USER_DATA_BEGIN not in console
+        assert h.seed_file(other, vmid).read_bytes() == written
+    finally:
+        for vmid in h.store.list(VM)[0]:
+            h.client.post("/vm/delete", json=h.user.creds(vmid=vmid))
+        wait_for(lambda: not h.store.list(VM)[0], 120, "the VM to be deleted")
+        storage.delete_image(image.uuid)
+
+
+def ci_fingerprint(pub: Path) -> str:
+    """A key's fingerprint as cloud-init prints it on the console: sha256, hex pairs."""
+    blob = base64.b64decode(pub.read_text().split()[1])
+    digest = hashlib.sha256(blob).hexdigest()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # on a fresh machine this includes building the image (2-4 min)
+def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
+    two_hosts: Hosts, storage: RBDStorage, debian_guest, tmp_path
+):
+    h = two_hosts
+    image = register_image(h.store, storage, str(debian_guest), "debian-12", "root", "ucloud-admin")
+    try:
+        pub = keygen(tmp_path, "laptop")
+        h.add_key(pub)
+        config = (
+            "#cloud-config\n"
+            "runcmd:\n"
+            "  - [sh, -c, 'echo \"UCLOUD-DEBIAN-USERDATA $(hostname) $(id -un debian)\"']\n"
+        )
+        vmid = h.create(image, hostname="deb-guest", user_data=config, specs={
+            "cpu": 1, "ram": 0.5, "ssd": 3,
+        })  # fmt: skip
+        host = h.wait(vmid, Status.RUNNING, timeout=300).hostname
+        (tmp_path / "user-data").write_bytes(
+            read_seed(h.seed_file(host, vmid).read_bytes())[1]["rr_path"]["user-data"]
+        )
+        cloud_init_schema(tmp_path / "user-data")
+
+        state = h.state(host)
+        wait_console(state, vmid, "deb-guest login:", timeout=600)
+        console = wait_console(state, vmid, "Cloud-init v. 22.4.2 finished", timeout=300)
+        assert "DataSourceNoCloud [seed=/dev/sr0]" in console
+        assert "UCLOUD-DEBIAN-USERDATA deb-guest debian" in console
+        # cloud-init put the key into the default user's authorized_keys and says so.
+        assert "Authorized keys from /home/debian/.ssh/authorized_keys for user debian" in console
+        assert ci_fingerprint(pub) in console
+        assert "BEGIN SSH HOST KEY FINGERPRINTS" in console  # made on first boot
+
+        # Started again on the other host: cloud-init finds the same instance-id, keeps the
+        # hostname, and runs no first-boot module again (no user-data, no new host keys).
+        h.act(vmid, "stop")
+        h.wait(vmid, Status.STOPPED, timeout=120)
+        h.maintenance(host, True)
+        h.act(vmid, "start")
+        other = h.wait(vmid, Status.RUNNING, timeout=300).hostname
+        assert other != host
+        again = wait_console(h.state(other), vmid, "Cloud-init v. 22.4.2 finished", timeout=600)
+        assert "DataSourceNoCloud [seed=/dev/sr0]" in again
+        wait_console(h.state(other), vmid, "deb-guest login:", timeout=120)
+        assert "UCLOUD-DEBIAN-USERDATA" not in again
+        assert "BEGIN SSH HOST KEY FINGERPRINTS" not in again
+        assert "Authorized keys from" not in again
+    finally:
+        for vmid in h.store.list(VM)[0]:
+            h.client.post("/vm/delete", json=h.user.creds(vmid=vmid))
+        wait_for(lambda: not h.store.list(VM)[0], 120, "the VM to be deleted")
+        storage.delete_image(image.uuid)
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    for tool in ("ssh-keygen", "cloud-init", "blkid"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is missing: run scripts/install-deps.sh")

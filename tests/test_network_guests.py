@@ -1,0 +1,328 @@
+"""Real guests on the multi-host bed: two VMs on two hosts on one network reach each other
+over IPv6 and IPv4, a VM of another user on another network (with the same IPv4 subnet)
+reaches neither, and the guests learn the network's MTU. The guests report on their serial
+consoles through #! user-data (the busybox Linux guest runs it at first boot)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from tests.bed import Bed, BedCluster
+from tests.servers import wait_for
+from ucloud.models import VM, Network, Status
+
+SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+# Configure eth0 from what the guest knows: its MAC gives its IPv6 address (EUI-64, as the
+# port's), IPv4 is given; then ping each TARGET (address:tries) and say whether it answered.
+USER_DATA = """#!/bin/sh
+PREFIX={prefix}
+set -- $(tr ':' ' ' < /sys/class/net/eth0/address)
+IID=$(printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+  $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 )))
+ip link set eth0 up
+ip -6 addr add $PREFIX:$IID/64 dev eth0
+ip -4 addr add {ipv4}/24 dev eth0
+echo "UCLOUD-NET-UP mtu=$(cat /sys/class/net/eth0/mtu) ipv6=$PREFIX:$IID"
+sleep 2
+for t in {targets}; do
+  addr=${{t%:*}}; tries=${{t##*:}}; ok=no; i=0
+  case $addr in *-*) addr=$(echo $addr | tr - :);; esac
+  while [ $i -lt $tries ]; do
+    if ping -c 1 -W 1 $addr >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-PING $addr $ok"
+done
+"""
+
+
+def user_data(network: dict, ipv4: str, targets: list[tuple[str, int]]) -> str:
+    prefix = ipaddress.IPv6Network(network["ipv6_prefix"]).network_address.exploded[:19]
+    # ':' separates address and tries: IPv6 addresses travel with '-' instead.
+    items = " ".join(f"{a.replace(':', '-')}:{n}" for a, n in targets)
+    return USER_DATA.format(prefix=prefix, ipv4=ipv4, targets=items or "")
+
+
+def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
+    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
+    assert r.status_code == 201, r.json
+    return r.json["network"]
+
+
+def make_vm(c: BedCluster, user: str, name: str, network: dict, script: str) -> VM:
+    body = c.users[user].creds(
+        vm_name=name,
+        specs=SPECS,
+        image=c.linux_image,
+        networks=[network["uuid"]],
+        user_data=script,
+    )
+    r = c.client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return VM.model_validate(r.json["vm"])
+
+
+def ping_results(text: str) -> dict[str, str]:
+    return dict(re.findall(r"UCLOUD-PING (\S+) (yes|no)", text))
+
+
+@pytest.mark.slow
+def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_cluster: BedCluster):
+    c = bed_cluster
+    lan = make_network(c, "alice", "lan", ipv4="10.30.0.0/24")
+    bobnet = make_network(c, "bob", "bobnet", ipv4="10.30.0.0/24")
+    # b answers; a (created next: lowest free addresses) pings b over IPv6 and IPv4.
+    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.30.0.2", []))
+    assert b.ports[0].ipv4 == "10.30.0.2"
+    a = make_vm(
+        c,
+        "alice",
+        "a",
+        lan,
+        user_data(lan, "10.30.0.3", [(b.ports[0].ipv6, 90), ("10.30.0.2", 30)]),
+    )
+    assert a.ports[0].ipv4 == "10.30.0.3"
+    # Bob's VM on his network, the same subnet: it pings alice's VMs, which must not answer.
+    bob_vm = make_vm(c, "bob", "c", bobnet, user_data(bobnet, "10.30.0.2", [("10.30.0.3", 8)]))
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b, bob_vm)]
+        assert not [v.reason for v in vms if v.status == Status.ERROR]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b, bob_vm = wait_for(running, 180, "the three guests to run")
+    assert a.hostname != b.hostname  # spread over the two hosts: traffic crosses VXLAN
+
+    done = wait_for(
+        lambda: len(ping_results(t := c.console(a))) == 2 and t,
+        240,
+        f"guest a to report its pings (console: {c.console(a)[-2000:]})",
+        interval=1,
+    )
+    assert ping_results(done) == {b.ports[0].ipv6: "yes", "10.30.0.2": "yes"}, done
+    # The guest learned the network's MTU from its NIC.
+    mtu = c.store.get(Network, lan["uuid"]).value.mtu
+    assert (
+        f"UCLOUD-NET-UP mtu={mtu} ipv6={a.ports[0].ipv6}"
+        in done.replace(a.ports[0].ipv6, a.ports[0].ipv6)
+        or f"mtu={mtu}" in done
+    )
+    # Bob's VM, on the same hosts with the same subnet, reached none of alice's.
+    other = wait_for(
+        lambda: len(ping_results(t := c.console(bob_vm))) == 1 and t,
+        240,
+        "bob's guest to report",
+        interval=1,
+    )
+    assert ping_results(other) == {"10.30.0.3": "no"}, other
+
+
+# Keeps every NIC configured (IPv6 from its MAC) and says when its NICs or its reach of PEER
+# change: a NIC hot-plugged or unplugged shows up here.
+WATCH = """#!/bin/sh
+PREFIX={prefix}
+PEER={peer}
+iid() {{
+  set -- $(tr ':' ' ' < /sys/class/net/$1/address)
+  printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+    $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 ))
+}}
+last=x; reach=x
+while true; do
+  nics=$(ls /sys/class/net | grep -v '^lo$' | tr '\\n' ' ')
+  for n in $nics; do
+    ip -6 addr show dev $n | grep -q "$PREFIX:" || {{
+      ip link set $n up; ip -6 addr add $PREFIX:$(iid $n)/64 dev $n; }}
+  done
+  [ "$nics" != "$last" ] && echo "UCLOUD-NICS [$nics]" && last=$nics
+  if ping -c 1 -W 1 $PEER >/dev/null 2>&1; then r=yes; else r=no; fi
+  [ "$r" != "$reach" ] && echo "UCLOUD-REACH $r" && reach=$r
+  sleep 1
+done
+"""
+
+
+def short_prefix(network: dict) -> str:
+    """The /64's four groups as ``ip`` prints them (no leading zeros)."""
+    groups = ipaddress.IPv6Network(network["ipv6_prefix"]).network_address.exploded.split(":")
+    return ":".join(f"{int(g, 16):x}" for g in groups[:4])
+
+
+@pytest.mark.slow
+def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster):
+    from tests.test_network_dataplane import bed_host, link
+
+    c = bed_cluster
+    lan = make_network(c, "alice", "lan")
+    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.0.0.2", []))
+    script = WATCH.format(prefix=short_prefix(lan), peer=b.ports[0].ipv6)
+    a = make_vm(c, "alice", "a", lan, script)
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b)]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b = wait_for(running, 180, "the guests to run")
+    assert a.hostname != b.hostname
+    console = lambda: c.console(a)  # noqa: E731
+    wait_for(lambda: "UCLOUD-REACH yes" in console(), 240, "a to reach b", interval=1)
+    host_a = bed_host(bed, a.hostname)
+    vni = lan["vni"]
+
+    creds = c.users["alice"].creds
+    r = c.client.post("/vm/network/detach", json=creds(vmid=a.uuid, network=lan["uuid"]))
+    assert r.status_code == 202, r.json
+    wait_for(lambda: "UCLOUD-NICS []" in console(), 60, "the guest to lose its NIC", interval=1)
+    # Nothing is left on a's host: it had the network's only VM there.
+    wait_for(lambda: link(host_a, f"ucbr{vni}") is None, 30, "a's host to drop the bridge")
+    assert link(host_a, f"ucvx{vni}") is None
+    assert "<interface" not in host_a.libvirtd.virsh("dumpxml", f"ucloud-{a.uuid}")
+
+    r = c.client.post("/vm/network/attach", json=creds(vmid=a.uuid, network=lan["uuid"]))
+    assert r.status_code == 202, r.json
+    wait_for(
+        lambda: console().count("UCLOUD-REACH yes") == 2,
+        120,
+        f"connectivity to return (console: {console()[-1500:]})",
+        interval=1,
+    )
+
+
+# Sends from its own addresses, then from ones that are not its own: report each.
+SPOOF = """#!/bin/sh
+PREFIX={prefix}
+set -- $(tr ':' ' ' < /sys/class/net/eth0/address)
+IID=$(printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
+  $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 )))
+ip link set eth0 up
+ip -6 addr add $PREFIX:$IID/64 dev eth0
+ip -4 addr add {ipv4}/24 dev eth0
+try() {{  # NAME, then ping's arguments
+  name=$1; shift; ok=no; i=0
+  while [ $i -lt $TRIES ]; do
+    if ping -c 1 -W 1 "$@" >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-SEND $name $ok"
+}}
+sleep 2
+TRIES=90; try own6 {peer6}; try own4 {peer4}
+TRIES=5
+ip -6 addr add $PREFIX::bad/64 dev eth0 nodad 2>/dev/null || ip -6 addr add $PREFIX::bad/64 dev eth0
+sleep 2
+try other6 -I $PREFIX::bad {peer6}
+ip -4 addr add {other4}/24 dev eth0
+try other4 -I {other4} {peer4}
+ip -4 addr del {ipv4}/24 dev eth0
+ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:01; ip link set eth0 up
+ip -4 addr add {ipv4}/24 dev eth0
+sleep 2
+try othermac {peer4}
+echo "UCLOUD-SPOOF-DONE"
+"""
+
+
+@pytest.mark.slow
+def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
+    bed: Bed, bed_cluster: BedCluster
+):
+    c = bed_cluster
+    public = make_network(c, "root", "public", ipv4="10.50.0.0/24", shared=True)
+    b = make_vm(c, "bob", "b", public, user_data(public, "10.50.0.2", []))
+    assert b.ports[0].ipv4 == "10.50.0.2"
+    script = SPOOF.format(
+        prefix=short_prefix(public),
+        ipv4="10.50.0.3",
+        other4="10.50.0.99",
+        peer4="10.50.0.2",
+        peer6=b.ports[0].ipv6,
+    )
+    a = make_vm(c, "alice", "a", public, script)
+    assert a.ports[0].ipv4 == "10.50.0.3"
+
+    def running() -> list[VM] | None:
+        vms = [c.store.get(VM, v.uuid).value for v in (a, b)]
+        return vms if all(v.status == Status.RUNNING for v in vms) else None
+
+    a, b = wait_for(running, 180, "the guests to run")
+    text = wait_for(
+        lambda: "UCLOUD-SPOOF-DONE" in (t := c.console(a)) and t,
+        300,
+        f"the guest to report (console: {c.console(a)[-1500:]})",
+        interval=1,
+    )
+    sent = dict(re.findall(r"UCLOUD-SEND (\S+) (yes|no)", text))
+    assert sent == {
+        "own6": "yes",
+        "own4": "yes",
+        "other6": "no",
+        "other4": "no",
+        "othermac": "no",
+    }, text
+
+
+# Asks the network for its addresses: DHCPv4 (udhcpc) and SLAAC from router advertisements.
+AUTOCONF = """#!/bin/sh
+cat > /tmp/dhcp.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && \
+  echo "UCLOUD-DHCP $ip mtu=$mtu" > /dev/console
+exit 0
+EOS
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 30 -T 2 -O mtu >/dev/null 2>&1 || echo "UCLOUD-DHCP none"
+i=0
+while [ $i -lt 60 ]; do
+  a=$(ip -6 addr show dev eth0 scope global | sed -n 's/.*inet6 \\([^/]*\\).*/\\1/p' | head -n 1)
+  [ -n "$a" ] && break
+  sleep 1; i=$((i+1))
+done
+echo "UCLOUD-SLAAC ${{a:-none}} ra-mtu=$(cat /proc/sys/net/ipv6/conf/eth0/mtu)"
+for t in {gw6} {gw4}; do
+  ok=no; i=0
+  while [ $i -lt 20 ]; do
+    if ping -c 1 -W 1 $t >/dev/null 2>&1; then ok=yes; break; fi
+    i=$((i+1))
+  done
+  echo "UCLOUD-GW $t $ok"
+done
+"""
+
+
+@pytest.mark.slow
+def test_the_router_gives_addresses_by_ra_and_dhcp(bed: Bed, bed_cluster: BedCluster):
+    c = bed_cluster
+    h1 = bed.hosts[0]
+    c.agents["h1"].stop()
+    c.hosts["h1"] = c.hosts["h1"].model_copy(update={"network_router": True})
+    c.start_agent(h1)
+    lan = make_network(c, "alice", "lan", ipv4="10.60.0.0/24", mtu=1400)
+    gw6 = str(ipaddress.IPv6Network(lan["ipv6_prefix"]).network_address + 1)
+    script = AUTOCONF.format(gw6=gw6, gw4="10.60.0.1")
+    vms = [make_vm(c, "alice", name, lan, script) for name in ("a", "b")]
+
+    def running() -> list[VM] | None:
+        found = [c.store.get(VM, v.uuid).value for v in vms]
+        return found if all(v.status == Status.RUNNING for v in found) else None
+
+    vms = wait_for(running, 180, "the guests to run")
+    assert {v.hostname for v in vms} == {"h1", "h2"}  # one behind VXLAN from its router
+    for vm in vms:
+        text = wait_for(
+            lambda vm=vm: (t := c.console(vm)).count("UCLOUD-GW ") == 2 and t,
+            240,
+            f"guest {vm.name} to report (console: {c.console(vm)[-1500:]})",
+            interval=1,
+        )
+        port = vm.ports[0]
+        assert f"UCLOUD-DHCP {port.ipv4} mtu=1400" in text, text
+        slaac = re.search(r"UCLOUD-SLAAC (\S+) ra-mtu=(\d+)", text)
+        assert slaac is not None, text
+        assert ipaddress.IPv6Address(slaac.group(1)) == ipaddress.IPv6Address(port.ipv6)
+        assert slaac.group(2) == "1400"
+        assert f"UCLOUD-GW {gw6} yes" in text and "UCLOUD-GW 10.60.0.1 yes" in text, text

@@ -1,0 +1,183 @@
+"""Network endpoints: create, list, delete; attach a VM to one and detach it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from ucloud.api import errors, replies, vms
+from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, VMNetwork
+from ucloud.models import Network
+from ucloud.network import ports
+from ucloud.network.allocate import AllocationError
+from ucloud.store import Conflict, Versioned
+
+bp = Blueprint("network", __name__)
+
+
+class NetworkInfo(Network):
+    """A network as the API shows it: with the VMs attached to it."""
+
+    attached: list[str]
+
+
+class NetworkDone(replies.Reply):
+    message: str
+    network: NetworkInfo
+
+
+class NetworkList(replies.Reply):
+    networks: list[NetworkInfo]
+
+
+@endpoint(
+    bp,
+    "/network/create",
+    summary="Create a network",
+    responses={
+        201: "created",
+        403: "a shared network, by a user who is no administrator",
+        409: "no VXLAN id or prefix left, or they kept being taken meanwhile",
+    },
+    reply=NetworkDone,
+)
+def create(body: NetworkCreate, user: Principal) -> Reply:
+    if body.shared and not user.admin:
+        raise errors.Forbidden("only administrators may create shared networks")
+    ctx = context()
+    try:
+        network = ports.create_network(
+            ctx.store,
+            ctx.settings,
+            name=body.network_name,
+            owner=user.name,
+            owner_realm=user.realm,
+            shared=body.shared,
+            ipv4_subnet=body.ipv4 or "",
+            mtu=body.mtu or 0,
+        )
+    except AllocationError as e:
+        raise errors.BadRequest(str(e)) from e
+    except ports.Changed as e:
+        raise errors.Conflict(str(e)) from e
+    return {"message": "network created", "network": network_json(network)}, 201
+
+
+@endpoint(
+    bp,
+    "/network/list",
+    "GET",
+    summary="The caller's networks and the shared ones",
+    reply=NetworkList,
+)
+def list_networks(body: Listing, user: Principal) -> Reply:
+    items, _ = context().store.list(Network)
+    visible = [v.value for v in items.values() if v.value.shared or user.owns(v.value)]
+    visible.sort(key=lambda n: n.created)
+    return {"networks": [network_json(n) for n in visible]}, 200
+
+
+@endpoint(
+    bp,
+    "/network/delete",
+    summary="Delete a network (refused while VMs are attached)",
+    responses={
+        200: "deleted",
+        404: "no such network of the caller's",
+        409: "VMs are attached (named), or it changed meanwhile",
+    },
+    reply=NetworkDone,
+)
+def delete(body: NetworkRef, user: Principal) -> Reply:
+    found = visible_network(body.network, user)
+    if found is None or not user.owns(found.value):
+        # A shared network is visible to all, but only its owner (or an admin) deletes it.
+        raise errors.NotFound(f"no network {body.network}")
+    try:
+        ports.delete_network(context().store, found)
+    except (ports.NetworkInUse, ports.Changed) as e:
+        raise errors.Conflict(str(e)) from e
+    return {"message": "network deleted", "network": network_json(found.value)}, 200
+
+
+@endpoint(
+    bp,
+    "/vm/network/attach",
+    summary="Attach a VM to a network (hot-plugged into a running VM)",
+    responses={
+        202: "queued",
+        404: "no such VM or network of the caller's",
+        409: "already attached, the network is being deleted, or its addresses are all taken",
+    },
+    reply=replies.VMQueued,
+)
+def attach(body: VMNetwork, user: Principal) -> Reply:
+    vm = vms.owned_vm(body.vmid, user)
+    network = find_network(body.network, user)
+    try:
+        written = ports.attach(context().store, vm, network)
+    except (Conflict, ports.Changed) as e:
+        raise errors.Conflict(str(e)) from e
+    except AllocationError as e:
+        raise errors.Conflict(str(e)) from e
+    context().catalog.wrote(written.value, written.mod_revision)
+    return {"message": "attachment queued", "vm": vms.public(written.value)}, 202
+
+
+@endpoint(
+    bp,
+    "/vm/network/detach",
+    summary="Detach a VM from a network (the NIC is removed from a running VM)",
+    responses={
+        202: "queued",
+        404: "no such VM of the caller's",
+        409: "not attached to that network",
+    },
+    reply=replies.VMQueued,
+)
+def detach(body: VMNetwork, user: Principal) -> Reply:
+    vm = vms.owned_vm(body.vmid, user)
+    attached = set(vm.value.networks)
+    network = visible_network(body.network, user)
+    uuid = network.value.uuid if network is not None else body.network
+    if uuid not in attached:
+        raise errors.Conflict(f"VM {vm.value.uuid} is not attached to network {body.network}")
+    try:
+        written = ports.detach(context().store, vm, uuid)
+    except (Conflict, ports.Changed) as e:
+        raise errors.Conflict(str(e)) from e
+    context().catalog.wrote(written.value, written.mod_revision)
+    return {"message": "detachment queued", "vm": vms.public(written.value)}, 202
+
+
+def visible_network(ref: str, user: Principal) -> Versioned[Network] | None:
+    """The network ``ref`` names for ``user``: its uuid if the user may see it (theirs, or
+    shared); else its name among the user's own networks, then the shared ones."""
+    store = context().store
+    found = store.get(Network, ref)
+    if found is not None and (found.value.shared or user.owns(found.value)):
+        return found
+    items, _ = store.list(Network)
+    named = [v for v in items.values() if v.value.name == ref]
+    candidates = [v for v in named if user.owns(v.value)] or [v for v in named if v.value.shared]
+    if len(candidates) > 1:
+        raise errors.BadRequest(f"network name {ref!r} is ambiguous: give its uuid")
+    return candidates[0] if candidates else None
+
+
+def find_network(ref: str, user: Principal) -> Versioned[Network]:
+    """A network a VM may be attached to: 404 if the user may not see it."""
+    found = visible_network(ref, user)
+    if found is None:
+        raise errors.NotFound(f"no network {ref}")
+    if found.value.deleting:
+        raise errors.Conflict(f"network {found.value.name} is being deleted")
+    return found
+
+
+def network_json(network: Network) -> dict[str, Any]:
+    data = network.model_dump(mode="json", exclude={"deleting"})
+    data["attached"] = ports.attached_vms(context().store, network.uuid)
+    return data
