@@ -36,6 +36,12 @@ class CommonSettings(_Group):
     )
     etcd_prefix: str = "/v1"
     etcd_timeout: float = Field(5.0, description="seconds for one etcd request")
+    etcd_reconnect_max: float = Field(
+        1.0,
+        description="seconds at most between attempts to reconnect to an etcd member that went "
+        "away (gRPC's own back-off grows to 2 minutes: requests would fail that long after etcd "
+        "is back)",
+    )
 
     log_level: str = "INFO"
 
