@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Account, make_account, register_image
 from tests.servers import Daemon, Etcd, free_port, wait_for
@@ -89,6 +90,15 @@ class ConsoleStack:
     def relay_log(self, host: str) -> str:
         return self.daemons[f"relay-{host}"].output()
 
+    def metrics(self, port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """One scrape of a /metrics on loopback: (name, labels) -> value."""
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
     def start(self, name: str, settings: Settings, *module: str) -> Daemon:
         """``python -m *module`` with ``settings``, logging to ``<tmp>/<name>.log``."""
         env = {**settings_env(settings), "UCLOUD_ENV_FILE": "/dev/null"}
@@ -137,6 +147,7 @@ def stack_fixture(
         console_websocket_url=f"ws://127.0.0.1:{proxy_port}/",
         console_proxy_bind=f"127.0.0.1:{proxy_port}",
         console_relay_secret=secrets.token_hex(32),
+        console_metrics_port=free_port(),
         web_secret_key=secrets.token_hex(32),
         web_cookie_secure=False,
     )
@@ -149,6 +160,7 @@ def stack_fixture(
             n,
             tmp / n,
             console_relay_bind=f"127.0.0.1:{free_port()}",
+            console_relay_metrics_port=free_port(),
         )
         for n in NODES
     }

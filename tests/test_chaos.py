@@ -143,8 +143,10 @@ class Chaos:
 
     def kill(self, target: str) -> None:
         if target == "etcd":
-            self.etcd.stop(signal.SIGKILL)
+            # Down from the signal on: noted after stop() returned (a wait for the process), a
+            # request failing in between was taken for a 503 while etcd was up.
             self.etcd_down.append((time.monotonic(), float("inf")))
+            self.etcd.stop(signal.SIGKILL)
         elif target == "scheduler":
             self.pair.scheduler.stop(signal.SIGKILL)
         else:
@@ -493,7 +495,12 @@ def check_after_chaos(
     assert churn.unexpected == []
     # A 503 is the API's answer while etcd is away; long after it came back, it is not.
     late = [r for r in churn.unavailable if not chaos.etcd_was_down(r.at, r.at + r.took, 10)]
-    assert late == [], "503 answers while etcd was up"
+    assert late == [], (
+        "503 answers while etcd was up: "
+        + ", ".join(f"{r.action} at {r.at - chaos.t0:.2f} s" for r in late)
+        + "; etcd down "
+        + ", ".join(f"{k - chaos.t0:.2f}-{b - chaos.t0:.2f} s" for k, b in chaos.etcd_down)
+    )
     for name in NODES:
         pair.wait_host(name, HostStatus.UP)
 

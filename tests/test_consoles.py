@@ -107,6 +107,67 @@ def test_refused_tokens_reach_no_console(stack: ConsoleStack):
     assert opened(stack, host) == before + 1
 
 
+def test_console_metrics_count_consoles_accepted_refused_and_open(stack: ConsoleStack):
+    vmid = stack.vms["boot"]
+    host = stack.vm(vmid).hostname
+    relay_port = stack.hosts[host].console_relay_metrics_port
+
+    def proxy() -> dict:
+        return stack.metrics(stack.settings.console_metrics_port)
+
+    def value(scraped: dict, name: str, **labels: str) -> float:
+        return scraped.get((name, frozenset(labels.items())), 0.0)
+
+    def open_now() -> float:
+        return sum(v for (n, _), v in proxy().items() if n == "ucloud_console_sessions")
+
+    def refused_reuses(scraped: dict) -> float:
+        return sum(
+            value(scraped, "ucloud_console_connections_total", console="unknown", result=why)
+            for why in ("unknown_token", "used_token")
+        )
+
+    # Earlier tests' consoles are closed (a client gone is noticed within a heartbeat, 5 s).
+    wait_for(lambda: open_now() == 0, 30, "no console to be open")
+    before, relay_before = proxy(), stack.metrics(relay_port)
+
+    url = open_console(stack, "boot")["websocket"]
+    kept = connect(url)
+    first_frame(over_websocket(kept))
+    wait_for(
+        lambda: value(proxy(), "ucloud_console_sessions", console="vnc", host=host) == 1,
+        10,
+        "the open console to be counted",
+    )
+    relayed = stack.metrics(relay_port)
+    assert value(relayed, "ucloud_console_relay_sessions", console="vnc", host=host) == 1
+    assert value(relayed, "ucloud_console_relay_tickets_total", host=host, result="accepted") == (
+        value(relay_before, "ucloud_console_relay_tickets_total", host=host, result="accepted") + 1
+    )
+
+    refused(url)  # its token again
+    after = wait_for(
+        lambda: (m := proxy()) and refused_reuses(m) == refused_reuses(before) + 1 and m,
+        10,
+        "the refused console to be counted",
+    )
+    accepted = ("ucloud_console_connections_total", {"console": "vnc", "result": "accepted"})
+    assert value(after, accepted[0], **accepted[1]) == value(before, accepted[0], **accepted[1]) + 1
+    assert open_now() == 1  # the refused one opened nothing
+
+    kept.close()
+    wait_for(lambda: open_now() == 0, 10, "the closed console to be counted out")
+    durations = "ucloud_console_session_duration_seconds_count"
+    assert value(proxy(), durations, console="vnc") == value(before, durations, console="vnc") + 1
+    relayed = stack.metrics(relay_port)
+    assert value(relayed, "ucloud_console_relay_sessions", console="vnc", host=host) == 0
+    # Labels are kinds, hosts and reasons: no token, no VM, no user in any series.
+    text = requests.get(
+        f"http://127.0.0.1:{stack.settings.console_metrics_port}/metrics", timeout=5
+    ).text
+    assert url.split("token=")[1] not in text and vmid not in text and "alice" not in text
+
+
 def test_console_requests_are_checked(stack: ConsoleStack):
     r = stack.post("/vm/console", stack.alice, vmid=stack.vms["boot"], serial="yes please")
     assert r.status_code == 400, r.text  # not taken for true

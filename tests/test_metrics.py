@@ -6,6 +6,7 @@ daemons."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,25 @@ def test_alert_rules_fire_when_they_should():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_shipped_scrape_configuration_is_valid_and_scrapes_every_daemon(tmp_path: Path):
+    shipped = RULES.parent / "prometheus.yml"
+    config = tmp_path / "prometheus.yml"  # its rule file where this checkout has it
+    config.write_text(shipped.read_text().replace("/etc/prometheus/ucloud-alerts.yml", str(RULES)))
+    result = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A job for each daemon that has a metrics port (console_relay_metrics_port: the job
+    # ucloud-console-relay), named as UcloudDaemonDown and the operator manual expect.
+    jobs = set(re.findall(r"(?m)^\s*- job_name: (\S+)", shipped.read_text()))
+    daemons = {
+        "ucloud-" + name.removesuffix("_metrics_port").replace("_", "-")
+        for name in Settings.model_fields
+        if name.endswith("_metrics_port")
+    }
+    assert daemons and daemons <= jobs, daemons - jobs
 
 
 @dataclass

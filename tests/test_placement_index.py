@@ -304,8 +304,10 @@ def test_many_vms_placed_at_once_reach_their_host(store: Store, follow):
 
 
 def _slow_retry(store: Store) -> Store:
-    """A store whose watches wait 3 s before they resume: room to write while they are away."""
-    return Store(store.settings.model_copy(update={"retry_initial": 3.0}))
+    """A store whose watches wait 3 s before they resume: room to write while they are away
+    (a follower's back-off is capped at etcd_reconnect_max)."""
+    update = {"retry_initial": 3.0, "etcd_reconnect_max": 3.0}
+    return Store(store.settings.model_copy(update=update))
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["resumed", "compacted"])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.servers import Etcd
 from ucloud.models import VM, Specs, placement_folder
-from ucloud.store import LIST_PAGE, Compacted, Store
+from ucloud.retry import Backoff, until_done
+from ucloud.store import LIST_PAGE, Compacted, Store, Unavailable
 
 
 def test_list_larger_than_one_grpc_message_is_complete(store: Store):
@@ -52,3 +57,35 @@ def test_reads_at_a_revision_and_index_lists(store: Store):
     store.client.compact(placed)
     with pytest.raises(Compacted):
         store.read(VM, [(vm.uuid, created)])
+
+
+@pytest.mark.slow
+def test_a_request_right_after_etcd_returns_succeeds(tmp_path, settings):
+    # etcd away for 20 s while a daemon keeps trying, as they all do: gRPC's own reconnect
+    # back-off would have grown to several seconds by then (1 s, 1.6 times more after each
+    # failed attempt), and every call would fail until the channel's next attempt.
+    own = Etcd(tmp_path / "etcd")
+    own.start()
+    store = Store(settings.model_copy(update={"etcd_endpoints": own.endpoint}))
+    vm = VM(name="x", owner="a", owner_realm="r", specs=Specs(cpu=1, ram=1), image="i")
+    try:
+        store.create(vm)
+        own.stop(signal.SIGKILL)
+        for _ in range(40):  # 20 s
+            with pytest.raises(Unavailable):
+                store.get(VM, vm.uuid)
+            time.sleep(0.5)
+        own.start()  # returns once a new client gets an answer
+        attempts = 0
+
+        def read() -> None:
+            nonlocal attempts
+            attempts += 1
+            assert store.get(VM, vm.uuid) is not None
+
+        assert until_done(threading.Event(), "read", read, Backoff.of(settings), (Unavailable,))
+        # The daemons' retry policy (0.5 s, then 1 s): within it, not after many of its turns.
+        assert attempts <= 3
+    finally:
+        store.close()
+        own.stop()

@@ -36,6 +36,12 @@ class CommonSettings(_Group):
     )
     etcd_prefix: str = "/v1"
     etcd_timeout: float = Field(5.0, description="seconds for one etcd request")
+    etcd_reconnect_max: float = Field(
+        1.0,
+        description="seconds at most between attempts to reconnect to an etcd member that went "
+        "away (gRPC's own back-off grows to 2 minutes: requests would fail that long after etcd "
+        "is back)",
+    )
 
     log_level: str = "INFO"
 
@@ -312,6 +318,13 @@ class ConsoleSettings(_Group):
         "127.0.0.1:6090",
         description="ucloud-console-relay's address on a host (host:port); only ucloud-console "
         "needs to reach it",
+    )
+    console_metrics_port: int = Field(
+        0,
+        description="ucloud-console's Prometheus /metrics (consoles opened, refused, open); 0: off",
+    )
+    console_relay_metrics_port: int = Field(
+        0, description="a relay's Prometheus /metrics (tickets, consoles open on its host); 0: off"
     )
     console_relay_address: str = Field(
         "",

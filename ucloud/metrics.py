@@ -10,10 +10,10 @@ Two kinds of metrics, kept apart on purpose:
 
 Labels are ids and names (VM uuid, host name, operation), never user data.
 
-A new daemon (the console proxy) serves its metrics with ``daemon.serve_metrics`` on a
-``<daemon>_metrics_port`` setting of its own, and exports what it holds (open console
-sessions) with a StateCollector over its own table, events (connections by result) with
-counters: see docs/design-decisions.md, "Metrics".
+A new daemon serves its metrics with ``daemon.serve_metrics`` on a ``<daemon>_metrics_port``
+setting of its own, exports what it holds with a StateCollector over its own table, and events
+with counters (as ucloud-console does, ``ucloud/console/metrics.py``): see
+docs/design-decisions.md, "Metrics".
 """
 
 from __future__ import annotations

@@ -193,13 +193,29 @@ class Client(etcd3.MultiEndpointEtcd3Client):
         ]
 
 
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC options of the channel to each etcd member.
+
+    A channel whose connection broke reconnects by itself, after gRPC's back-off: 1 s after the
+    first failed attempt, 1.6 times longer after each next one, up to 2 minutes. Until its next
+    attempt every call on it fails at once (UNAVAILABLE), however long etcd has been back: after
+    a 20 s outage the first call that succeeded came 5 s after etcd answered again, and the
+    wait grows with the outage. Capped at ``etcd_reconnect_max``, a member that is back is
+    reached within that (plus gRPC's jitter of 20 %); an attempt costs a TCP connect."""
+    ms = max(int(settings.etcd_reconnect_max * 1000), 1)
+    return [
+        ("grpc.initial_reconnect_backoff_ms", min(ms, 1000)),  # 1000: gRPC's own
+        ("grpc.max_reconnect_backoff_ms", ms),
+    ]
+
+
 class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.prefix = settings.etcd_prefix.rstrip("/")
         endpoints = [
-            etcd3.Endpoint(host, port, secure=False, time_retry=0)  # see Client
-            for host, port in settings.etcd_members()
+            etcd3.Endpoint(host, port, secure=False, time_retry=0, opts=channel_options(settings))
+            for host, port in settings.etcd_members()  # time_retry: see Client
         ]
         self.client = Client(endpoints, timeout=settings.etcd_timeout, failover=True)
         # The followers started and not stopped: what ucloud_etcd_watch_up reports.
@@ -711,7 +727,11 @@ class _Following(Generic[M]):
         self.kind = kind
         self.deliver = deliver
         self.name = name
-        self.backoff = Backoff.of(store.settings)
+        # Capped as the channel's reconnects are (channel_options): a stream broken by a lost
+        # etcd is made again within that of its return, not after a back-off that grew all
+        # through the outage (while etcd is away an attempt fails at once, without a packet).
+        settings = store.settings
+        self.backoff = Backoff(settings.retry_initial, settings.etcd_reconnect_max)
         self.next_revision = 0  # 0: list first
         # True while a watch stream is open: what was delivered is current but for events in
         # flight. A reader that must not serve stale data asks etcd itself when it is False.

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from prometheus_client import REGISTRY
+
 from ucloud import daemon
+from ucloud.metrics import StateCollector
 
 
 def proxy() -> int:
@@ -16,8 +19,12 @@ def proxy() -> int:
     from ucloud.console.proxy import ConsoleProxy
 
     settings, log, _ = daemon.start("console")
+    proxy = ConsoleProxy(settings)
+    REGISTRY.register(proxy.meter.collector)
+    # Started before the first fork; the children never touch a metric (console/metrics.py).
+    daemon.serve_metrics(settings, settings.console_metrics_port, None, "ucloud-console")
     # websockify runs its own accept loop and handles SIGTERM/SIGINT itself.
-    ConsoleProxy(settings).start_server()
+    proxy.start_server()
     log.info("stopped")
     return 0
 
@@ -26,7 +33,12 @@ def relay() -> int:
     from ucloud.console.relay import Relay
 
     settings, log, stop = daemon.start("console-relay")
-    Relay(settings).run(stop)
+    relay = Relay(settings)
+    REGISTRY.register(StateCollector("relay sessions", relay.families))
+    daemon.serve_metrics(
+        settings, settings.console_relay_metrics_port, None, f"relay {settings.hostname}"
+    )
+    relay.run(stop)
     log.info("stopped")
     return 0
 

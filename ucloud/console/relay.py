@@ -19,9 +19,13 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Iterable
+
+from prometheus_client.core import Metric
 
 from ucloud import retry
 from ucloud.config import Settings
+from ucloud.console.metrics import RELAY_TICKETS, sessions_gauge
 from ucloud.console.splice import splice
 from ucloud.consoles import (
     TICKET_SECONDS,
@@ -55,7 +59,18 @@ class Relay:
         self._lock = threading.Lock()
         self._nonces: dict[str, float] = {}  # seen nonce -> when its ticket expires
         self._serial: dict[str, socket.socket] = {}  # VM -> its serial console's client
+        self._open: dict[socket.socket, Console] = {}  # client -> its console, while open
         self.server = _Server(split_address(settings.console_relay_bind), self)
+
+    def families(self) -> Iterable[Metric]:
+        with self._lock:
+            open_now = [(str(c), self.settings.hostname) for c in self._open.values()]
+        yield sessions_gauge(
+            "ucloud_console_relay_sessions",
+            "Consoles this relay is splicing to its host's VMs now, by console kind",
+            open_now,
+            [self.settings.hostname],
+        )
 
     # --- the daemon ------------------------------------------------------------------------------
 
@@ -105,7 +120,7 @@ class Relay:
                 if expires < now - TICKET_SECONDS:
                     del self._nonces[nonce]
             if ticket.nonce in self._nonces:
-                raise Refused("ticket used already")
+                raise Refused("ticket used already", "used_ticket")
             self._nonces[ticket.nonce] = ticket.expires
         return ticket
 
@@ -119,9 +134,12 @@ class Relay:
                 target.connect(str(socket_for(self.settings.vnc_dir, ticket.vm, ticket.console)))
             except OSError:
                 target.close()
-                raise Refused("the VM's console is not on this host (moved or stopped)") from None
+                raise Refused(
+                    "the VM's console is not on this host (moved or stopped)", "not_here"
+                ) from None
         except Refused as e:
             log.warning("refused a console connection: %s", e)
+            RELAY_TICKETS.labels(self.settings.hostname, e.why).inc()
             client.sendall(f"NO {e}\n".encode())
             return
         except OSError:
@@ -129,13 +147,17 @@ class Relay:
         with target:
             client.sendall(b"OK\n")
             client.settimeout(None)
+            RELAY_TICKETS.labels(self.settings.hostname, "accepted").inc()
             if ticket.console == Console.SERIAL:
                 self._take_serial(ticket.vm, client)
             log.info("console %s of VM %s opened", ticket.console, ticket.vm)
+            with self._lock:
+                self._open[client] = ticket.console
             try:
                 splice(client, target)
             finally:
                 with self._lock:
+                    del self._open[client]
                     if self._serial.get(ticket.vm) is client:
                         del self._serial[ticket.vm]
                 log.info("console %s of VM %s closed", ticket.console, ticket.vm)
@@ -153,10 +175,10 @@ def _read_line(sock: socket.socket) -> bytes:
     line = b""
     while not line.endswith(b"\n"):
         if len(line) > MAX_TICKET:
-            raise Refused("malformed ticket")
+            raise Refused("malformed ticket", "malformed_ticket")
         chunk = sock.recv(1)
         if not chunk:
-            raise Refused("no ticket")
+            raise Refused("no ticket", "no_ticket")
         line += chunk
     return line
 
