@@ -3,16 +3,28 @@ resetting a TOTP seed, and deleting hosts."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Account, make_image, register_image
+from tests.conftest import Account, make_account, make_image, register_image
 from tests.servers import Daemon, wait_for
 from tests.stack import Ceph, daemon
 from tests.test_host import Cluster, cluster  # noqa: F401  (the real stack's fixture)
 from ucloud.config import Settings
-from ucloud.models import VM, AdminState, File, Host, HostStatus, Image, Specs, User
+from ucloud.models import (
+    VM,
+    AdminState,
+    File,
+    Host,
+    HostStatus,
+    Image,
+    Network,
+    Specs,
+    SSHKey,
+    User,
+)
 from ucloud.quota import Quota, Usage
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
@@ -33,10 +45,11 @@ def test_users_are_listed_with_what_they_own(client, admin, alice, bob, image):
     r = client.get("/user/list", json=admin.creds())
     assert r.status_code == 200
     listed = {(u["realm"], u["name"]): u["owns"] for u in r.json["users"]}
+    nothing = {"vms": 0, "images": 0, "files": 0, "keys": 0, "networks": 0}
     assert listed == {
-        ("ucloud-admin", "root"): {"vms": 0, "images": 0, "files": 0},
-        ("users", "alice"): {"vms": 1, "images": 0, "files": 0},
-        ("users", "bob"): {"vms": 0, "images": 0, "files": 0},
+        ("ucloud-admin", "root"): nothing,
+        ("users", "alice"): {**nothing, "vms": 1},
+        ("users", "bob"): nothing,
     }
     assert client.get("/user/list", json=alice.creds()).status_code == 403
 
@@ -67,6 +80,70 @@ def test_a_public_image_other_users_vms_use_keeps_its_owner(client, admin, alice
     r = client.post("/user/delete", json=body)
     assert r.status_code == 409 and "other users' VMs use this user's images" in r.json["error"]
     assert store.get(Image, shared.uuid).value.desired == "created"
+
+
+def add_key(client, user: Account, folder: Path) -> None:
+    path = folder / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    body = user.creds(key_name="laptop", public_key=path.with_suffix(".pub").read_text())
+    assert client.post("/key/add", json=body).status_code == 201
+
+
+def test_a_user_owning_only_a_key_is_kept_unless_asked(client, admin, alice, store, tmp_path):
+    add_key(client, alice, tmp_path)
+    r = client.post("/user/delete", json=admin.creds(user="alice", user_realm="users"))
+    assert r.status_code == 409
+    assert r.json["error"].startswith("user users/alice owns 1 keys: delete them first")
+    assert store.get(User, "users/alice") is not None
+    assert store.get(SSHKey, "users/alice/laptop") is not None
+
+
+def test_deleting_a_user_removes_their_keys_and_networks_once_their_vms_are_gone(
+    request, client, admin, alice, image, store, tmp_path
+):
+    add_key(client, alice, tmp_path)
+    r = client.post("/network/create", json=alice.creds(network_name="lan", ipv4="10.0.0.0/24"))
+    net = r.json["network"]["uuid"]
+    body = alice.creds(vm_name="a", specs=SPECS, image=image.uuid, networks=[net])
+    vmid = client.post("/vm/create", json=body).json["uuid"]
+    r = client.get("/user/list", json=admin.creds())
+    owns = {u["name"]: u["owns"] for u in r.json["users"]}["alice"]
+    assert owns == {"vms": 1, "images": 0, "files": 0, "keys": 1, "networks": 1}
+
+    body = admin.creds(user="alice", user_realm="users", delete_owned=True)
+    r = client.post("/user/delete", json=body)
+    assert r.status_code == 202, r.json
+    assert r.json["deleting"] == {"vms": 1, "images": 0, "files": 0, "keys": 1, "networks": 1}
+    assert store.get(User, "users/alice") is None
+    assert store.get(SSHKey, "users/alice/laptop") is None
+    # No scheduler yet: the VM is still there, so is the network it is attached to.
+    found = store.get(Network, net)
+    assert found is not None and found.value.deleted
+    assert store.get(VM, vmid).value.desired == "deleted"
+
+    request.getfixturevalue("scheduler")  # deletes the VM (it never had a disk), then the network
+    wait_for(lambda: store.get(VM, vmid) is None, 30, "the VM to be deleted")
+    wait_for(lambda: store.get(Network, net) is None, 30, "the network to be deleted")
+    for claims in ("vni/", "prefix6/", "mac/", "ipv4/", "netport/", "lease/"):
+        assert store.list_index(claims)[0] == {}, claims
+    for kind in (User, Usage, Quota):
+        assert store.get(kind, "users/alice") is None
+
+
+def test_another_users_vm_on_a_shared_network_keeps_its_owner(
+    client, admin, bob, image, store, settings
+):
+    ops = make_account(store, "ops", settings.admin_realm)
+    body = ops.creds(network_name="shared", shared=True)
+    net = client.post("/network/create", json=body).json["network"]["uuid"]
+    body = bob.creds(vm_name="b", specs=SPECS, image=image.uuid, networks=[net])
+    vmid = client.post("/vm/create", json=body).json["uuid"]
+    body = admin.creds(user="ops", user_realm=settings.admin_realm, delete_owned=True)
+    r = client.post("/user/delete", json=body)
+    assert r.status_code == 409
+    assert f"other users' VMs are attached to this user's networks ({vmid})" in r.json["error"]
+    assert store.get(User, f"{settings.admin_realm}/ops") is not None
+    assert not store.get(Network, net).value.deleting
 
 
 def test_reset_totp(client, admin, alice):
@@ -157,7 +234,13 @@ def test_deleting_a_user_and_all_they_own_leaves_nothing(
         body = admin.creds(user="alice", user_realm="users", delete_owned=True)
         r = client.post("/user/delete", json=body)
         assert r.status_code == 202, r.json
-        assert r.json["deleting"] == {"vms": 1, "images": 1, "files": 1}
+        assert r.json["deleting"] == {
+            "vms": 1,
+            "images": 1,
+            "files": 1,
+            "keys": 0,
+            "networks": 0,
+        }
 
         wait_for(lambda: store.get(VM, vmid) is None, 60, "the VM to be deleted")
         # The image goes once no disk is cloned from it (the scanner retries until then).

@@ -63,7 +63,7 @@ def test_accounts_and_hosts_from_the_cli(admin_cli, alice_cli, store: Store, ima
     code, out, _ = admin_cli("user", "list")
     assert code == 0
     rows = [line.split() for line in out.splitlines()]
-    assert ["users", "alice", "1", "0", "0"] in rows
+    assert ["users", "alice", "1", "0", "0", "0", "0"] in rows
     code, _, err = admin_cli("user", "delete", "alice", "--realm", "users")
     assert code == ExitCode.REFUSED and "owns 1 vms" in err
     code, out, err = admin_cli("user", "delete", "alice", "--realm", "users", "--delete-owned")

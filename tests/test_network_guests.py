@@ -191,6 +191,19 @@ def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster)
         interval=1,
     )
 
+    # Alice deleted with all she owns: her VMs go from their hosts, then the network they were
+    # on (the scheduler deletes it after its last VM), and its bridges with them.
+    body = c.users["root"].creds(user="alice", user_realm="users", delete_owned=True)
+    r = c.client.post("/user/delete", json=body)
+    assert r.status_code == 202, r.json
+    assert (r.json["deleting"]["vms"], r.json["deleting"]["networks"]) == (2, 1)
+    gone = lambda: all(c.store.get(VM, v.uuid) is None for v in (a, b))  # noqa: E731
+    wait_for(gone, 120, "alice's VMs to be deleted")
+    wait_for(lambda: c.store.get(Network, lan["uuid"]) is None, 30, "her network to be deleted")
+    for name in (a.hostname, b.hostname):
+        host = bed_host(bed, name)
+        wait_for(lambda h=host: link(h, f"ucbr{vni}") is None, 30, f"{name} to drop the bridge")
+
 
 # Sends from its own addresses, then from ones that are not its own: report each.
 SPOOF = """#!/bin/sh

@@ -7,6 +7,7 @@ import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import Account
+from ucloud import quota
 from ucloud.models import VM, Network
 from ucloud.network import ports
 from ucloud.store import Store
@@ -44,7 +45,16 @@ def test_concurrent_creations_never_share_a_vni_or_prefix(settings, store: Store
     def create(i: int) -> Network:
         s = Store(settings)
         try:
-            return ports.create_network(s, settings, name=f"n{i}", owner="u", owner_realm="r")
+            made: list[Network] = []
+
+            def plan() -> quota.Plan:  # as /network/create: a fresh choice on every retry
+                made[:] = [ports.new_network(s, settings, name="n", owner=f"u{i}", owner_realm="r")]
+                return quota.Plan(
+                    [(made[0], None)], quota.of_network(made[0]), absent=made[0].index_keys()
+                )
+
+            quota.charge(s, settings, ("r", f"u{i}"), plan)
+            return made[0]
         finally:
             s.close()
 

@@ -16,7 +16,7 @@ from tests.servers import free_port, wait_for
 from tests.stack import daemon
 from ucloud import quota
 from ucloud.config import Settings
-from ucloud.models import VM, Desired, Image, Status
+from ucloud.models import VM, Desired, Image, Network, Status
 from ucloud.quota import Usage
 
 SPECS = {"cpu": 2, "ram": 1, "ssd": 4}
@@ -31,6 +31,7 @@ def settings(settings: Settings) -> Settings:
             "quota_ram": 8,
             "quota_disk": 100,
             "quota_images": 2,
+            "quota_networks": 1,
         }
     )
 
@@ -169,6 +170,46 @@ def test_recount_repairs_drifted_usage(client, alice, image, store):
     assert store.delete(vm)
     assert quota.recount(store) == 1
     assert usage(client, alice)["vms"] == 0
+
+
+def test_networks_are_charged_refused_and_released(client, alice, image, store):
+    r = client.post("/network/create", json=alice.creds(network_name="a"))
+    assert r.status_code == 201, r.json
+    assert usage(client, alice)["networks"] == 1
+    r = client.post("/network/create", json=alice.creds(network_name="b"))
+    assert r.status_code == 403
+    assert r.json["error"].startswith(
+        "quota exceeded: networks limit is 1, 1 in use, this needs 1 more"
+    )
+    assert [n.value.name for n in store.list(Network)[0].values()] == ["a"]
+    assert len(store.list_index("vni/")[0]) == 1  # nothing claimed for it either
+    # A deletion refused (a VM is attached) releases nothing.
+    body = alice.creds(vm_name="v", specs=SPECS, image=image.uuid, networks=["a"])
+    vmid = client.post("/vm/create", json=body).json["uuid"]
+    assert client.post("/network/delete", json=alice.creds(network="a")).status_code == 409
+    assert usage(client, alice)["networks"] == 1
+    r = client.post("/vm/network/detach", json=alice.creds(vmid=vmid, network="a"))
+    assert r.status_code == 202
+    assert client.post("/network/delete", json=alice.creds(network="a")).status_code == 200
+    assert usage(client, alice)["networks"] == 0
+    assert client.post("/network/create", json=alice.creds(network_name="b")).status_code == 201
+
+
+def test_recount_heals_a_drifted_network_count(client, alice, store):
+    r = client.post("/network/create", json=alice.creds(network_name="a"))
+    assert r.status_code == 201
+    found = store.get(Usage, "users/alice")
+    assert found is not None and found.value.used.networks == 1
+    wrong = found.value.model_copy(deep=True)
+    wrong.used.networks = 0  # drifted: the user could make one more than their limit
+    assert store.swap(wrong, found)
+    assert quota.recount(store) == 1
+    assert usage(client, alice)["networks"] == 1
+    network = store.get(Network, r.json["network"]["uuid"])
+    assert network is not None and store.delete(network)  # by hand, behind the API's back
+    assert quota.recount(store) == 1
+    assert usage(client, alice)["networks"] == 0
+    assert quota.recount(store) == 0
 
 
 def test_recount_leaves_a_record_changed_after_its_list(client, alice, image, store):

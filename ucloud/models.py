@@ -525,6 +525,10 @@ class Network(Stored):
     created: float = Field(default_factory=now)
     # Set while it is being deleted: no VM may attach it from then on (ucloud/network/).
     deleting: bool = False
+    # Its deletion was accepted while VMs were still attached (its owner was deleted with all
+    # they own, VMs included): it no longer counts against a quota, and the scheduler deletes
+    # it when its last VM goes. Always with ``deleting``.
+    deleted: bool = False
 
     @property
     def id(self) -> str:

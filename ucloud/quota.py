@@ -10,10 +10,14 @@ only the API writes, so no other daemon ever has to touch usage:
 - ``cpu``, ``ram``: VMs that should run (desired running or suspended): a stopped VM holds its
   disk but no CPU or memory, so starting one is checked like creating one;
 - ``images``: images not asked to be deleted;
-- ``networks``: none yet (networks come later; the limit is defined already).
+- ``networks``: networks, but those whose deletion was accepted while VMs were still on them
+  (their owner was deleted; the scheduler removes them when their last VM goes). A network
+  marked ``deleting`` only for the moment a deletion checks for attached VMs still counts:
+  its deletion is accepted, and usage released, in the transaction that deletes it. Shared
+  networks count against the administrator who created them, like anything else.
 
 Usage is released when the API accepts a deletion, not when a host finishes it: from then on
-the VM or image only waits for its storage to go, and nothing can bring it back. A recount
+the VM, image or network only waits for its storage to go, and nothing can bring it back. A recount
 (``recount``, run by the scheduler's leader) recomputes usage from the objects and repairs any
 record that disagrees, so a usage that drifted (a bug, a hand edit, a record from before quotas)
 does not stay wrong.
@@ -29,7 +33,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ucloud.config import Settings
-from ucloud.models import VM, Desired, Image, ImageDesired, Stored, check_name
+from ucloud.models import VM, Desired, Image, ImageDesired, Network, Stored, check_name
 from ucloud.store import Conflict, Guard, Store, Versioned
 
 log = logging.getLogger(__name__)
@@ -138,12 +142,22 @@ def of_image(image: Image | None) -> Amounts:
     return Amounts(images=1)
 
 
-def count(vms: Iterable[VM], images: Iterable[Image]) -> dict[Owner, Amounts]:
+def of_network(network: Network | None) -> Amounts:
+    if network is None or network.deleted:
+        return Amounts()
+    return Amounts(networks=1)
+
+
+def count(
+    vms: Iterable[VM], images: Iterable[Image], networks: Iterable[Network] = ()
+) -> dict[Owner, Amounts]:
     """Every owner's usage, from their objects."""
     usage: dict[Owner, Amounts] = {}
-    for amounts, owner in [(of_vm(v), (v.owner_realm, v.owner)) for v in vms] + [
-        (of_image(i), (i.owner_realm, i.owner)) for i in images
-    ]:
+    for amounts, owner in (
+        [(of_vm(v), (v.owner_realm, v.owner)) for v in vms]
+        + [(of_image(i), (i.owner_realm, i.owner)) for i in images]
+        + [(of_network(n), (n.owner_realm, n.owner)) for n in networks]
+    ):
         usage[owner] = usage.get(owner, Amounts()) + amounts
     return {owner: amounts.rounded() for owner, amounts in usage.items()}
 
@@ -184,11 +198,12 @@ def check(used: Amounts, change: Amounts, limits: Amounts) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Writes to make together (``was`` None: the object must not exist yet) and the change
-    of usage they make for their owner."""
+    """Writes to make together (``was`` None: the object must not exist yet), objects to
+    delete (as read) with them, and the change of usage they make for their owner."""
 
     writes: Sequence[tuple[Stored, Versioned[Any] | None]]
     change: Amounts
+    deletes: Sequence[Versioned[Any]] = ()
     # Objects the writes depend on, compared unchanged (the networks a new VM's ports are
     # on), and index entries that must not exist (its ports' claims): see Store.commit.
     unchanged: Sequence[Versioned[Any]] = ()
@@ -221,7 +236,12 @@ def charge(
             check(usage.used, change, limits)
             usage.used = (usage.used + change).rounded()
             writes.append((usage, found))
-        revision = store.commit(swap=writes, unchanged=planned.unchanged, absent=planned.absent)
+        revision = store.commit(
+            swap=writes,
+            delete=planned.deletes,
+            unchanged=planned.unchanged,
+            absent=planned.absent,
+        )
         if revision is not None:
             return revision
     raise Conflict(f"the objects of {realm}/{name} kept changing; try again")
@@ -239,10 +259,12 @@ def current(store: Store, owner: Owner, found: Versioned[Usage] | None) -> Amoun
 def used_by(store: Store, owner: Owner) -> Amounts:
     vms, _ = store.list(VM)
     images, _ = store.list(Image)
-    owned = count(
-        (v.value for v in vms.values() if (v.value.owner_realm, v.value.owner) == owner),
-        (i.value for i in images.values() if (i.value.owner_realm, i.value.owner) == owner),
-    )
+    networks, _ = store.list(Network)
+
+    def mine(objects: dict[str, Versioned[Any]]) -> list[Any]:
+        return [o.value for o in objects.values() if (o.value.owner_realm, o.value.owner) == owner]
+
+    owned = count(mine(vms), mine(images), mine(networks))
     return owned.get(owner, Amounts())
 
 
@@ -269,11 +291,17 @@ def recount(store: Store, guard: Guard | None = None) -> int:
     a usage rewrites that usage record in its own transaction, so a record unchanged since R
     (mod_revision <= R) saw no such change after R, and the count agrees with it unless it is
     wrong. Such a record is compare-and-swapped; one changed after R is left for the next
-    recount. (Images are listed after R: a change to them after R moved the record past R.)"""
+    recount. (Images and networks are listed after R: a change to them after R moved the record
+    past R.)"""
     vms, revision = store.list(VM)
     images, _ = store.list(Image)
+    networks, _ = store.list(Network)
     usages, _ = store.list(Usage)
-    counted = count((v.value for v in vms.values()), (i.value for i in images.values()))
+    counted = count(
+        (v.value for v in vms.values()),
+        (i.value for i in images.values()),
+        (n.value for n in networks.values()),
+    )
     recorded = {(u.value.realm, u.value.name): u for u in usages.values()}
     repaired = 0
     for owner in set(counted) | set(recorded):

@@ -6,7 +6,7 @@ import pytest
 
 from ucloud import quota
 from ucloud.config import load_settings
-from ucloud.models import VM, Desired, Image, ImageDesired, Specs
+from ucloud.models import VM, Desired, Image, ImageDesired, Network, Specs
 from ucloud.quota import Amounts, Limits, Quota, QuotaExceeded
 
 
@@ -30,6 +30,24 @@ def test_count_by_owner():
     assert counted == {
         ("users", "alice"): Amounts(vms=2, cpu=2, ram=4, disk=20, images=1),
         ("users", "bob"): Amounts(vms=1, cpu=2, ram=4, disk=10),
+    }
+
+
+def network(owner: str = "alice", **more: object) -> Network:
+    return Network(
+        name="n", owner=owner, owner_realm="users", vni=1, ipv6_prefix="fd::/64", mtu=1450, **more
+    )
+
+
+def test_a_network_counts_until_its_deletion_is_accepted():
+    assert quota.of_network(network()) == Amounts(networks=1)
+    # Marked only while a deletion checks for attached VMs: still held (it may be refused).
+    assert quota.of_network(network(deleting=True)) == Amounts(networks=1)
+    assert quota.of_network(network(deleting=True, deleted=True)) == Amounts()
+    counted = quota.count([], [], [network(), network(), network("bob"), network(deleted=True)])
+    assert counted == {
+        ("users", "alice"): Amounts(networks=2),
+        ("users", "bob"): Amounts(networks=1),
     }
 
 

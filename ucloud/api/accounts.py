@@ -4,8 +4,10 @@ TOTP seed, delete a host that is empty and out of service.
 Deleting what a user owns takes the normal paths, so nothing is removed behind a daemon's back:
 VMs are asked to be deleted (desired ``deleted``: their hosts remove domains and disks), images
 too (the image scanner removes them from storage once no disk is cloned from them), files are
-removed from the user's upload directory (with their records); then the user's quota records
-and the user go. Owned things are listed again after the user is gone, so a request that was
+removed from the user's upload directory (with their records), SSH keys are deleted, networks
+are marked ``deleted`` (deleted at once if no VM is on them, else by the scheduler when their
+last VM, one of the user's being deleted, goes); then the user's quota records and the user
+go. Owned things are listed again after the user is gone, so a request that was
 already authenticated when the deletion began cannot leave a VM behind.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from flask import Blueprint
 from pydantic import Field, StrictBool
 
 from ucloud import auth, uploads
-from ucloud.api import errors
+from ucloud.api import errors, networks
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import mark_deleted
 from ucloud.api.schemas import Credentials, Listing, Name
@@ -36,6 +39,8 @@ from ucloud.models import (
     HostStatus,
     Image,
     ImageDesired,
+    Network,
+    SSHKey,
     Status,
     User,
     placement_folder,
@@ -57,7 +62,9 @@ class UserRef(Credentials):
 
 class UserDelete(UserRef):
     delete_owned: StrictBool = Field(
-        False, description="also delete the user's VMs, images and files (else: 409 if any)"
+        False,
+        description="also delete the user's VMs, images, files, SSH keys and networks (else: "
+        "409 if any)",
     )
 
 
@@ -105,6 +112,7 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
             f"{body.user_realm} --delete-owned)"
         )
     owned.check_images_unused_by_others(owner)
+    owned.check_networks_unused_by_others(owner)
     deleted = delete_owned(owned, owner, user)
     # The user goes, then what they own is looked at again: a request authenticated before
     # the user went may have created something meanwhile.
@@ -113,6 +121,9 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
         while (record := ctx.store.get(kind, who)) is not None and not ctx.store.delete(record):
             pass
     more = delete_owned(Owned.read(ctx.store), owner, user)
+    # Releases made by that second look recorded a usage again: it goes too.
+    while (usage := ctx.store.get(Usage, who)) is not None and not ctx.store.delete(usage):
+        pass
     total = Counter(deleted) + Counter(more)
     log.info("user %s deleted by %s/%s; deleting %s", who, user.realm, user.name, dict(total))
     return {"message": f"user {who} deleted", "deleting": {k: total[k] for k in counts}}, 202
@@ -176,44 +187,89 @@ def delete_host(body: HostRef, user: Principal) -> Reply:
 # --- what a user owns -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Things:
+    """What one user owns."""
+
+    vms: list[VM]
+    images: list[Image]
+    files: list[File]
+    keys: list[SSHKey]
+    networks: list[Network]
+
+
 class Owned:
-    """Every VM, image and file, to find a user's (administrators' requests, rare)."""
+    """Every VM, image, file, SSH key and network, to find a user's (administrators'
+    requests, rare)."""
 
     def __init__(
         self,
         vms: dict[str, Versioned[VM]],
         images: dict[str, Versioned[Image]],
         files: dict[str, Versioned[File]],
+        keys: dict[str, Versioned[SSHKey]],
+        networks: dict[str, Versioned[Network]],
     ) -> None:
         self.vms, self.images, self.files = vms, images, files
+        self.keys, self.networks = keys, networks
 
     @classmethod
     def read(cls, store: Store) -> Owned:
-        return cls(store.list(VM)[0], store.list(Image)[0], store.list(File)[0])
+        return cls(
+            store.list(VM)[0],
+            store.list(Image)[0],
+            store.list(File)[0],
+            store.list(SSHKey)[0],
+            store.list(Network)[0],
+        )
 
-    def of(self, owner: Owner) -> tuple[list[VM], list[Image], list[File]]:
-        def mine(obj: Any) -> bool:
-            return bool((obj.owner_realm, obj.owner) == owner)
+    def of(self, owner: Owner) -> Things:
+        def mine(objects: dict[str, Versioned[Any]]) -> list[Any]:
+            return [
+                o.value for o in objects.values() if (o.value.owner_realm, o.value.owner) == owner
+            ]
 
-        return (
-            [v.value for v in self.vms.values() if mine(v.value)],
-            [i.value for i in self.images.values() if mine(i.value)],
-            [f.value for f in self.files.values() if mine(f.value)],
+        return Things(
+            mine(self.vms),
+            mine(self.images),
+            mine(self.files),
+            mine(self.keys),
+            mine(self.networks),
         )
 
     def counts(self, owner: Owner) -> dict[str, int]:
         """What the user still has (not already being deleted)."""
-        vms, images, files = self.of(owner)
+        things = self.of(owner)
         return {
-            "vms": sum(v.desired != Desired.DELETED for v in vms),
-            "images": sum(i.desired != ImageDesired.DELETED for i in images),
-            "files": sum(not f.removed for f in files),
+            "vms": sum(v.desired != Desired.DELETED for v in things.vms),
+            "images": sum(i.desired != ImageDesired.DELETED for i in things.images),
+            "files": sum(not f.removed for f in things.files),
+            "keys": len(things.keys),
+            "networks": sum(not n.deleted for n in things.networks),
         }
+
+    def check_networks_unused_by_others(self, owner: Owner) -> None:
+        """409 if another user's VM (not being deleted) is attached to one of the user's
+        networks (a shared one): the network could not be deleted while it is. (One being
+        deleted lets go of it when it goes, as the user's own VMs do.)"""
+        mine = {n.uuid for n in self.of(owner).networks}
+        others = sorted(
+            v.value.uuid
+            for v in self.vms.values()
+            if mine & set(v.value.networks)
+            and (v.value.owner_realm, v.value.owner) != owner
+            and v.value.desired != Desired.DELETED
+        )
+        if others:
+            raise errors.Conflict(
+                f"other users' VMs are attached to this user's networks ({', '.join(others[:5])})"
+                ": those VMs must be detached or deleted first"
+            )
 
     def check_images_unused_by_others(self, owner: Owner) -> None:
         """409 if another user's VM was made from one of the user's (public) images: it
         could not be removed from storage while that VM's disk is cloned from it."""
-        mine = {i.uuid for i in self.of(owner)[1]}
+        mine = {i.uuid for i in self.of(owner).images}
         others = sorted(
             v.value.uuid
             for v in self.vms.values()
@@ -227,10 +283,11 @@ class Owned:
 
 
 def delete_owned(owned: Owned, owner: Owner, by: Principal) -> dict[str, int]:
-    """Ask for the deletion of everything ``owner`` owns, through the normal paths."""
-    vms, images, files = owned.of(owner)
-    done = {"vms": 0, "images": 0, "files": 0}
-    for vm in vms:
+    """Ask for the deletion of everything ``owner`` owns, through the normal paths. VMs
+    first: a network is deleted when the last of them goes."""
+    things = owned.of(owner)
+    done = {"vms": 0, "images": 0, "files": 0, "keys": 0, "networks": 0}
+    for vm in things.vms:
         if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
             continue
         try:
@@ -238,10 +295,18 @@ def delete_owned(owned: Owned, owner: Owner, by: Principal) -> dict[str, int]:
             done["vms"] += 1
         except (errors.NotFound, errors.Conflict):
             pass  # deleted meanwhile, or being deleted already
-    for image in images:
+    for image in things.images:
         if image.desired != ImageDesired.DELETED and mark_deleted(image.uuid) is not None:
             done["images"] += 1
-    done["files"] = delete_files(owner, files)
+    done["files"] = delete_files(owner, things.files)
+    store = context().store
+    for key in things.keys:
+        while (found := store.get(SSHKey, key.id)) is not None and not store.delete(found):
+            pass
+        done["keys"] += 1
+    for network in things.networks:
+        if not network.deleted and networks.mark_deleted(network.uuid):
+            done["networks"] += 1
     return done
 
 

@@ -6,12 +6,15 @@ from typing import Any
 
 from flask import Blueprint
 
+from ucloud import quota
 from ucloud.api import errors, replies, vms
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.quotas import charged
 from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, VMNetwork
 from ucloud.models import Network
 from ucloud.network import ports
 from ucloud.network.allocate import AllocationError
+from ucloud.quota import Amounts, Plan
 from ucloud.store import Conflict, Versioned
 
 bp = Blueprint("network", __name__)
@@ -38,7 +41,8 @@ class NetworkList(replies.Reply):
     summary="Create a network",
     responses={
         201: "created",
-        403: "a shared network, by a user who is no administrator",
+        403: "a shared network by a user who is no administrator, or over the caller's "
+        "quota (the message names the limit and the usage)",
         409: "no VXLAN id or prefix left, or they kept being taken meanwhile",
     },
     reply=NetworkDone,
@@ -47,8 +51,11 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
     if body.shared and not user.admin:
         raise errors.Forbidden("only administrators may create shared networks")
     ctx = context()
-    try:
-        network = ports.create_network(
+    made: list[Network] = []
+
+    def plan() -> Plan:
+        # Called again on every retry: a VXLAN id or prefix taken meanwhile is chosen again.
+        network = ports.new_network(
             ctx.store,
             ctx.settings,
             name=body.network_name,
@@ -58,11 +65,16 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
             ipv4_subnet=body.ipv4 or "",
             mtu=body.mtu or 0,
         )
+        made[:] = [network]
+        return Plan([(network, None)], quota.of_network(network), absent=network.index_keys())
+
+    try:
+        charged((user.realm, user.name), plan)
     except AllocationError as e:
         raise errors.BadRequest(str(e)) from e
-    except ports.Changed as e:
+    except Conflict as e:
         raise errors.Conflict(str(e)) from e
-    return {"message": "network created", "network": network_json(network)}, 201
+    return {"message": "network created", "network": network_json(made[0])}, 201
 
 
 @endpoint(
@@ -74,7 +86,11 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
 )
 def list_networks(body: Listing, user: Principal) -> Reply:
     items, _ = context().store.list(Network)
-    visible = [v.value for v in items.values() if v.value.shared or user.owns(v.value)]
+    visible = [
+        v.value
+        for v in items.values()
+        if (v.value.shared or user.owns(v.value)) and not v.value.deleted
+    ]
     visible.sort(key=lambda n: n.created)
     return {"networks": [network_json(n) for n in visible]}, 200
 
@@ -95,10 +111,20 @@ def delete(body: NetworkRef, user: Principal) -> Reply:
     if found is None or not user.owns(found.value):
         # A shared network is visible to all, but only its owner (or an admin) deletes it.
         raise errors.NotFound(f"no network {body.network}")
+    store = context().store
     try:
-        ports.delete_network(context().store, found)
+        marked = ports.lock_for_deletion(store, found)
     except (ports.NetworkInUse, ports.Changed) as e:
         raise errors.Conflict(str(e)) from e
+
+    def plan() -> Plan:
+        # The deletion and the release of its owner's quota, in one transaction.
+        now = store.get(Network, marked.value.uuid)
+        if now is None or now.mod_revision != marked.mod_revision:
+            raise errors.Conflict(f"network {body.network} changed meanwhile; try again")
+        return Plan([], Amounts() - quota.of_network(now.value), deletes=[now])
+
+    charged((marked.value.owner_realm, marked.value.owner), plan)
     return {"message": "network deleted", "network": network_json(found.value)}, 200
 
 
@@ -152,6 +178,33 @@ def detach(body: VMNetwork, user: Principal) -> Reply:
     return {"message": "detachment queued", "vm": vms.public(written.value)}, 202
 
 
+def mark_deleted(uuid: str) -> bool:
+    """Accept a network's deletion whatever is attached (its owner is being deleted with all
+    they own, VMs included): marked ``deleted`` and ``deleting``, its owner's quota released
+    in the same transaction; deleted at once if no VM is attached, else by the scheduler when
+    its last VM goes. True if this call accepted it."""
+    store = context().store
+    accepted: list[Network] = []
+
+    def plan() -> Plan | None:
+        now = store.get(Network, uuid)
+        if now is None or now.value.deleted:
+            return None
+        network = now.value.model_copy(update={"deleted": True, "deleting": True})
+        accepted[:] = [network]
+        return Plan([(network, now)], quota.of_network(network) - quota.of_network(now.value))
+
+    first = store.get(Network, uuid)
+    if first is None:
+        return False
+    revision = charged((first.value.owner_realm, first.value.owner), plan)
+    if revision is None:
+        return False
+    # Attachments compared the network unchanged: none came in since it was marked.
+    ports.remove_if_unused(store, Versioned(accepted[0], revision))
+    return True
+
+
 def visible_network(ref: str, user: Principal) -> Versioned[Network] | None:
     """The network ``ref`` names for ``user``: its uuid if the user may see it (theirs, or
     shared); else its name among the user's own networks, then the shared ones."""
@@ -178,6 +231,6 @@ def find_network(ref: str, user: Principal) -> Versioned[Network]:
 
 
 def network_json(network: Network) -> dict[str, Any]:
-    data = network.model_dump(mode="json", exclude={"deleting"})
+    data = network.model_dump(mode="json", exclude={"deleting", "deleted"})
     data["attached"] = ports.attached_vms(context().store, network.uuid)
     return data

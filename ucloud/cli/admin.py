@@ -104,12 +104,15 @@ def delete_host(s: Session, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+OWNED = ("vms", "images", "files", "keys", "networks")
+
+
 def list_users(s: Session, args: argparse.Namespace) -> int:
     s.out.listing(
         s.api.get("/user/list")["users"],
         "no users",
-        ("REALM", "NAME", "VMS", "IMAGES", "FILES"),
-        lambda u: (u["realm"], u["name"], *(u["owns"][k] for k in ("vms", "images", "files"))),
+        ("REALM", "NAME", "VMS", "IMAGES", "FILES", "KEYS", "NETWORKS"),
+        lambda u: (u["realm"], u["name"], *(u["owns"][k] for k in OWNED)),
     )
     return ExitCode.OK
 

@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--delete-owned",
         action="store_true",
-        help="also delete the user's VMs, images and files (through the normal paths)",
+        help="also delete the user's VMs, images, files, SSH keys and networks (normal paths)",
     )
     p = command(user, "reset-totp", "give a user a new TOTP seed, print it", admin.reset_totp)
     p.add_argument("name", help="the user's name")

@@ -1,7 +1,8 @@
 """Networks and ports in etcd: every claim (VXLAN id, /64, MAC, IPv4 address) is an index
-entry created in the same compare-and-swap transaction as the object that holds it, and
-deleted with it (models.Network.index_keys, models.port_claims). Two writers racing for the
-same claim: one transaction fails, and is retried with a fresh choice."""
+entry created in the same compare-and-swap transaction as the object that holds it (a
+network's with its owner's quota usage: see ucloud.quota.charge), and deleted with it
+(models.Network.index_keys, models.port_claims). Two writers racing for the same claim: one
+transaction fails, and is retried with a fresh choice."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from ucloud.config import Settings
 from ucloud.models import VM, Network, Port, network_ports_folder
 from ucloud.network import allocate
-from ucloud.store import Conflict, Store, Versioned
+from ucloud.store import Conflict, Guard, Store, Versioned
 
 ATTEMPTS = 20
 
@@ -31,7 +32,7 @@ class Changed(Exception):
     """What a request depends on kept changing; it was not done."""
 
 
-def create_network(
+def new_network(
     store: Store,
     settings: Settings,
     *,
@@ -42,27 +43,24 @@ def create_network(
     ipv4_subnet: str = "",
     mtu: int = 0,
 ) -> Network:
-    """A new network with the lowest free VXLAN id of the range and the first free /64 of
-    the pool (AllocationError when none is left or the input is wrong)."""
+    """A new network (not stored yet) with the lowest free VXLAN id of the range and the first
+    free /64 of the pool as now claimed (AllocationError when none is left or the input is
+    wrong). Its creation must find its claims (``index_keys``) absent: one taken meanwhile
+    fails the transaction, which is retried with a fresh choice (see quota.charge)."""
     lo, hi = allocate.vni_range(settings.network_vni_range)
     subnet = str(allocate.ipv4_subnet(ipv4_subnet)) if ipv4_subnet else ""
-    mtu = mtu or settings.network_mtu
-    for _ in range(ATTEMPTS):
-        vnis, _ = store.list_index("vni/")
-        prefixes, _ = store.list_index("prefix6/")
-        network = Network(
-            name=name,
-            owner=owner,
-            owner_realm=owner_realm,
-            shared=shared,
-            vni=allocate.first_free((int(v) for v in vnis), lo, hi),
-            ipv6_prefix=str(allocate.free_prefix(settings.network_ipv6_pool, prefixes)),
-            ipv4_subnet=subnet,
-            mtu=mtu,
-        )
-        if store.commit(create=[network], absent=network.index_keys()):
-            return network
-    raise Changed("networks kept being created meanwhile; try again")
+    vnis, _ = store.list_index("vni/")
+    prefixes, _ = store.list_index("prefix6/")
+    return Network(
+        name=name,
+        owner=owner,
+        owner_realm=owner_realm,
+        shared=shared,
+        vni=allocate.first_free((int(v) for v in vnis), lo, hi),
+        ipv6_prefix=str(allocate.free_prefix(settings.network_ipv6_pool, prefixes)),
+        ipv4_subnet=subnet,
+        mtu=mtu or settings.network_mtu,
+    )
 
 
 def new_port(store: Store, network: Network, taken_here: Sequence[Port] = ()) -> Port:
@@ -132,10 +130,11 @@ def attached_vms(store: Store, network: str) -> list[str]:
     return sorted(entries)
 
 
-def delete_network(store: Store, found: Versioned[Network]) -> None:
-    """Delete the network and free its VXLAN id and prefix; NetworkInUse (nothing changed)
-    while a VM is attached. First marked ``deleting`` (every attachment compares the network
-    unchanged, so none can slip in between the check and the delete)."""
+def lock_for_deletion(store: Store, found: Versioned[Network]) -> Versioned[Network]:
+    """The network marked ``deleting`` (every attachment compares the network unchanged, so
+    none can slip in from then on) with no VM attached: ready to be deleted, as read.
+    NetworkInUse while a VM is attached (the mark undone, unless its deletion was accepted
+    already: ``deleted``)."""
     if not found.value.deleting:
         marked = store.swap_edited(found, lambda n: setattr(n, "deleting", True))
         if marked is None:
@@ -143,10 +142,18 @@ def delete_network(store: Store, found: Versioned[Network]) -> None:
         found = marked
     vms = attached_vms(store, found.value.uuid)
     if vms:
-        store.swap_edited(found, lambda n: setattr(n, "deleting", False))
+        if not found.value.deleted:
+            store.swap_edited(found, lambda n: setattr(n, "deleting", False))
         raise NetworkInUse(found.value, vms)
-    if store.commit(delete=[found]) is None:
-        raise Changed(f"network {found.value.uuid} changed meanwhile; try again")
+    return found
+
+
+def remove_if_unused(store: Store, found: Versioned[Network], guard: Guard | None = None) -> bool:
+    """Delete a network whose deletion was accepted (``deleted``) if no VM is attached any
+    more; True if it is gone. No VM can attach it meanwhile (it is ``deleting``)."""
+    if not found.value.deleted or attached_vms(store, found.value.uuid):
+        return False
+    return store.delete(found, guard)
 
 
 def _fresh_vm(store: Store, found: Versioned[VM]) -> Versioned[VM]:

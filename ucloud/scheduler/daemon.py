@@ -7,6 +7,8 @@ parts, and in one thread runs a pass of each:
 - Chores (chores.py): VMs without a host whose desired state needs a step;
 - Placer (placer.py): placement and the SCHEDULED deadlines;
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
+- DeletedNetworks (networks.py): networks deleted with their owner, removed when their last
+  VM goes;
 - the quota recount (ucloud.quota.recount), every quota_recount seconds: usage records that
   disagree with the objects are repaired;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
@@ -31,6 +33,7 @@ from ucloud.scheduler.chores import Chores
 from ucloud.scheduler.index import PlacementIndex
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
+from ucloud.scheduler.networks import DeletedNetworks
 from ucloud.scheduler.placer import Placer
 from ucloud.scheduler.writes import Deposed, Writes
 from ucloud.storage import Storage, open_storage
@@ -69,6 +72,7 @@ class Scheduler:
         self.chores = Chores(self.vms, self.ledger, self.writes)
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
         self.index = PlacementIndex(self.vms, self.writes)
+        self.deleted_networks = DeletedNetworks(store, guard)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -144,6 +148,7 @@ class Scheduler:
         hosts_changed = self.ledger.take_changed()
         self.chores.step(hosts_changed)
         self.placer.step(hosts_changed)
+        self.deleted_networks.step()
 
     def resync(self) -> None:
         """The safety net: look at every host and VM again, as if each had changed."""
@@ -153,13 +158,16 @@ class Scheduler:
             self.vm_changed((id, v, v))
         self.placer.resync()
         self.index.repair()
+        self.deleted_networks.resync()
 
     # --- changes, to every part ----------------------------------------------------------------
 
     def vm_changed(self, diff: Diff[VM]) -> None:
         id, before, after = diff
         new = after.value if after is not None else None
-        self.ledger.vm_changed(id, before.value if before is not None else None, new)
+        old = before.value if before is not None else None
+        self.ledger.vm_changed(id, old, new)
+        self.deleted_networks.vm_changed(old, new)
         self.lifecycle.vm_changed(id, new)
         self.chores.vm_changed(id, new)
         self.placer.vm_changed(id, new)
