@@ -126,9 +126,7 @@ def two_hosts(
 ) -> Iterator[Hosts]:
     marker = request.node.get_closest_marker("host_settings")
     more = marker.kwargs if marker else {}
-    hosts = {
-        n: host_settings(settings, ceph, libvirtds[n], n, tmp_path / n, **more) for n in NODES
-    }
+    hosts = {n: host_settings(settings, ceph, libvirtds[n], n, tmp_path / n, **more) for n in NODES}
     scheduler = start_scheduler(hosts, tmp_path)
     agents = {n: daemon("ucloud.host.main", hosts[n], tmp_path / f"{n}.log") for n in NODES}
     h = Hosts(settings, store, client, alice, admin, hosts, agents, tmp_path)
