@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel
@@ -20,7 +20,8 @@ from ucloud.api.catalog import Catalog
 from ucloud.api.errors import BadRequest, Forbidden, Unauthorized
 from ucloud.api.schemas import Credentials
 from ucloud.config import Settings
-from ucloud.store import Store
+from ucloud.models import Stored
+from ucloud.store import Store, Versioned
 
 # A reply's body: an object to serialise, or bytes that already are the JSON answer.
 Reply = tuple[dict[str, Any] | bytes, int]
@@ -35,6 +36,28 @@ class Principal:
     def owns(self, obj: Any) -> bool:
         """Whether this user may see and change ``obj`` (administrators may touch anything)."""
         return self.admin or (obj.owner == self.name and obj.owner_realm == self.realm)
+
+
+S = TypeVar("S", bound=Stored)
+
+
+def visible(
+    kind: type[S], ref: str, user: Principal, shared: Callable[[S], bool]
+) -> Versioned[S] | None:
+    """The ``kind`` that ``ref`` names for ``user``, by the one rule of every endpoint: its
+    uuid, if the user may see it (theirs, or ``shared`` with everyone); else its name, among
+    the user's own, then among the shared ones. None if there is none; 400 if the name is
+    ambiguous."""
+    store = context().store
+    found = store.get(kind, ref)
+    if found is not None and (shared(found.value) or user.owns(found.value)):
+        return found
+    items, _ = store.list(kind)
+    named = [v for v in items.values() if getattr(v.value, "name", None) == ref]
+    candidates = [v for v in named if user.owns(v.value)] or [v for v in named if shared(v.value)]
+    if len(candidates) > 1:
+        raise BadRequest(f"{kind.kind} name {ref!r} is ambiguous: give its uuid")
+    return candidates[0] if candidates else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from flask import Blueprint
 
 from ucloud import quota
 from ucloud.api import errors, replies
-from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.endpoint import Principal, Reply, context, endpoint, visible
 from ucloud.api.quotas import charged
 from ucloud.api.schemas import ImageCreate, ImageRef, Listing, StoreCreate
 from ucloud.models import VM, File, Image, ImageDesired, ImageStore
@@ -242,19 +242,8 @@ def owned_file(file_uuid: str, user: Principal) -> File:
 
 
 def visible_image(ref: str, user: Principal) -> Versioned[Image] | None:
-    """The image ``ref`` names for ``user``, the one rule of every endpoint: its uuid, if the
-    user may see it (theirs, or public); else its name, among the user's own images, then among
-    the public ones. None if there is none; 400 if the name is ambiguous."""
-    store = context().store
-    found = store.get(Image, ref)
-    if found is not None and (found.value.public or user.owns(found.value)):
-        return found
-    items, _ = store.list(Image)
-    named = [v for v in items.values() if v.value.name == ref]
-    candidates = [v for v in named if user.owns(v.value)] or [v for v in named if v.value.public]
-    if len(candidates) > 1:
-        raise errors.BadRequest(f"image name {ref!r} is ambiguous: give its uuid")
-    return candidates[0] if candidates else None
+    """The image ``ref`` names for ``user``: theirs, or a public one."""
+    return visible(Image, ref, user, lambda i: i.public)
 
 
 def public(image: Image) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from flask import Blueprint
 
 from ucloud import quota
 from ucloud.api import errors, replies, vms
-from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.endpoint import Principal, Reply, context, endpoint, visible
 from ucloud.api.quotas import charged
 from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, VMNetwork
 from ucloud.models import Network
@@ -206,18 +206,8 @@ def mark_deleted(uuid: str) -> bool:
 
 
 def visible_network(ref: str, user: Principal) -> Versioned[Network] | None:
-    """The network ``ref`` names for ``user``: its uuid if the user may see it (theirs, or
-    shared); else its name among the user's own networks, then the shared ones."""
-    store = context().store
-    found = store.get(Network, ref)
-    if found is not None and (found.value.shared or user.owns(found.value)):
-        return found
-    items, _ = store.list(Network)
-    named = [v for v in items.values() if v.value.name == ref]
-    candidates = [v for v in named if user.owns(v.value)] or [v for v in named if v.value.shared]
-    if len(candidates) > 1:
-        raise errors.BadRequest(f"network name {ref!r} is ambiguous: give its uuid")
-    return candidates[0] if candidates else None
+    """The network ``ref`` names for ``user``: theirs, or a shared one."""
+    return visible(Network, ref, user, lambda n: n.shared)
 
 
 def find_network(ref: str, user: Principal) -> Versioned[Network]:
