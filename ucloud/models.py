@@ -563,14 +563,13 @@ class SSHKey(Stored):
         return check_name(v)
 
 
-class User(Stored):
-    kind: ClassVar[str] = "user"
+class PerUser(Stored):
+    """A record kept per user, under the user's realm/name."""
+
     id_parts: ClassVar[int] = 2  # realm/name
 
     name: str
     realm: str
-    totp_secret: str
-    created: float = Field(default_factory=now)
 
     @property
     def id(self) -> str:
@@ -580,6 +579,13 @@ class User(Stored):
     @classmethod
     def _plain(cls, v: str) -> str:
         return check_name(v)
+
+
+class User(PerUser):
+    kind: ClassVar[str] = "user"
+
+    totp_secret: str
+    created: float = Field(default_factory=now)
 
 
 # Names that become etcd key parts: letters, digits, ``-_.``, 1 to 64 characters, not starting

@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ucloud.config import Settings
-from ucloud.models import VM, Desired, Image, ImageDesired, Network, Stored, check_name
+from ucloud.models import VM, Desired, Image, ImageDesired, Network, PerUser, Stored
 from ucloud.store import Conflict, Guard, Store, Versioned
 
 log = logging.getLogger(__name__)
@@ -70,19 +70,12 @@ class Amounts(BaseModel):
         return self.model_copy(update={"ram": round(self.ram, 6), "disk": round(self.disk, 6)})
 
 
-class Usage(Stored):
+class Usage(PerUser):
     """What a user holds now: written only by the API (and repaired by the recount)."""
 
     kind: ClassVar[str] = "quotausage"
-    id_parts: ClassVar[int] = 2  # realm/name
 
-    name: str
-    realm: str
     used: Amounts = Field(default_factory=Amounts)
-
-    @property
-    def id(self) -> str:
-        return f"{self.realm}/{self.name}"
 
 
 class Limits(BaseModel):
@@ -97,24 +90,12 @@ class Limits(BaseModel):
     images: int | None = Field(None, ge=UNLIMITED)
 
 
-class Quota(Stored):
+class Quota(PerUser):
     """A user's own limits, set by administrators; a user without one has the defaults."""
 
     kind: ClassVar[str] = "quota"
-    id_parts: ClassVar[int] = 2  # realm/name
 
-    name: str
-    realm: str
     limits: Limits = Field(default_factory=Limits)
-
-    @property
-    def id(self) -> str:
-        return f"{self.realm}/{self.name}"
-
-    @field_validator("name", "realm")
-    @classmethod
-    def _plain(cls, v: str) -> str:
-        return check_name(v)
 
 
 class QuotaExceeded(Exception):
