@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Account, make_account, register_image
 from tests.servers import Daemon, Etcd, free_port, wait_for
-from tests.stack import Ceph, Libvirtd, host_settings, start_libvirtd, stop_libvirtd
+from tests.stack import Ceph, Libvirtd, host_settings, running_libvirtds
 from ucloud.config import Settings, load_settings, settings_env
 from ucloud.consoles import ConsoleRelay
 from ucloud.models import VM, Image, Status
@@ -112,15 +112,7 @@ class ConsoleStack:
 def console_libvirtds_fixture(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Libvirtd]]:
-    base = tmp_path_factory.mktemp("console-lv")
-    lvs: dict[str, Libvirtd] = {}
-    try:
-        for name in NODES:
-            lvs[name] = start_libvirtd(base / name)
-        yield lvs
-    finally:
-        for lv in lvs.values():
-            stop_libvirtd(lv)
+    yield from running_libvirtds(tmp_path_factory.mktemp("console-lv"), NODES)
 
 
 @pytest.fixture(scope="session", name="stack")

@@ -21,8 +21,7 @@ from tests.stack import (
     Libvirtd,
     daemon,
     host_settings,
-    start_libvirtd,
-    stop_libvirtd,
+    running_libvirtds,
 )
 from ucloud.config import Settings
 from ucloud.models import VM, Host, HostStatus, Image, Status
@@ -162,15 +161,7 @@ class Pair:
 # Fixtures, named for the tests that use them: import both into a test module.
 @pytest.fixture(scope="module", name="libvirtds")
 def libvirtds_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Libvirtd]]:
-    base = tmp_path_factory.mktemp("failover-lv")
-    lvs: dict[str, Libvirtd] = {}
-    try:
-        for name in NODES:
-            lvs[name] = start_libvirtd(base / name)
-        yield lvs
-    finally:
-        for lv in lvs.values():
-            stop_libvirtd(lv)
+    yield from running_libvirtds(tmp_path_factory.mktemp("failover-lv"), NODES)
 
 
 @pytest.fixture(name="pair")

@@ -129,6 +129,19 @@ def stop_libvirtd(lv: Libvirtd) -> None:
     run_script(str(SCRIPTS / "libvirtd-down.sh"), str(lv.dir), timeout=120)
 
 
+def running_libvirtds(base: Path, names: tuple[str, ...]) -> Iterator[dict[str, Libvirtd]]:
+    """A private libvirtd for each of ``names`` (simulated hypervisors), for a fixture to
+    yield from; those started are stopped even when a later one fails to start."""
+    lvs: dict[str, Libvirtd] = {}
+    try:
+        for name in names:
+            lvs[name] = start_libvirtd(base / name)
+        yield lvs
+    finally:
+        for lv in lvs.values():
+            stop_libvirtd(lv)
+
+
 @pytest.fixture(scope="session")
 def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
     lv = start_libvirtd(tmp_path_factory.mktemp("libvirtd") / "lv")
