@@ -270,7 +270,8 @@ def ci_fingerprint(pub: Path) -> str:
 @pytest.mark.timeout(1800)  # on a fresh machine this includes building the image (2-4 min)
 # A stop as users get it: the guest shuts down on ACPI's request. The fixtures' 3 s before a
 # hard stop cut Debian's shutdown short under TCG, losing what cloud-init wrote last (its
-# per-instance semaphores), so it ran those modules again at the next boot.
+# per-instance semaphores), so it ran those modules again at the next boot. (The image has
+# dbus, so systemd-logind turns the power button into a shutdown.)
 @pytest.mark.host_settings(shutdown_timeout=240.0)
 def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
     two_hosts: Hosts, storage: RBDStorage, debian_guest, tmp_path

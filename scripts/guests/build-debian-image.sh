@@ -43,6 +43,7 @@ PACKAGES=(
   linux-image-cloud-amd64 initramfs-tools udev systemd-sysv
   cloud-init python3-cffi-backend  # debootstrap misses the virtual package cryptography needs
   openssh-server ifupdown isc-dhcp-client netbase iproute2 e2fsprogs
+  dbus  # systemd-logind needs it, and logind turns ACPI's power button into a clean shutdown
 )
 
 SOURCE=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)
