@@ -225,9 +225,22 @@ def console_text(state: Path, vm: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def wait_console(state: Path, vm: str, marker: str, timeout: float = 60, count: int = 1) -> str:
+def wait_console(
+    state: Path, vm: str, marker: str, timeout: float = 60, count: int = 1, whole_line: bool = True
+) -> str:
+    """The console once ``marker`` is on it ``count`` times.
+
+    The serial log grows in chunks, so by default only whole lines count: a marker
+    seen before its line ends would give the caller half of its fields. A prompt,
+    which ends no line, needs ``whole_line=False``.
+    """
+
+    def text() -> str:
+        t = console_text(state, vm)
+        return t[: t.rfind("\n") + 1] if whole_line else t
+
     return wait_for(
-        lambda: (t := console_text(state, vm)).count(marker) >= count and t,
+        lambda: (t := text()).count(marker) >= count and t,
         timeout,
         f"{marker!r} x{count} on VM {vm}'s console",
         interval=0.1,

@@ -296,7 +296,7 @@ def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
         cloud_init_schema(tmp_path / "user-data")
 
         state = h.state(host)
-        wait_console(state, vmid, "deb-guest login:", timeout=600)
+        wait_console(state, vmid, "deb-guest login:", timeout=600, whole_line=False)
         console = wait_console(state, vmid, "Cloud-init v. 22.4.2 finished", timeout=300)
         assert "DataSourceNoCloud [seed=/dev/sr0]" in console
         assert "UCLOUD-DEBIAN-USERDATA deb-guest debian" in console
@@ -316,7 +316,7 @@ def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
         assert other != host
         again = wait_console(h.state(other), vmid, "Cloud-init v. 22.4.2 finished", timeout=600)
         assert "DataSourceNoCloud [seed=/dev/sr0]" in again
-        wait_console(h.state(other), vmid, "deb-guest login:", timeout=120)
+        wait_console(h.state(other), vmid, "deb-guest login:", timeout=120, whole_line=False)
         assert "UCLOUD-DEBIAN-USERDATA" not in again
         assert "BEGIN SSH HOST KEY FINGERPRINTS" not in again
         assert "Authorized keys from" not in again

@@ -222,6 +222,34 @@ class FirstBoot(BaseModel):
 PUBLIC_EXCLUDE: dict[str, Any] = {"first_boot": {"user_data"}}
 
 
+class MigrationPhase(StrEnum):
+    """The steps of a live migration; each is written by compare-and-swap by the one daemon
+    named, and each waits for the previous."""
+
+    REQUESTED = "requested"  # by an administrator or a drain; target may be empty (API)
+    SCHEDULED = "scheduled"  # target chosen and its capacity held there (scheduler)
+    PREPARED = "prepared"  # the target built the VM's networks and seed (target agent)
+    MIGRATING = "migrating"  # the source agent's libvirt is moving memory (source agent)
+
+
+class Migration(BaseModel):
+    """A live migration in flight. The VM stays placed on ``source`` (its ``hostname``) until
+    the target runs it and the source no longer does; then whichever agent sees that first
+    writes ``hostname = target`` and clears this in one compare-and-swap. A failed or aborted
+    migration clears it too, with an event in the VM's log: the VM keeps running on its
+    source. While it exists the VM is in the placement index of both hosts, and the
+    scheduler's ledger counts it on both."""
+
+    source: str
+    target: str = ""  # empty while REQUESTED: the scheduler picks one
+    phase: MigrationPhase = MigrationPhase.REQUESTED
+    since: float = Field(default_factory=now)  # when it was requested
+    phase_since: float = Field(default_factory=now)
+    by: str = ""  # who asked: "admin <realm>/<name>", or "drain"
+    progress: float = 0.0  # percent of memory sent, while MIGRATING
+    abort: bool = False  # an administrator asked to abort (the source agent does it)
+
+
 class VM(Stored):
     kind: ClassVar[str] = "vm"
 
@@ -257,6 +285,8 @@ class VM(Stored):
     # The host the VM left without a clean stop (its host died): every storage client that may
     # still have the disk open there must be fenced before the VM runs anywhere again.
     fencing: str = ""
+    # A live migration in flight (see Migration); None when there is none.
+    migration: Migration | None = None
     log: list[Event] = Field(default_factory=list)
 
     @property
@@ -266,7 +296,11 @@ class VM(Stored):
     def index_keys(self) -> tuple[str, ...]:
         """A placed VM's entry in its host's placement index (what its host agent follows),
         and its ports' claims (models.port_claims)."""
-        placed = (placement_key(self.hostname, self.uuid),) if self.hostname else ()
+        placed: tuple[str, ...] = (
+            (placement_key(self.hostname, self.uuid),) if self.hostname else ()
+        )
+        if self.migration is not None and self.migration.target:
+            placed += (placement_key(self.migration.target, self.uuid),)  # the target follows it
         return placed + tuple(k for p in self.ports for k in port_claims(self.uuid, p))
 
     @property
