@@ -32,7 +32,7 @@ def list_networks(s: Session, args: argparse.Namespace) -> int:
     s.out.listing(
         s.api.get("/network/list")["networks"],
         "no networks",
-        ("UUID", "NAME", "OWNER", "IPV6", "IPV4", "MTU", "VMS", "ROUTER", "CREATED"),
+        ("UUID", "NAME", "OWNER", "IPV6", "IPV4", "MTU", "VMS", "CREATED", "ROUTER"),
         lambda n: (
             n["uuid"],
             n["name"] + (" (shared)" if n["shared"] else ""),
@@ -41,8 +41,8 @@ def list_networks(s: Session, args: argparse.Namespace) -> int:
             n["ipv4_subnet"] or "-",
             n["mtu"],
             len(n["attached"]),
-            router(n),
             when(n["created"]),
+            router(n),  # last: a reason it waits may be long
         ),
     )
     return ExitCode.OK
