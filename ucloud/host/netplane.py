@@ -217,8 +217,11 @@ class LinuxNetPlane:
                 continue
             others = [p for p in masters.get(link["index"], []) if p != vxlan_name(vni)]
             if others:
-                # A VM's tap is still on it (its domain is being torn down): next pass.
+                # A VM's tap is still on it (its domain is being torn down): next pass. It is
+                # no router's any more: its gateway addresses go now.
                 log.info("network %d: bridge %s still holds %s", vni, name, others)
+                _set_ipv6(name, False)
+                self._ensure_addresses(ipr, link["index"], name, ())
                 continue
             if vxlan_name(vni) in links:
                 ipr.link("del", index=links[vxlan_name(vni)]["index"])
@@ -236,11 +239,15 @@ def _vni_of(name: str, prefix: str) -> int | None:
 
 
 def _set_ipv6(ifname: str, enabled: bool) -> None:
-    # In the agent's own network namespace (/proc/sys/net is per namespace).
-    path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
-    want = "0" if enabled else "1"
+    # In the agent's own network namespace (/proc/sys/net is per namespace). A router's bridge
+    # takes no address from router advertisements (its own dnsmasq's among them): its
+    # addresses are the gateway's alone.
+    conf = Path(f"/proc/sys/net/ipv6/conf/{ifname}")
+    wanted = [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0" if enabled else "1")]
     try:
-        if path.read_text().strip() != want:
-            path.write_text(want)
+        for name, want in wanted:
+            path = conf / name
+            if path.read_text().strip() != want:
+                path.write_text(want)
     except OSError as e:
         log.warning("could not set IPv6 on %s: %s", ifname, e)
