@@ -339,14 +339,11 @@ def link_local(host: BedHost, device: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.host_settings(network_router=True)  # both may route: the scheduler chooses one
 def test_the_router_gives_addresses_by_ra_and_dhcp_and_another_takes_over_when_it_dies(
     bed: Bed, bed_cluster: BedCluster
 ):
     c = bed_cluster
-    for h in bed.hosts:  # both hosts may route: the scheduler chooses one for the network
-        c.agents[h.name].stop()
-        c.hosts[h.name] = c.hosts[h.name].model_copy(update={"network_router": True})
-        c.start_agent(h)
     offering = lambda: all(c.store.get(Host, h.name).value.router for h in bed.hosts)  # noqa: E731
     wait_for(offering, 60, "both hosts to offer to route")
     lan = make_network(c, "alice", "lan", ipv4="10.60.0.0/24", mtu=1400)

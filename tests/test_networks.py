@@ -223,3 +223,13 @@ def test_an_administrator_names_a_networks_router_and_bad_names_change_nothing(
     assert own["router"] == ""
     listed = client.get("/network/list", json=admin.creds()).json["networks"]
     assert {n["name"]: n["router"] for n in listed} == {"lan": "r2", "own": ""}
+
+
+def test_a_deletion_racing_a_router_change_is_retried_not_refused(client, alice, store):
+    net = make_network(client, alice, "lan")
+    stale = store.get(Network, net["uuid"])
+    # The scheduler writes the network meanwhile (its router, or why it has none).
+    store.update(Network, net["uuid"], lambda n: setattr(n, "router_reason", "no host"))
+    marked = ports.lock_for_deletion(store, stale)
+    assert marked.value.deleting and marked.value.router_reason == "no host"
+    assert store.get(Network, net["uuid"]).mod_revision == marked.mod_revision
