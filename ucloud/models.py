@@ -401,7 +401,8 @@ class Host(Stored):
     status_since: float = Field(default_factory=now)
     addresses: list[str] = Field(default_factory=list)  # written by the host agent
     # Written by the host agent: its VXLAN endpoint, and the networks whose data plane it
-    # holds (the other hosts of a network send its frames there).
+    # holds (the other hosts of a network send its frames there; emptied by the scheduler
+    # when it marks the host DEAD, so that it is a peer again only for what it publishes anew).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
     # Written by the host agent: it offers to route networks (its ``network_router``); the

@@ -248,3 +248,23 @@ def test_a_deposed_scheduler_chooses_no_router(cluster: Cluster):
     with pytest.raises(Deposed):
         cluster.scheduler.step()
     assert cluster.router(net) == ("", "")
+
+
+def test_a_dead_hosts_record_lists_no_networks_until_its_agent_publishes_them_anew(
+    cluster: Cluster,
+):
+    """Peers send a network's frames to the hosts whose records list it: a host back from the
+    dead must not be one for what it held before (its stale router copy, its VMs' old copies)
+    before its agent's first pass has removed them and published what it holds."""
+    cluster.host("a")
+    cluster.store.update(Host, "a", lambda h: setattr(h, "networks", ["n1", "n2"]))
+    cluster.start()
+    assert cluster.store.get(Host, "a").value.networks == ["n1", "n2"]  # UP: kept
+    cluster.leases["a"].expire()
+    cluster.run()
+    host = cluster.store.get(Host, "a").value
+    assert (host.status, host.networks) == (HostStatus.DEAD, [])
+    cluster.store.put_owned(Alive(name="a"), cluster.store.lease(10))  # its agent is back
+    cluster.run()
+    host = cluster.store.get(Host, "a").value
+    assert (host.status, host.networks) == (HostStatus.UP, [])
