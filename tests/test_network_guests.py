@@ -1,7 +1,9 @@
 """Real guests on the multi-host bed: two VMs on two hosts on one network reach each other
 over IPv6 and IPv4, a VM of another user on another network (with the same IPv4 subnet)
-reaches neither, and the guests learn the network's MTU. The guests report on their serial
-consoles through #! user-data (the busybox Linux guest runs it at first boot)."""
+reaches neither, and the guests learn the network's MTU; the network's router gives them
+their addresses (RA, DHCP), and when its host dies the scheduler's next router does. The
+guests report on their serial consoles through #! user-data (the busybox Linux guest runs it
+at first boot)."""
 
 from __future__ import annotations
 
