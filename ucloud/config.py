@@ -338,11 +338,13 @@ class ConsoleSettings(_Group):
     )
     web_secret_key: str = Field(
         "",
-        description="signs the console page's session cookies; the same in every ucloud-api "
-        "(the page is off without it)",
+        description="signs the console page's CSRF tokens (of its sessions and its login "
+        "form); the same in every ucloud-api (the page is off without it)",
     )
     web_session_lifetime: int = Field(
-        8 * 3600, description="seconds a login on the console page lasts"
+        8 * 3600,
+        description="seconds a login on the console page lasts (its session record in etcd "
+        "too, unless a logout or an administrator ends it sooner)",
     )
     web_cookie_secure: bool = Field(
         True,

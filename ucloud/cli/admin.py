@@ -7,7 +7,7 @@ from typing import Any
 
 from ucloud.cli.config import API_URL, REALM, SEED, USER
 from ucloud.cli.errors import ExitCode
-from ucloud.cli.output import gib
+from ucloud.cli.output import gib, when
 from ucloud.cli.session import Session
 from ucloud.cli.vms import size
 
@@ -136,4 +136,23 @@ def reset_totp(s: Session, args: argparse.Namespace) -> int:
         f"seed:    {user['seed']}\n"
         f"otpauth: {user['otpauth']}"
     )
+    return ExitCode.OK
+
+
+def list_sessions(s: Session, args: argparse.Namespace) -> int:
+    s.out.listing(
+        s.api.get("/user/sessions", user=args.name, user_realm=args.realm)["sessions"],
+        "no sessions",
+        ("SESSION", "SINCE", "UNTIL", "FROM", "BROWSER"),
+        lambda x: (x["session"], when(x["created"]), when(x["expires"]), x["address"], x["agent"]),
+    )
+    return ExitCode.OK
+
+
+def end_sessions(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post(
+        "/user/end-sessions", user=args.name, user_realm=args.realm, session=args.session
+    )
+    s.out.data(reply)
+    s.out.text(reply["message"])
     return ExitCode.OK

@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(user, "reset-totp", "give a user a new TOTP seed, print it", admin.reset_totp)
     p.add_argument("name", help="the user's name")
     p.add_argument("--realm", required=True, help="the user's realm")
+    p = command(user, "sessions", "a user's console-page sessions", admin.list_sessions)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p = command(user, "end-sessions", "end a user's console-page sessions", admin.end_sessions)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p.add_argument("--session", default="", help="only this one (as `user sessions` shows it)")
     return parser
 
 
