@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from bench.common import bench_settings, etcd_server, log, machine, pct, record, table, workdir
-from tests.conftest import make_account
 from ucloud import auth, websessions
 from ucloud.api import create_app
+from ucloud.api.users import create_user
 from ucloud.models import User
 from ucloud.store import Store
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             etcd, web_secret_key=secrets.token_hex(32), web_cookie_secure=False
         )
         store = Store(settings)
-        account = make_account(store, "bench")
+        account = create_user(store, "bench", "users")
         app = create_app(settings, store)
         catalog = app.extensions["ucloud"].catalog
         while catalog.user("users/bench") is None:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         login = {
             "name": "bench",
             "realm": "users",
-            "token": auth.current_token(account.secret),
+            "token": auth.current_token(account.totp_secret),
             "csrf": found.group(1),
         }
         assert browser.post("/console/login", data=login).status_code == 302
