@@ -9,6 +9,7 @@ reaches; the scheduler and the API run in the root namespace as usual.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,7 +79,13 @@ def read_env(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    directory = tmp_path_factory.mktemp("bed")
+    with bed_up(tmp_path_factory.mktemp("bed")) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def bed_up(directory: Path) -> Iterator[Bed]:
+    """Two bed hosts in ``directory`` (the fixtures' and the benchmarks' way to a bed)."""
     run_script(str(SCRIPTS / "testbed-up.sh"), str(directory), "2", timeout=300)
     try:
         env = read_env(directory / "bed.env")
@@ -98,15 +105,29 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 @pytest.fixture(scope="session")
 def bed_etcd(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("bed-etcd"), host=bed.addr)
+    with etcd_on(bed, tmp_path_factory.mktemp("bed-etcd")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def etcd_on(bed: Bed, directory: Path) -> Iterator[Etcd]:
+    server = Etcd(directory, host=bed.addr)
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def bed_ceph(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
-    cluster = tmp_path_factory.mktemp("bed-ceph") / "cluster"
+    with ceph_on(bed, tmp_path_factory.mktemp("bed-ceph")) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def ceph_on(bed: Bed, directory: Path) -> Iterator[Ceph]:
+    cluster = directory / "cluster"
     env = {
         "CEPH_PORT_BASE": str(_free_port_block(100)),
         "CEPH_OSD_SIZE": "10G",
@@ -160,6 +181,14 @@ class BedCluster:
 
 @pytest.fixture
 def bed_cluster(
+    bed: Bed, bed_etcd: Etcd, bed_ceph: Ceph, guests: Guests, tmp_path: Path
+) -> Iterator[BedCluster]:
+    with cluster_on(bed, bed_etcd, bed_ceph, guests, tmp_path) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def cluster_on(
     bed: Bed, bed_etcd: Etcd, bed_ceph: Ceph, guests: Guests, tmp_path: Path
 ) -> Iterator[BedCluster]:
     from tests.conftest import make_account, register_image
