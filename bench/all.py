@@ -22,6 +22,8 @@ BENCHMARKS = [
     "failover",
     "consoles",
     "metrics",
+    "netplane",
+    "netattach",
 ]
 
 
