@@ -181,16 +181,30 @@ class BedCluster:
 
 @pytest.fixture
 def bed_cluster(
-    bed: Bed, bed_etcd: Etcd, bed_ceph: Ceph, guests: Guests, tmp_path: Path
+    bed: Bed,
+    bed_etcd: Etcd,
+    bed_ceph: Ceph,
+    guests: Guests,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[BedCluster]:
-    with cluster_on(bed, bed_etcd, bed_ceph, guests, tmp_path) as c:
+    marker = request.node.get_closest_marker("host_settings")
+    more = marker.kwargs if marker else {}
+    with cluster_on(bed, bed_etcd, bed_ceph, guests, tmp_path, more) as c:
         yield c
 
 
 @contextlib.contextmanager
 def cluster_on(
-    bed: Bed, bed_etcd: Etcd, bed_ceph: Ceph, guests: Guests, tmp_path: Path
+    bed: Bed,
+    bed_etcd: Etcd,
+    bed_ceph: Ceph,
+    guests: Guests,
+    tmp_path: Path,
+    more: dict[str, object] | None = None,
 ) -> Iterator[BedCluster]:
+    """A ucloud on the bed; ``more``: settings of every host agent (a test's marker
+    ``host_settings``)."""
     from tests.conftest import make_account, register_image
     from ucloud.api import create_app
 
@@ -219,6 +233,7 @@ def cluster_on(
             h.name,
             tmp_path / h.name,
             **host_network_settings(h),
+            **(more or {}),
         )
         for h in bed.hosts
     }
