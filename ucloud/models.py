@@ -404,6 +404,11 @@ class Host(Stored):
     # holds (the other hosts of a network send its frames there).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
+    # Written by the host agent: where other hosts send a VM live-migrating to it (the libvirt
+    # URI their libvirtd reaches its libvirtd at, and the address of QEMU's migration stream);
+    # empty: it takes no migrations.
+    migration_uri: str = ""
+    migration_address: str = ""
 
     @property
     def id(self) -> str:
