@@ -409,6 +409,9 @@ class Host(Stored):
     # empty: it takes no migrations.
     migration_uri: str = ""
     migration_address: str = ""
+    # ... and where the VM's files go there: "console" (its serial log's folder), "vnc" (its
+    # VNC and serial sockets' folder), "seed" (its seed ISO's folder).
+    migration_paths: dict[str, str] = Field(default_factory=dict)
 
     @property
     def id(self) -> str:
