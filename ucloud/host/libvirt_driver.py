@@ -198,7 +198,14 @@ class LibvirtHypervisor:
     def domain(self, vm: str) -> Domain | None:
         def get(conn: libvirt.virConnect) -> Domain | None:
             dom = self._lookup(conn, vm)
-            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            if dom is None:
+                return None
+            try:
+                return Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None  # undefined since the lookup (migrated away, deleted)
+                raise
 
         return self._call(f"look up VM {vm}", get)
 
@@ -378,6 +385,8 @@ class LibvirtHypervisor:
             dom = self._lookup(conn, vm)
             return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
         except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined since the lookup
             raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
         finally:
             with contextlib.suppress(libvirt.libvirtError):
