@@ -7,15 +7,18 @@ with the record agreeing and nothing left on the other host."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import time
 
 import pytest
 
-from tests.bed import Bed, BedCluster
+from tests.bed import Bed, BedCluster, BedHost
 from tests.failover_stack import disk_clients
-from tests.servers import wait_for
-from tests.stack import FIRST_BOOT, FIRST_BOOT_BEFORE, Ceph
+from tests.servers import Etcd, wait_for
+from tests.stack import FIRST_BOOT, FIRST_BOOT_BEFORE, SCRIPTS, Ceph, daemon
 from tests.test_network_guests import make_network, make_vm
 from ucloud.models import VM, Status
 
@@ -164,3 +167,139 @@ def test_a_running_guest_migrates_and_back_while_pinged(
     text = console_all(c, moving)
     assert text.count(BOOTED) == 1, text[-3000:]
     assert text.count(FIRST_BOOT + " ") == 1 and FIRST_BOOT_BEFORE not in text
+
+
+def settled(bed: Bed, c: BedCluster, ceph: Ceph, vm: VM, timeout: float = 90) -> VM:
+    """check_in_one_place, once things settle (leftovers go asynchronously)."""
+    last: list[str] = []
+
+    def attempt() -> VM | None:
+        try:
+            return check_in_one_place(bed, c, ceph, vm)
+        except (AssertionError, RuntimeError, subprocess.CalledProcessError) as e:
+            last[:] = [str(e)[-800:]]
+            return None
+
+    try:
+        return wait_for(attempt, timeout, "the VM in exactly one place", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last}; log: {vm_now(c, vm).log[-6:]}") from None
+
+
+def begin(c: BedCluster, vm: VM, to: str, phase: str = "migrating") -> VM:
+    """Ask for a migration and wait until it reaches ``phase``."""
+    r = c.client.post("/vm/migrate", json=c.users["root"].creds(vmid=vm.uuid, to=to))
+    assert r.status_code == 202, r.json
+
+    def reached() -> VM | None:
+        now = vm_now(c, vm)
+        assert now.migration is not None, now.log[-3:]
+        return now if now.migration.phase == phase else None
+
+    return wait_for(reached, 120, f"the migration to be {phase}", interval=0.2)
+
+
+def over(c: BedCluster, vm: VM, timeout: float = 240) -> VM:
+    return wait_for(
+        lambda: (now := vm_now(c, vm)).migration is None and now,
+        timeout,
+        "the migration to end",
+        interval=0.5,
+    )
+
+
+def kill_libvirtd(host: BedHost) -> None:
+    pid = int((host.libvirtd.dir / "libvirtd.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+
+
+def restart_libvirtd(host: BedHost) -> None:
+    script = str(SCRIPTS / "libvirtd-up.sh")
+    subprocess.run(
+        ["ip", "netns", "exec", host.ns, "bash", script, str(host.libvirtd.dir)],
+        env={**os.environ, "LIBVIRTD_HOSTNAME": host.name},
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.slow
+def test_faults_mid_migration_leave_the_vm_in_one_place(
+    bed: Bed, bed_cluster: BedCluster, bed_ceph: Ceph, bed_etcd: Etcd
+):
+    c = bed_cluster
+    # Slow migrations, so that each fault lands while one is under way.
+    for h in bed.hosts:
+        c.agents[h.name].stop()
+        c.hosts[h.name] = c.hosts[h.name].model_copy(
+            update={"migration_bandwidth": 2, "migration_timeout_per_gib": 600}
+        )
+        c.start_agent(h)
+    body = c.users["alice"].creds(
+        vm_name="faulty", specs={"cpu": 1, "ram": 0.25, "ssd": 1}, image=c.linux_image
+    )
+    r = c.client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    vm = VM.model_validate(r.json["vm"])
+    wait_for(lambda: vm_now(c, vm).status == Status.RUNNING, 240, "the guest to run")
+    wait_for(lambda: BOOTED in c.console(vm_now(c, vm)), 240, "the guest to boot", interval=1)
+    hosts = {h.name: h for h in bed.hosts}
+
+    def other(vm: VM) -> str:
+        return next(n for n in hosts if n != vm_now(c, vm).hostname)
+
+    # An administrator's abort: it stays on its source.
+    source, target = vm_now(c, vm).hostname, other(vm)
+    begin(c, vm, target)
+    r = c.client.post("/vm/migrate/abort", json=c.users["root"].creds(vmid=vm.uuid))
+    assert r.status_code == 202, r.json
+    after = over(c, vm)
+    assert after.hostname == source and "aborted" in after.log[-1].message, after.log[-3:]
+    settled(bed, c, bed_ceph, vm)
+    print("abort:", after.log[-1].message)
+
+    # The target's libvirtd killed mid-migration: the VM stays on its source.
+    source, target = vm_now(c, vm).hostname, other(vm)
+    begin(c, vm, target)
+    kill_libvirtd(hosts[target])
+    after = over(c, vm)
+    restart_libvirtd(hosts[target])
+    now = settled(bed, c, bed_ceph, vm)
+    print("target's libvirtd killed:", now.hostname, now.log[-1].message)
+
+    # The source's agent SIGKILLed mid-migration, and started again.
+    source, target = vm_now(c, vm).hostname, other(vm)
+    begin(c, vm, target)
+    c.agents[source].stop(signal.SIGKILL)
+    time.sleep(2)
+    c.start_agent(hosts[source])
+    over(c, vm)
+    now = settled(bed, c, bed_ceph, vm)
+    print("source agent killed:", now.hostname, now.log[-1].message)
+
+    # The scheduler SIGKILLed once it chose the target: the agents carry on without it.
+    source, target = vm_now(c, vm).hostname, other(vm)
+    begin(c, vm, target, phase="scheduled")
+    c.scheduler.stop(signal.SIGKILL)
+    after = over(c, vm)
+    c.scheduler = daemon("ucloud.scheduler.main", c.settings, c.tmp / "scheduler.log")
+    now = settled(bed, c, bed_ceph, vm)
+    assert now.hostname == target, now.log[-3:]
+    print("scheduler killed:", now.hostname, now.log[-1].message)
+
+    # etcd restarted mid-migration.
+    source, target = vm_now(c, vm).hostname, other(vm)
+    begin(c, vm, target)
+    bed_etcd.stop(signal.SIGKILL)
+    time.sleep(3)
+    bed_etcd.start()
+    over(c, vm)
+    now = settled(bed, c, bed_ceph, vm)
+    print("etcd restarted:", now.hostname, now.log[-1].message)
+
+    # None of it rebooted the guest, and its heartbeat goes on where it runs.
+    text = console_all(c, vm)
+    assert text.count(BOOTED) == 1, text[-3000:]
+    beats = len(HEARTBEAT.findall(c.console(now)))
+    wait_for(lambda: len(HEARTBEAT.findall(c.console(now))) > beats, 60, "a heartbeat", interval=1)

@@ -343,6 +343,8 @@ class LibvirtHypervisor:
                 libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
                 libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
             }
+            if limits.bandwidth_mib:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = limits.bandwidth_mib
             if target.address:
                 params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_host_part(target.address)}"
             with contextlib.suppress(libvirt.libvirtError):

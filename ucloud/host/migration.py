@@ -177,7 +177,9 @@ class Migrations:
         uuid = vm.uuid
         timeout = max(vm.specs.ram, 1.0) * self.settings.migration_timeout_per_gib
         limits = MigrationLimits(
-            self.settings.migration_max_downtime, self.settings.migration_auto_converge
+            self.settings.migration_max_downtime,
+            self.settings.migration_auto_converge,
+            self.settings.migration_bandwidth,
         )
         outcome: list[Exception | None] = []
 
