@@ -69,6 +69,7 @@ class Migrations:
         self.me = agent.me
         self.settings = agent.settings
         self.threads: dict[str, threading.Thread] = {}  # outgoing migrations under way
+        self.aborted_at_restart: set[str] = set()  # jobs a previous life of the agent began
         self.lock = threading.Lock()
 
     # --- reconcile: called by the agent for a VM with a migration ------------------------------
@@ -288,7 +289,10 @@ class Migrations:
         if source_side and not done and not failure and hv.migration_progress(uuid) is not None:
             # A migration job left running by this agent's previous life: end it first.
             self.abort(uuid, "its agent restarted")
+            self.aborted_at_restart.add(uuid)
             raise Retry(f"VM {uuid}: waiting for its aborted migration to end")
+        if source_side and not failure and uuid in self.aborted_at_restart:
+            failure = "aborted: its source's agent restarted while it ran"
         here = hv.domain(uuid)
         there: Domain | str | None
         try:
@@ -338,6 +342,7 @@ class Migrations:
 
         if self.agent.write(found, change) is None:
             raise Retry(f"VM {found.value.uuid} changed while its migration ended")
+        self.aborted_at_restart.discard(found.value.uuid)
         log.info("VM %s: %s", found.value.uuid, message)
         metrics.MIGRATIONS.labels("done" if target else "failed").inc()
         self.agent.networks.poke()
