@@ -225,6 +225,7 @@ def restart_libvirtd(host: BedHost) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_faults_mid_migration_leave_the_vm_in_one_place(
     bed: Bed, bed_cluster: BedCluster, bed_ceph: Ceph, bed_etcd: Etcd
 ):
@@ -233,7 +234,13 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     for h in bed.hosts:
         c.agents[h.name].stop()
         c.hosts[h.name] = c.hosts[h.name].model_copy(
-            update={"migration_bandwidth": 2, "migration_timeout_per_gib": 600}
+            # A lease long enough for the source's agent to be back before its host is taken
+            # for dead (a dead source's VM is failed over, rebooting it: checked by unit tests).
+            update={
+                "migration_bandwidth": 4,
+                "migration_timeout_per_gib": 600,
+                "host_lease_ttl": 30,
+            }
         )
         c.start_agent(h)
     wait_for(

@@ -281,7 +281,7 @@ class LibvirtHypervisor:
         )
 
     def destroy(self, vm: str) -> None:
-        self._on_domain("stop", vm, lambda d: d.destroy() if d.isActive() else None)
+        self._on_domain("stop", vm, _gone_is_done(lambda d: d.destroy() if d.isActive() else None))
 
     def reboot(self, vm: str) -> None:
         # A reset works for every guest; an ACPI reboot needs the guest's cooperation.
@@ -293,7 +293,7 @@ class LibvirtHypervisor:
                 dom.destroy()
             dom.undefine()
 
-        self._on_domain("undefine", vm, undefine)
+        self._on_domain("undefine", vm, _gone_is_done(undefine))
 
     def set_nics(self, vm: str, nics: list[Nic]) -> bool:
         wanted = {n.mac: n for n in nics}
@@ -477,6 +477,23 @@ def _seed_xml(path: str) -> str:
         "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
         f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
     )
+
+
+def _gone_is_done(
+    action: Callable[[libvirt.virDomain], Any],
+) -> Callable[[libvirt.virDomain], Any]:
+    """``action`` (a stop or an undefine) on a domain that may vanish meanwhile (a migration
+    that ended, libvirt's clean-up of a failed one): gone is what it wanted."""
+
+    def act(dom: libvirt.virDomain) -> Any:
+        try:
+            return action(dom)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return None
+
+    return act
 
 
 def _host_part(address: str) -> str:
