@@ -97,12 +97,13 @@ def check_in_one_place(bed: Bed, c: BedCluster, ceph: Ceph, vm: VM) -> VM:
             assert state == "running", state
         else:
             assert f"ucloud-{vm.uuid}" not in names, (h.name, names)
-    clients = wait_for(
-        lambda: (cl := disk_clients(ceph, now.disk_name)) and len(cl) == 1 and cl,
-        30,
-        "one client on the disk",
-    )
-    assert len(clients) == 1
+    for disk, pool in now.disks:  # its HDD disk too, if it has one
+        assert (pool or ceph.pool) == ceph.pool
+        wait_for(
+            lambda disk=disk: len(disk_clients(ceph, disk)) == 1,
+            30,
+            f"one client on disk {disk}",
+        )
     return now
 
 
@@ -251,13 +252,14 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
         "both hosts UP again",
     )
     body = c.users["alice"].creds(
-        vm_name="faulty", specs={"cpu": 1, "ram": 0.25, "ssd": 1}, image=c.linux_image
+        vm_name="faulty", specs={"cpu": 1, "ram": 0.25, "ssd": 1, "hdd": 1}, image=c.linux_image
     )
     r = c.client.post("/vm/create", json=body)
     assert r.status_code == 202, r.json
     vm = VM.model_validate(r.json["vm"])
     wait_for(lambda: vm_now(c, vm).status == Status.RUNNING, 240, "the guest to run")
     wait_for(lambda: BOOTED in c.console(vm_now(c, vm)), 240, "the guest to boot", interval=1)
+    assert "vdb" in c.console(vm_now(c, vm)) and vm_now(c, vm).hdd_disk  # its HDD disk
     hosts = {h.name: h for h in bed.hosts}
 
     def other(vm: VM) -> str:
