@@ -159,6 +159,7 @@ def test_a_running_guest_migrates_and_back_while_pinged(
         seen = pings(c.console(pinger))[sent_before:]
         lost = seen.count(0)
         print(f"migration to {to}: {took:.1f} s, {len(seen)} pings, {lost} lost")
+        print(f"  its log: {after.log[-1].message}")
         assert lost <= 5, seen
 
     final = vm_now(c, moving)

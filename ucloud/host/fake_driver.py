@@ -11,6 +11,7 @@ from ucloud.host.hypervisor import (
     DomainSpec,
     DomainStats,
     HypervisorError,
+    MigrationDone,
     MigrationLimits,
     MigrationTarget,
     Nic,
@@ -122,3 +123,6 @@ class FakeHypervisor:
 
     def peer_domain(self, uri: str, vm: str) -> Domain | None:
         raise Unreachable("the fake hypervisor has no peers")
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        return None

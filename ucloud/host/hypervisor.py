@@ -84,6 +84,14 @@ class MigrationTarget:
 
 
 @dataclass(frozen=True)
+class MigrationDone:
+    """libvirt's statistics of a completed migration."""
+
+    total_ms: int  # from its start to the target running the VM
+    downtime_ms: int  # the VM paused (the last copy and the switch-over)
+
+
+@dataclass(frozen=True)
 class MigrationLimits:
     max_downtime_ms: int
     auto_converge: bool
@@ -157,6 +165,11 @@ class Hypervisor(Protocol):
     def peer_domain(self, uri: str, vm: str) -> Domain | None:
         """The domain as another host's libvirtd (at ``uri``) has it; Unreachable if that
         libvirtd does not answer."""
+        ...
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        """What the domain's last completed incoming migration took, as the libvirtd that
+        received it (this one, or the one at ``uri``) counted it; None if it does not know."""
         ...
 
 

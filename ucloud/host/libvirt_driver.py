@@ -26,6 +26,7 @@ from ucloud.host.hypervisor import (
     DomainSpec,
     DomainStats,
     HypervisorError,
+    MigrationDone,
     MigrationLimits,
     MigrationTarget,
     Nic,
@@ -377,6 +378,29 @@ class LibvirtHypervisor:
                     raise
 
         self._on_domain("abort the migration of", vm, abort)
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        def read(conn: libvirt.virConnect) -> MigrationDone | None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                return None
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            if "time_elapsed" not in stats:
+                return None
+            return MigrationDone(int(stats["time_elapsed"]), int(stats.get("downtime", 0)))
+
+        try:
+            if not uri:
+                return self._call(f"read the migration statistics of VM {vm}", read)
+            conn = libvirt.open(uri)
+            try:
+                return read(conn)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
+        except (libvirt.libvirtError, HypervisorError) as e:
+            log.info("VM %s: no statistics of its migration: %s", vm, e)
+            return None
 
     def peer_domain(self, uri: str, vm: str) -> Domain | None:
         try:

@@ -315,7 +315,15 @@ class Migrations:
             else:
                 if source_side and present(src):
                     hv.undefine(uuid)  # paused for good here: the target runs it
-                self.end(found, m.target, f"migrated from {m.source} to {m.target}")
+                done_stats = hv.migration_done(
+                    uuid, peer_host.value.migration_uri if source_side and peer_host else ""
+                )
+                took = (
+                    f" ({done_stats.total_ms / 1000:.1f} s, paused {done_stats.downtime_ms} ms)"
+                    if done_stats
+                    else ""
+                )
+                self.end(found, m.target, f"migrated from {m.source} to {m.target}{took}")
             return
         if source_side:
             if tgt == UNKNOWN and not running(src) and not peer_dead:
