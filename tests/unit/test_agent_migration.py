@@ -20,7 +20,7 @@ from tests.unit.test_agent import (  # noqa: F401  (fixtures)
     vm_in,
 )
 from ucloud.host.hypervisor import Domain, DomainSpec, Power, Unreachable
-from ucloud.models import FirstBoot, Host, HostStatus, Migration, MigrationPhase, Port, Specs
+from ucloud.models import VM, FirstBoot, Host, HostStatus, Migration, MigrationPhase, Port, Specs
 from ucloud.retry import Retry
 
 PEER = "node2"
@@ -184,3 +184,22 @@ def test_a_source_waits_while_the_target_cannot_be_asked(store, hv, agent, peer)
     assert vm.migration is not None and vm.hostname == HERE
     # Never restarted here meanwhile: that could make it run twice.
     assert hv.power(id) is None
+
+
+def test_a_thread_of_an_earlier_migration_leaves_a_later_one_alone(store, hv, agent, peer):
+    # The VM came here by an earlier migration whose source thread still runs on this host
+    # (it lost the race to write the end); now it leaves again, the other way.
+    id = place(
+        store,
+        status="RUNNING",
+        host=PEER,
+        migration=migrating(PEER, HERE, MigrationPhase.MIGRATING),
+    )
+    hv.incoming(id, Power.PAUSED)
+    hv.peer = Domain(id, Power.RUNNING)
+    found = store.get(VM, id)
+    earlier = migrating(HERE, PEER, MigrationPhase.MIGRATING)
+    agent.migrations.settle_by_id(id, earlier, source_side=True, done=True)
+    agent.migrations.settle(found, source_side=True, done=True)  # not this host's side
+    assert vm_in(store, id).migration == found.value.migration
+    assert hv.power(id) == Power.PAUSED

@@ -103,6 +103,12 @@ class Migrations:
             return True
         if dom is None or dom.power != Power.RUNNING or vm.desired != Desired.RUNNING:
             return False  # the scheduler gives it up; the agent looks after the VM
+        with self.lock:
+            thread = self.threads.get(vm.uuid)
+        if thread is not None and thread.is_alive():
+            # The thread of its last migration is still writing that one's end.
+            self.agent.queue.add_after(vm.uuid, 1.0)
+            return True
         self.begin(found)
         return True
 
@@ -176,6 +182,8 @@ class Migrations:
         from here (progress, abort, timeout), then settled."""
         vm = found.value
         uuid = vm.uuid
+        driven = vm.migration
+        assert driven is not None
         timeout = max(vm.specs.ram, 1.0) * self.settings.migration_timeout_per_gib
         limits = MigrationLimits(
             self.settings.migration_max_downtime,
@@ -203,6 +211,8 @@ class Migrations:
                     break
                 current = self.agent.vms.get(uuid)
                 m = current.value.migration if current is not None else None
+                if not same(m, driven):
+                    m = None  # cleared (or replaced): this one is over
                 if not aborted and (m is None or m.abort):
                     aborted = "aborted by an administrator" if m else "its migration was cleared"
                 elif not aborted and time.monotonic() - started > timeout:
@@ -216,16 +226,17 @@ class Migrations:
             if error is None:
                 log.info("VM %s migrated to %s in %.1f s", uuid, target.uri, took)
                 failpoints.hit("migration-done")
-                self.settle_by_id(uuid, source_side=True, done=True)
+                self.settle_by_id(uuid, driven, source_side=True, done=True)
             else:
                 why = aborted or str(error)
                 log.warning("VM %s: migration failed after %.1f s: %s", uuid, took, why)
-                self.settle_by_id(uuid, source_side=True, failure=why)
+                self.settle_by_id(uuid, driven, source_side=True, failure=why)
         except Exception:
             log.exception("VM %s: settling its migration failed; its agent tries again", uuid)
         finally:
             with self.lock:
-                self.threads.pop(uuid, None)
+                if self.threads.get(uuid) is threading.current_thread():
+                    del self.threads[uuid]
             self.agent.queue.add(uuid)
 
     def abort(self, uuid: str, why: str) -> None:
@@ -260,12 +271,13 @@ class Migrations:
 
     # --- the end -------------------------------------------------------------------------------
 
-    def settle_by_id(self, uuid: str, **how: object) -> None:
-        """settle() on the VM as etcd has it now (retried until etcd answers)."""
+    def settle_by_id(self, uuid: str, driven: Migration, **how: object) -> None:
+        """settle() on the VM as etcd has it now (retried until etcd answers), as long as it is
+        still the migration this thread ``driven`` (a later one is not this thread's)."""
         for _ in range(100):
             try:
                 found = self.agent.store.get(VM, uuid)
-                if found is None or found.value.migration is None:
+                if found is None or not same(found.value.migration, driven):
                     return
                 self.settle(found, **how)  # type: ignore[arg-type]
                 return
@@ -281,6 +293,8 @@ class Migrations:
         vm = found.value
         m = vm.migration
         assert m is not None
+        if (m.source if source_side else m.target) != self.name:
+            return  # not this host's side of it (a later migration of the VM)
         uuid = vm.uuid
         hv = self.agent.hv
         peer = m.target if source_side else m.source
@@ -363,6 +377,15 @@ class Migrations:
 
 
 UNKNOWN = "unknown"  # a libvirtd that did not answer
+
+
+def same(m: Migration | None, other: Migration) -> bool:
+    """Whether ``m`` is the migration ``other`` (as it was then: its progress may differ)."""
+    return m is not None and (m.source, m.target, m.since) == (
+        other.source,
+        other.target,
+        other.since,
+    )
 
 
 def running(d: Domain | str | None) -> bool:
