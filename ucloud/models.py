@@ -405,6 +405,14 @@ class Host(Stored):
     # when it marks the host DEAD, so that it is a peer again only for what it publishes anew).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
+    # Written by the host agent: where other hosts send a VM live-migrating to it (the libvirt
+    # URI their libvirtd reaches its libvirtd at, and the address of QEMU's migration stream);
+    # empty: it takes no migrations.
+    migration_uri: str = ""
+    migration_address: str = ""
+    # ... and where the VM's files go there: "console" (its serial log's folder), "vnc" (its
+    # VNC and serial sockets' folder), "seed" (its seed ISO's folder).
+    migration_paths: dict[str, str] = Field(default_factory=dict)
     # Written by the host agent: it offers to route networks (its ``network_router``); the
     # scheduler chooses each network's router among the hosts that offer it.
     router: bool = False
