@@ -166,6 +166,10 @@ class HostCreate(Credentials):
     specs: HostSpecs
 
 
+class HostRef(Credentials):
+    hostname: Name = Field(description="the host's name")
+
+
 class HostMaintenance(Credentials):
     hostname: Name
     maintenance: StrictBool = Field(description="true: place no new VMs on the host")

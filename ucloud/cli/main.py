@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
     p = command(
         host,
+        "evacuate",
+        "a host gone for good: fence its VMs and start them elsewhere now (no grace)",
+        admin.evacuate,
+    )
+    p.add_argument("name", help="the host's name (refused while its agent is alive)")
+    p = command(
+        host,
         "delete",
         "delete a host that runs no VM and is DEAD or in maintenance",
         admin.delete_host,
