@@ -132,6 +132,11 @@ class SchedulerSettings(_Group):
         description="seconds between a host's lease expiring and its VMs being moved (they "
         "are fenced first, so no wait is needed for safety)",
     )
+    drain_parallel: int = Field(
+        2,
+        ge=1,
+        description="live migrations out of a host in maintenance at once (its drain)",
+    )
 
 
 class HostSettings(_Group):

@@ -9,6 +9,7 @@ parts, and in one thread runs a pass of each:
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
 - DeletedNetworks (networks.py): networks deleted with their owner, removed when their last
   VM goes;
+- Drains (drain.py): live migrations asked for the VMs of hosts in maintenance;
 - the quota recount (ucloud.quota.recount), every quota_recount seconds: usage records that
   disagree with the objects are repaired;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
@@ -30,6 +31,7 @@ from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Alive, Host
 from ucloud.retry import Backoff
 from ucloud.scheduler.chores import Chores
+from ucloud.scheduler.drain import Drains
 from ucloud.scheduler.index import PlacementIndex
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
@@ -73,6 +75,9 @@ class Scheduler:
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
         self.index = PlacementIndex(self.vms, self.writes)
         self.deleted_networks = DeletedNetworks(store, guard)
+        self.drains = Drains(
+            settings, Backoff.of(settings), self.vms, self.hosts, self.ledger, self.writes
+        )
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -149,6 +154,7 @@ class Scheduler:
         self.chores.step(hosts_changed)
         self.placer.step(hosts_changed)
         self.deleted_networks.step()
+        self.drains.step(hosts_changed)
 
     def resync(self) -> None:
         """The safety net: look at every host and VM again, as if each had changed."""
@@ -159,6 +165,7 @@ class Scheduler:
         self.placer.resync()
         self.index.repair()
         self.deleted_networks.resync()
+        self.drains.resync()
 
     # --- changes, to every part ----------------------------------------------------------------
 
@@ -171,7 +178,9 @@ class Scheduler:
         self.lifecycle.vm_changed(id, new)
         self.chores.vm_changed(id, new)
         self.placer.vm_changed(id, new)
+        self.drains.vm_changed(id, old, new)
 
     def host_changed(self, name: str) -> None:
         self.ledger.host_changed(name)
         self.lifecycle.host_changed(name)
+        self.drains.host_changed(name)
