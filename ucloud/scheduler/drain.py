@@ -68,6 +68,7 @@ class Drains:
         self.untargeted: set[str] = set()  # VMs whose migration has no target yet (anyone's)
         self.failures: dict[str, int] = {}  # VM -> a drain's migrations failed in a row
         self.retry_at: dict[str, tuple[float, str]] = {}  # VM -> (monotonic time, its host)
+        self.released = False  # a migration without a target ended: a VM may fit now
 
     # --- changes -------------------------------------------------------------------------------
 
@@ -77,8 +78,9 @@ class Drains:
                 self.dirty.add(vm.hostname)
         if new is not None and new.migration is not None and not new.migration.target:
             self.untargeted.add(id)
-        else:
+        elif id in self.untargeted:
             self.untargeted.discard(id)
+            self.released = True  # the room held for it in scratch() may be free again
         if new is None or (old is not None and new.hostname != old.hostname):
             self.failures.pop(id, None)  # moved (or gone): its drain is done
             self.retry_at.pop(id, None)
@@ -103,7 +105,8 @@ class Drains:
     def step(self, hosts_changed: bool) -> None:
         """Look at the hosts whose VMs or record changed; at every draining host when capacity
         may have changed anywhere, or when a failed VM's back-off ran out."""
-        if hosts_changed:
+        if hosts_changed or self.released:
+            self.released = False
             self.dirty.update(n for n, h in self.hosts.items.items() if _draining(h.value))
         now = time.monotonic()
         for when, host in self.retry_at.values():
