@@ -398,6 +398,7 @@ class Drain(BaseModel):
     migrating: int = 0  # migrations out of it in flight
     blocked: int = 0  # VMs that wait because no host has room for them
     failing: int = 0  # VMs whose last migration failed, waiting to be tried again
+    suspended: int = 0  # suspended VMs: not migrated (moved once resumed)
     reason: str = ""  # why the first of them waits
 
     def describe(self) -> str:
@@ -414,6 +415,8 @@ class Drain(BaseModel):
             )
         if self.failing:
             parts.append(f"{self.failing} failed to migrate, retrying")
+        if self.suspended:
+            parts.append(f"{self.suspended} suspended")
         return ", ".join(parts)
 
 
@@ -433,6 +436,11 @@ class Host(Stored):
     # holds (the other hosts of a network send its frames there).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
+    # Written by the host agent: where other hosts send a VM live-migrating to it (the libvirt
+    # URI their libvirtd reaches its libvirtd at, and the address of QEMU's migration stream);
+    # empty: it takes no migrations.
+    migration_uri: str = ""
+    migration_address: str = ""
     # Written by administrators (`host evacuate`): when they said the host is gone for good.
     # Asked while the host is DEAD (after its status_since), it skips the grace: the scheduler
     # evacuates and fences its VMs at once. Older than status_since: a past spell, ignored.

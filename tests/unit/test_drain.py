@@ -1,7 +1,7 @@
-"""The drain's choices (ucloud/scheduler/drain.py): the real scheduler over an in-memory store,
-with hosts and VMs made in memory. The migration core is played by the test: it finishes or
-fails the migrations the drain asks for, as models.Migration says it does. (Real migrations on
-real hosts: tests/test_drain.py.)"""
+"""The drain's choices (ucloud/scheduler/drain.py): the real scheduler (its migration part
+included: it gives the drain's requests their targets) over an in-memory store, with hosts and
+VMs made in memory. The agents are played by the test: it finishes or fails the migrations, as
+models.Migration says they do. (Real migrations on real hosts: tests/test_drain.py.)"""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Bed:
                 capacity=Specs(cpu=16, ram=ram),
                 status=HostStatus.UP,
                 admin_state=admin,
+                migration_uri=f"qemu+tcp://{name}/system",  # it takes migrations
             )
         )
         self.store.create(Alive(name=name))
@@ -142,8 +143,9 @@ def test_a_host_in_maintenance_is_drained_drain_parallel_at_a_time():
     for id in asked:
         m = bed.get(id).migration
         assert m is not None
-        assert (m.source, m.target, m.phase) == ("a", "", MigrationPhase.REQUESTED)
-        assert bed.get(id).hostname == "a"  # the core moves it, not the drain
+        # Asked by the drain (REQUESTED), given its target by the scheduler's migration part.
+        assert (m.source, m.target, m.phase) == ("a", "b", MigrationPhase.SCHEDULED)
+        assert bed.get(id).hostname == "a"  # the agents move it, not the drain
         assert "drain: live migration requested (host a is in maintenance)" in drain_events(
             bed.get(id)
         )
@@ -203,6 +205,7 @@ def test_requested_migrations_without_a_target_hold_capacity():
     bed = Bed(drain_parallel=4)
     bed.host("a", maintenance=True)
     bed.host("b", ram=4)
+    bed.host("x", ram=3)
     elsewhere = bed.vm("x", ram=3, migration=Migration(source="x", by="admin users/root"))
     mine = bed.vm("a", ram=2)
     bed.start()
@@ -236,7 +239,7 @@ def test_a_failed_migration_is_asked_again_after_a_back_off():
     assert bed.drain_of("a").failing == 0
 
 
-def test_what_is_not_running_waits_and_suspended_vms_move():
+def test_what_is_not_running_waits_and_suspended_vms_are_reported():
     bed = Bed(drain_parallel=8)
     bed.host("a", maintenance=True)
     bed.host("b")
@@ -245,12 +248,22 @@ def test_what_is_not_running_waits_and_suspended_vms_move():
     stopping = bed.vm("a", desired=Desired.STOPPED)  # being stopped: it leaves by itself
     bed.start()
     bed.step()
-    assert bed.asked() == {suspended}
-    assert bed.drain_of("a").remaining == 3
+    assert bed.asked() == set()
+    drain = bed.drain_of("a")
+    assert (drain.remaining, drain.suspended) == (3, 1)
+    assert drain.describe() == "draining 0/3, 1 suspended"
+    assert drain_events(bed.get(suspended)) == [
+        "drain: a suspended VM is not migrated; it is moved once resumed, or leaves the host "
+        "once stopped"
+    ]
 
     bed.edit_vm(creating, lambda vm: setattr(vm, "status", Status.RUNNING))
+    bed.edit_vm(
+        suspended,
+        lambda vm: (setattr(vm, "status", Status.RUNNING), setattr(vm, "desired", Desired.RUNNING)),
+    )
     bed.step()
-    assert bed.asked() == {suspended, creating}
+    assert bed.asked() == {suspended, creating}  # running now: moved
     assert stopping not in bed.asked()
 
 

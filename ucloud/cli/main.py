@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, console, images, keys, networks, quota, upload, vms
+from ucloud.cli import admin, console, images, keys, migrate, networks, quota, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -142,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(vm, action, ACTION_HELP[action], vms.act, waiting)
         p.add_argument("vm", help="the VM's uuid or name")
         p.set_defaults(action=action)
+    p = command(
+        vm,
+        "migrate",
+        "live-migrate a running VM to another host (administrators)",
+        migrate.migrate,
+        waiting,
+    )
+    p.add_argument("vm", help="the VM's uuid or name")
+    p.add_argument("--to", metavar="HOST", help="the host to move it to (default: any that fits)")
+    p.add_argument(
+        "--abort", action="store_true", help="abort its migration: it stays where it runs"
+    )
     p = command(
         vm, "console", "a VM's console: a URL for a browser, or --serial here", console.console
     )

@@ -108,6 +108,7 @@ def describe(vm: dict[str, Any]) -> str:
         ("status", state),
         ("desired", vm["desired"]),
         ("host", vm.get("hostname") or "-"),
+        ("migration", describe_migration(vm.get("migration"))),
         (
             "specs",
             f"{spec['cpu']} CPU, {gib(spec['ram'])} RAM, "
@@ -194,3 +195,14 @@ def resize(s: Session, args: argparse.Namespace) -> int:
     s.out.data(vm)
     s.out.text(f"VM {vm['uuid']} resized; it takes effect when it starts\n" + describe(vm))
     return ExitCode.OK
+
+
+def describe_migration(migration: dict[str, Any] | None) -> str:
+    """A migration in flight in one line (``vm status``)."""
+    if not migration:
+        return "-"
+    line = (
+        f"{migration['phase']}: {migration['source']} -> {migration.get('target') or '?'}"
+        f", {migration.get('progress', 0):.0f} % sent"
+    )
+    return line + (", aborting" if migration.get("abort") else "")

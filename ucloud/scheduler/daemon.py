@@ -7,6 +7,8 @@ parts, and in one thread runs a pass of each:
 - Chores (chores.py): VMs without a host whose desired state needs a step;
 - Placer (placer.py): placement and the SCHEDULED deadlines;
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
+- Migrations (migrations.py): live migrations' targets chosen, and those that cannot go on
+  given up;
 - DeletedNetworks (networks.py): networks deleted with their owner, removed when their last
   VM goes;
 - Drains (drain.py): live migrations asked for the VMs of hosts in maintenance;
@@ -35,6 +37,7 @@ from ucloud.scheduler.drain import Drains
 from ucloud.scheduler.index import PlacementIndex
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
+from ucloud.scheduler.migrations import Migrations
 from ucloud.scheduler.networks import DeletedNetworks
 from ucloud.scheduler.placer import Placer
 from ucloud.scheduler.writes import Deposed, Writes
@@ -73,6 +76,7 @@ class Scheduler:
         )
         self.chores = Chores(self.vms, self.ledger, self.writes)
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
+        self.migrations = Migrations(settings, self.vms, self.hosts, self.ledger, self.writes)
         self.index = PlacementIndex(self.vms, self.writes)
         self.deleted_networks = DeletedNetworks(store, guard)
         self.drains = Drains(
@@ -153,8 +157,9 @@ class Scheduler:
         hosts_changed = self.ledger.take_changed()
         self.chores.step(hosts_changed)
         self.placer.step(hosts_changed)
+        self.drains.step(hosts_changed)  # before migrations: its requests get targets at once
+        self.migrations.step(hosts_changed)
         self.deleted_networks.step()
-        self.drains.step(hosts_changed)
 
     def resync(self) -> None:
         """The safety net: look at every host and VM again, as if each had changed."""
@@ -178,6 +183,7 @@ class Scheduler:
         self.lifecycle.vm_changed(id, new)
         self.chores.vm_changed(id, new)
         self.placer.vm_changed(id, new)
+        self.migrations.vm_changed(id, new)
         self.drains.vm_changed(id, old, new)
 
     def host_changed(self, name: str) -> None:

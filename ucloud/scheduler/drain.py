@@ -1,18 +1,21 @@
 """Drains: a host an administrator put in maintenance is emptied by live migration.
 
-For each host in maintenance the scheduler requests migrations of its RUNNING and SUSPENDED
-VMs (``VM.migration = Migration(source, by="drain")``, phase REQUESTED, by compare-and-swap),
-at most ``drain_parallel`` out of the host at once; the migration core chooses each target
-and moves the VM (see models.Migration). A VM is asked to move only when some host has room
-for it now, by the placement filters over a scratch copy of the capacity ledger that also
-holds the VMs requested but not yet given a target; a VM with nowhere to go is reported (an
-event in its log, a reason in the host's ``drain`` record) and keeps running where it is, and
-is looked at again whenever hosts or capacity change. A drain's migration that fails is asked
-again after the retry policy's back-off.
+For each host in maintenance the scheduler requests migrations of its RUNNING VMs
+(``VM.migration = Migration(source, by="drain")``, phase REQUESTED, by compare-and-swap), at
+most ``drain_parallel`` out of the host at once; the migration core (migrations.py and the
+agents) chooses each target and moves the VM (see models.Migration). A VM is asked to move
+only when some host that takes migrations has room for it now, by the placement filters over a
+scratch copy of the capacity ledger that also holds the VMs requested but not yet given a
+target; a VM with nowhere to go is reported (an event in its log, a reason in the host's
+``drain`` record) and keeps running where it is, and is looked at again whenever hosts or
+capacity change. A drain's migration that fails is asked again after the retry policy's
+back-off.
 
 Leaving maintenance takes nothing back: the drain record goes and no new migration is asked;
 those in flight finish. VMs in other statuses on the host (SCHEDULED, CREATING, a crashed one
-restarting) are counted and moved once they run; stopped VMs hold no host.
+restarting, one being stopped) are counted and moved once they run (stopped VMs hold no
+host). A SUSPENDED VM is not moved (the migration core moves running VMs): it is reported,
+and moved once its owner resumes it; stopped, it leaves the host.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ucloud.models import (
 from ucloud.retry import Backoff
 from ucloud.scheduler import placement
 from ucloud.scheduler.ledger import Ledger
+from ucloud.scheduler.migrations import can_receive
 from ucloud.scheduler.placement import Candidates
 from ucloud.scheduler.writes import Edit, Writes
 from ucloud.store import Versioned
@@ -45,7 +49,10 @@ log = logging.getLogger(__name__)
 
 ME = "scheduler"
 BY = "drain"  # Migration.by of the migrations a drain asks for
-MOVABLE = (Status.RUNNING, Status.SUSPENDED)  # a paused domain migrates, and stays paused
+SUSPENDED = (
+    "drain: a suspended VM is not migrated; it is moved once resumed, or leaves the host "
+    "once stopped"
+)
 
 
 class Drains:
@@ -130,13 +137,13 @@ class Drains:
             return
         on = self.vms_on(host.name)
         migrating = [v for v in on if v.value.migration is not None]
+        idle = [v for v in on if v.value.migration is None]
         movable = [
             v
-            for v in on
-            if v.value.migration is None
-            and v.value.status in MOVABLE
-            and v.value.desired in (Desired.RUNNING, Desired.SUSPENDED)
+            for v in idle
+            if v.value.status == Status.RUNNING and v.value.desired == Desired.RUNNING
         ]
+        suspended = [v for v in idle if v.value.status == Status.SUSPENDED]
         # Biggest first (first fit decreasing): small ones fill the gaps big ones leave.
         movable.sort(key=lambda v: (-v.value.specs.ram, -v.value.specs.cpu, v.value.uuid))
         up = host.status == HostStatus.UP and host.name in self.ledger.alive.items
@@ -165,14 +172,26 @@ class Drains:
                 log.info("drain of %s: asked to migrate VM %s", host.name, v.value.uuid)
         for v, why in blocked:
             self.report(v, f"drain: no host has room: {why}")
+        for v in suspended:
+            self.report(v, SUSPENDED)
         reason = ""
         if blocked:
             v, why = blocked[0]
             reason = f"VM {v.value.uuid} ({v.value.name}) has nowhere to go: {why}"
         elif failing:
             reason = f"{failing} VM(s) failed to migrate; tried again after a back-off"
+        elif suspended:
+            reason = f"{len(suspended)} VM(s) suspended: moved once resumed, gone once stopped"
         self.write_progress(
-            found, len(on), len(migrating) + len(asked), len(blocked), failing, reason
+            found,
+            Drain(
+                remaining=len(on),
+                migrating=len(migrating) + len(asked),
+                blocked=len(blocked),
+                failing=failing,
+                suspended=len(suspended),
+                reason=reason,
+            ),
         )
 
     def vms_on(self, name: str) -> list[Versioned[VM]]:
@@ -187,8 +206,10 @@ class Drains:
         """The placement candidates, on copies of their states, with the capacity of the VMs
         whose migration has no target yet held where they would go: what a pass may use."""
         pool = self.ledger.candidates()
-        copies = [dataclasses.replace(h) for h in pool.hosts]
-        scratch = Candidates(copies, pool.rejected)
+        copies = [dataclasses.replace(h) for h in pool.hosts if can_receive(h)]
+        rejected = pool.rejected.copy()
+        rejected["takes no migrations"] += len(pool.hosts) - len(copies)
+        scratch = Candidates(copies, +rejected)
         for id in sorted(self.untargeted):
             found = self.vms.get(id)
             if found is None or found.value.migration is None:
@@ -207,31 +228,15 @@ class Drains:
         log.warning("VM %s: %s", found.value.uuid, message)
         self.writes.vm(found, lambda vm: vm.record(ME, message))
 
-    def write_progress(
-        self,
-        found: Versioned[Host],
-        remaining: int,
-        migrating: int,
-        blocked: int,
-        failing: int,
-        reason: str,
-    ) -> None:
+    def write_progress(self, found: Versioned[Host], now: Drain) -> None:
+        """The host's drain record, written only when a figure changed."""
         old = found.value.drain
         if old is None:
-            drain = Drain(total=remaining)
+            drain = now.model_copy(update={"total": now.remaining})
         else:
             # VMs that arrived since (placed before maintenance, seen now) count as more to do.
-            total = old.total + max(0, remaining - old.remaining)
-            drain = old.model_copy(update={"total": total})
-        drain = drain.model_copy(
-            update={
-                "remaining": remaining,
-                "migrating": migrating,
-                "blocked": blocked,
-                "failing": failing,
-                "reason": reason,
-            }
-        )
+            total = old.total + max(0, now.remaining - old.remaining)
+            drain = now.model_copy(update={"total": total, "since": old.since})
         if drain != old:
             self.writes.host(found, _set_drain(drain))
 

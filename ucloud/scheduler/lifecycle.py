@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Alive, Host, HostStatus, Status
+from ucloud.models import VM, Alive, Host, HostStatus, MigrationPhase, Status
 from ucloud.scheduler import metrics
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import Edit, Writes
@@ -122,7 +122,24 @@ class HostLifecycle:
             vm.set_status(Status.KILLED, ME, f"host {name} died{asked}")
 
         found = [v for id in vms if (v := self.vms.get(id)) is not None]
-        self.writes.vms_in_batches([(v, take_off) for v in found])
+        self.writes.vms_in_batches([(v, take_off) for v in found if v.value.migration is None])
+        for v in found:
+            m = v.value.migration
+            if m is None:
+                continue
+            if m.phase == MigrationPhase.MIGRATING and m.target in self.alive.items:
+                # It may run on the target already: the target's agent, which asks its
+                # libvirtd, keeps it (then it is placed there) or lets it go (then it is
+                # taken off here, fenced, placed again); see migrations.py.
+                log.debug("VM %s: waiting for its migration target %s", v.value.uuid, m.target)
+                continue
+
+            def off_and_over(vm: VM) -> None:
+                vm.migration = None
+                take_off(vm)
+
+            # One VM a transaction: its source's and its target's index entries go.
+            self.writes.vm(v, off_and_over)
 
     def asked(self, name: str) -> bool:
         found = self.hosts.get(name)
