@@ -441,6 +441,9 @@ class Host(Stored):
     # empty: it takes no migrations.
     migration_uri: str = ""
     migration_address: str = ""
+    # ... and where the VM's files go there: "console" (its serial log's folder), "vnc" (its
+    # VNC and serial sockets' folder), "seed" (its seed ISO's folder).
+    migration_paths: dict[str, str] = Field(default_factory=dict)
     # Written by administrators (`host evacuate`): when they said the host is gone for good.
     # Asked while the host is DEAD (after its status_since), it skips the grace: the scheduler
     # evacuates and fences its VMs at once. Older than status_since: a past spell, ignored.

@@ -26,6 +26,8 @@ from ucloud.host.hypervisor import (
     DomainSpec,
     DomainStats,
     HypervisorError,
+    MigrationLimits,
+    MigrationTarget,
     Nic,
     Power,
     Unreachable,
@@ -310,6 +312,77 @@ class LibvirtHypervisor:
 
         return bool(self._call(f"set the NICs of VM {vm}", act))
 
+    # --- live migration ------------------------------------------------------------------------
+
+    def migrate(self, vm: str, target: MigrationTarget, limits: MigrationLimits) -> None:
+        # Peer to peer: this libvirtd drives the whole migration with the target's. Never
+        # post-copy: a failure after the switch-over would lose the VM. The disks stay in Ceph
+        # (no storage copy); librbd's exclusive lock moves with the VM.
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        )
+        if limits.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                raise HypervisorError(f"VM {vm} has no domain here")
+            xml = retarget(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), target)
+            params: dict[str, Any] = {
+                libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
+            }
+            if target.address:
+                params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_host_part(target.address)}"
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.migrateSetMaxDowntime(limits.max_downtime_ms, 0)
+            dom.migrateToURI3(target.uri, params, flags)
+
+        self._call(f"migrate VM {vm} to {target.uri}", run)
+
+    def migration_progress(self, vm: str) -> float | None:
+        def progress(conn: libvirt.virConnect) -> float | None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                return None
+            stats = dom.jobStats()
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return None
+            total = stats.get("memory_total", 0)
+            if not total:
+                return 0.0
+            return min(100.0, 100.0 * stats.get("memory_processed", 0) / total)
+
+        return self._call(f"read the migration progress of VM {vm}", progress)
+
+    def abort_migration(self, vm: str) -> None:
+        def abort(dom: libvirt.virDomain) -> None:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job
+                    raise
+
+        self._on_domain("abort the migration of", vm, abort)
+
+    def peer_domain(self, uri: str, vm: str) -> Domain | None:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
+        try:
+            dom = self._lookup(conn, vm)
+            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+        except libvirt.libvirtError as e:
+            raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
     def ensure_secret(self, usage: str, value: str) -> None:
         def ensure(conn: libvirt.virConnect) -> None:
             try:
@@ -393,3 +466,33 @@ def _seed_xml(path: str) -> str:
         "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
         f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
     )
+
+
+def _host_part(address: str) -> str:
+    """An address for a tcp:// URI (an IPv6 address in brackets)."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def retarget(xml: str, target: MigrationTarget) -> str:
+    """The domain's migratable XML with the paths of the target host: its serial socket and
+    log, its VNC socket, its seed. Everything else (devices, their addresses, the disks in
+    Ceph) stays as it is: the target's QEMU must be the same machine."""
+    root = ElementTree.fromstring(xml)
+    for kind in ("serial", "console"):
+        for dev in root.findall(f"./devices/{kind}"):
+            source = dev.find("source")
+            if source is not None and source.get("path"):
+                source.set("path", target.serial_socket)
+            log_el = dev.find("log")
+            if log_el is not None:
+                log_el.set("file", target.console_log)
+    for graphics in root.findall("./devices/graphics[@type='vnc']"):
+        if graphics.get("socket"):
+            graphics.set("socket", target.vnc_socket)
+        for listen in graphics.findall("listen[@type='socket']"):
+            listen.set("socket", target.vnc_socket)
+    for cdrom in root.findall("./devices/disk[@device='cdrom']"):
+        source = cdrom.find("source")
+        if source is not None and target.seed_iso:
+            source.set("file", target.seed_iso)
+    return ElementTree.tostring(root, "unicode")
