@@ -36,10 +36,12 @@ class PlacementIndex:
             listed.setdefault(id, set()).add(host)
         fixes = []
         for id, found in self.vms.items.items():
-            host = found.value.hostname
+            vm = found.value
+            # Its host's, and a migration's target's while it lasts (VM.index_keys).
+            hosts = {h for h in (vm.hostname, vm.migration and vm.migration.target) if h}
             have = listed.pop(id, set())
-            put = (placement_key(host, id),) if host and host not in have else ()
-            delete = tuple(placement_key(h, id) for h in sorted(have - {host}))
+            put = tuple(placement_key(h, id) for h in sorted(hosts - have))
+            delete = tuple(placement_key(h, id) for h in sorted(have - hosts))
             if put or delete:
                 fixes.append(IndexFix(id, found.mod_revision, put, delete))
         for id, hosts in listed.items():
