@@ -74,9 +74,15 @@ def maintenance(s: Session, args: argparse.Namespace) -> int:
     host = reply["host"]
     s.out.data(host)
     if host["admin_state"] == "MAINTENANCE":
-        s.out.text(f"host {host['name']} is in maintenance: no new VMs are placed on it")
+        s.out.text(
+            f"host {host['name']} is in maintenance: no new VMs are placed on it, and its "
+            "running VMs are live-migrated away (ucloud host list shows the drain)"
+        )
     else:
-        s.out.text(f"host {host['name']} is {host['admin_state']}: it takes new VMs")
+        s.out.text(
+            f"host {host['name']} is {host['admin_state']}: it takes new VMs (VMs moved away "
+            "stay where they went)"
+        )
     return ExitCode.OK
 
 

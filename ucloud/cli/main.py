@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hdd", metavar="SIZE", help="HDD space it offers")
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
-    p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+    p.add_argument(
+        "state", choices=("on", "off"), help="on: place no new VMs on it, drain it (live)"
+    )
     p = command(
         host,
         "evacuate",
