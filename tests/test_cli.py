@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -503,3 +505,54 @@ def test_network_create_attach_show_detach_delete(alice_cli, image):
     code, out, err = alice_cli("network", "delete", "lan")
     assert code == 0, err
     assert alice_cli("network", "list")[1].strip() == "no networks"
+
+
+# --- migration --------------------------------------------------------------------------------
+
+
+def test_migrate_waits_and_shows_progress(alice_cli, admin_cli, image, store):
+    from ucloud.models import Alive, Host, HostStatus, MigrationPhase, Specs
+
+    for name in ("h1", "h2"):
+        store.create(Host(name=name, capacity=Specs(cpu=4, ram=8), status=HostStatus.UP))
+        store.create(Alive(name=name))
+    vm = create(alice_cli, image)
+
+    def running(v: VM) -> None:
+        v.hostname, v.status = "h1", Status.RUNNING
+
+    store.update(VM, vm["uuid"], running)
+    code, _, err = alice_cli("vm", "migrate", "web")
+    assert code == ExitCode.REFUSED and "only administrators" in err
+
+    def step(v: VM, progress: float | str | None) -> None:
+        assert v.migration is not None
+        if progress is None:
+            v.migration = v.migration.model_copy(
+                update={"phase": MigrationPhase.MIGRATING, "target": "h2"}
+            )
+        elif progress == "over":
+            v.hostname, v.migration = "h2", None
+            v.record("host h2", "migrated from h1 to h2")
+        else:
+            v.migration = v.migration.model_copy(update={"progress": progress})
+
+    def agents() -> None:
+        """What the scheduler and the agents would write, in steps."""
+        while (found := store.get(VM, vm["uuid"])) is None or found.value.migration is None:
+            time.sleep(0.1)
+        for progress in (None, 40.0, "over"):
+            time.sleep(1.5)
+            store.update(VM, vm["uuid"], lambda v, p=progress: step(v, p))
+
+    helper = threading.Thread(target=agents, daemon=True)
+    helper.start()
+    code, out, err = admin_cli("vm", "migrate", "web", "--to", "h2", "--wait", "--timeout", "30")
+    helper.join(10)
+    assert code == 0, err
+    assert out.strip().endswith("migrated: it runs on h2"), out
+    assert "migrating: h1 -> h2, 40 % sent" in err, err
+    assert "migrated from h1 to h2" in err
+    code, out, _ = admin_cli("vm", "status", "web")
+    assert re.search(r"^host: +h2$", out, re.M), out
+    assert re.search(r"^migration: +-$", out, re.M), out

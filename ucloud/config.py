@@ -204,6 +204,11 @@ class HostSettings(_Group):
         description="seconds a live migration may take per GiB of the VM's RAM (at least one "
         "GiB's worth) before it is aborted; the VM keeps running on its source",
     )
+    migration_bandwidth: int = Field(
+        0,
+        description="MiB/s a live migration may send at most (it shares the link with the "
+        "VMs' traffic); 0: as fast as it goes",
+    )
     migration_auto_converge: bool = Field(
         True,
         description="slow a guest's vCPUs down when it dirties memory faster than it is sent",

@@ -209,3 +209,11 @@ def test_a_dead_source_of_a_migration_not_begun_is_evacuated_and_the_migration_c
     assert vm.hostname != "a"
     assert any("host a died" in e.message for e in vm.log)
     assert not [k for k in vm.index_keys() if k.startswith("placement/a/")]
+
+
+def test_the_index_repair_keeps_a_migrating_vms_entry_on_its_target(store):
+    from ucloud.scheduler.index import placed_on
+
+    id = running_vm(store, "a", target="b", phase=MigrationPhase.MIGRATING)
+    assert placed_on(vm_of(store, id)) == {"a", "b"}
+    assert placed_on(vm_of(store, running_vm(store, "a"))) == {"a"}

@@ -87,6 +87,7 @@ class MigrationTarget:
 class MigrationLimits:
     max_downtime_ms: int
     auto_converge: bool
+    bandwidth_mib: int = 0  # MiB/s at most; 0: no limit
 
 
 class Hypervisor(Protocol):

@@ -198,7 +198,14 @@ class LibvirtHypervisor:
     def domain(self, vm: str) -> Domain | None:
         def get(conn: libvirt.virConnect) -> Domain | None:
             dom = self._lookup(conn, vm)
-            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            if dom is None:
+                return None
+            try:
+                return Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None  # undefined since the lookup (migrated away, deleted)
+                raise
 
         return self._call(f"look up VM {vm}", get)
 
@@ -274,7 +281,7 @@ class LibvirtHypervisor:
         )
 
     def destroy(self, vm: str) -> None:
-        self._on_domain("stop", vm, lambda d: d.destroy() if d.isActive() else None)
+        self._on_domain("stop", vm, _gone_is_done(lambda d: d.destroy() if d.isActive() else None))
 
     def reboot(self, vm: str) -> None:
         # A reset works for every guest; an ACPI reboot needs the guest's cooperation.
@@ -286,7 +293,7 @@ class LibvirtHypervisor:
                 dom.destroy()
             dom.undefine()
 
-        self._on_domain("undefine", vm, undefine)
+        self._on_domain("undefine", vm, _gone_is_done(undefine))
 
     def set_nics(self, vm: str, nics: list[Nic]) -> bool:
         wanted = {n.mac: n for n in nics}
@@ -336,6 +343,8 @@ class LibvirtHypervisor:
                 libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
                 libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
             }
+            if limits.bandwidth_mib:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = limits.bandwidth_mib
             if target.address:
                 params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_host_part(target.address)}"
             with contextlib.suppress(libvirt.libvirtError):
@@ -378,6 +387,8 @@ class LibvirtHypervisor:
             dom = self._lookup(conn, vm)
             return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
         except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined since the lookup
             raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
         finally:
             with contextlib.suppress(libvirt.libvirtError):
@@ -466,6 +477,23 @@ def _seed_xml(path: str) -> str:
         "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
         f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
     )
+
+
+def _gone_is_done(
+    action: Callable[[libvirt.virDomain], Any],
+) -> Callable[[libvirt.virDomain], Any]:
+    """``action`` (a stop or an undefine) on a domain that may vanish meanwhile (a migration
+    that ended, libvirt's clean-up of a failed one): gone is what it wanted."""
+
+    def act(dom: libvirt.virDomain) -> Any:
+        try:
+            return action(dom)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return None
+
+    return act
 
 
 def _host_part(address: str) -> str:

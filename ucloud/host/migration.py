@@ -69,6 +69,7 @@ class Migrations:
         self.me = agent.me
         self.settings = agent.settings
         self.threads: dict[str, threading.Thread] = {}  # outgoing migrations under way
+        self.aborted_at_restart: set[str] = set()  # jobs a previous life of the agent began
         self.lock = threading.Lock()
 
     # --- reconcile: called by the agent for a VM with a migration ------------------------------
@@ -177,7 +178,9 @@ class Migrations:
         uuid = vm.uuid
         timeout = max(vm.specs.ram, 1.0) * self.settings.migration_timeout_per_gib
         limits = MigrationLimits(
-            self.settings.migration_max_downtime, self.settings.migration_auto_converge
+            self.settings.migration_max_downtime,
+            self.settings.migration_auto_converge,
+            self.settings.migration_bandwidth,
         )
         outcome: list[Exception | None] = []
 
@@ -286,7 +289,10 @@ class Migrations:
         if source_side and not done and not failure and hv.migration_progress(uuid) is not None:
             # A migration job left running by this agent's previous life: end it first.
             self.abort(uuid, "its agent restarted")
+            self.aborted_at_restart.add(uuid)
             raise Retry(f"VM {uuid}: waiting for its aborted migration to end")
+        if source_side and not failure and uuid in self.aborted_at_restart:
+            failure = "aborted: its source's agent restarted while it ran"
         here = hv.domain(uuid)
         there: Domain | str | None
         try:
@@ -336,6 +342,7 @@ class Migrations:
 
         if self.agent.write(found, change) is None:
             raise Retry(f"VM {found.value.uuid} changed while its migration ended")
+        self.aborted_at_restart.discard(found.value.uuid)
         log.info("VM %s: %s", found.value.uuid, message)
         metrics.MIGRATIONS.labels("done" if target else "failed").inc()
         self.agent.networks.poke()

@@ -36,9 +36,8 @@ class PlacementIndex:
             listed.setdefault(id, set()).add(host)
         fixes = []
         for id, found in self.vms.items.items():
-            vm = found.value
-            # Its host's, and a migration's target's while it lasts (VM.index_keys).
-            hosts = {h for h in (vm.hostname, vm.migration and vm.migration.target) if h}
+            # Its host's, and a migration's target's (models.VM.index_keys).
+            hosts = placed_on(found.value)
             have = listed.pop(id, set())
             put = tuple(placement_key(h, id) for h in sorted(hosts - have))
             delete = tuple(placement_key(h, id) for h in sorted(have - hosts))
@@ -50,3 +49,9 @@ class PlacementIndex:
         if fixes:
             log.warning("placement index: fixing the entries of %d VM(s)", len(fixes))
             self.writes.fix_index(fixes)
+
+
+def placed_on(vm: VM) -> set[str]:
+    """The hosts whose placement folder names ``vm``, as its own writes keep them."""
+    folder = f"{PLACEMENT}/"
+    return {k[len(folder) :].partition("/")[0] for k in vm.index_keys() if k.startswith(folder)}
