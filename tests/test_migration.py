@@ -97,12 +97,13 @@ def check_in_one_place(bed: Bed, c: BedCluster, ceph: Ceph, vm: VM) -> VM:
             assert state == "running", state
         else:
             assert f"ucloud-{vm.uuid}" not in names, (h.name, names)
-    clients = wait_for(
-        lambda: (cl := disk_clients(ceph, now.disk_name)) and len(cl) == 1 and cl,
-        30,
-        "one client on the disk",
-    )
-    assert len(clients) == 1
+    for disk, pool in now.disks:  # its HDD disk too, if it has one
+        assert (pool or ceph.pool) == ceph.pool
+        wait_for(
+            lambda disk=disk: len(disk_clients(ceph, disk)) == 1,
+            30,
+            f"one client on disk {disk}",
+        )
     return now
 
 
@@ -199,13 +200,17 @@ def begin(c: BedCluster, vm: VM, to: str) -> VM:
     return wait_for(reached, 120, "the migration to be under way", interval=0.2)
 
 
-def over(c: BedCluster, vm: VM, timeout: float = 240) -> VM:
-    return wait_for(
-        lambda: (now := vm_now(c, vm)).migration is None and now,
-        timeout,
-        "the migration to end",
-        interval=0.5,
-    )
+def over(c: BedCluster, vm: VM, timeout: float = 240) -> tuple[VM, float]:
+    """The VM once its migration is over, and the most progress its record showed."""
+    progress = [0.0]
+
+    def ended() -> VM | None:
+        now = vm_now(c, vm)
+        if now.migration is not None:
+            progress.append(now.migration.progress)
+        return now if now.migration is None else None
+
+    return wait_for(ended, timeout, "the migration to end", interval=0.5), max(progress)
 
 
 def kill_libvirtd(host: BedHost) -> None:
@@ -251,13 +256,14 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
         "both hosts UP again",
     )
     body = c.users["alice"].creds(
-        vm_name="faulty", specs={"cpu": 1, "ram": 0.25, "ssd": 1}, image=c.linux_image
+        vm_name="faulty", specs={"cpu": 1, "ram": 0.25, "ssd": 1, "hdd": 1}, image=c.linux_image
     )
     r = c.client.post("/vm/create", json=body)
     assert r.status_code == 202, r.json
     vm = VM.model_validate(r.json["vm"])
     wait_for(lambda: vm_now(c, vm).status == Status.RUNNING, 240, "the guest to run")
     wait_for(lambda: BOOTED in c.console(vm_now(c, vm)), 240, "the guest to boot", interval=1)
+    assert "vdb" in c.console(vm_now(c, vm)) and vm_now(c, vm).hdd_disk  # its HDD disk
     hosts = {h.name: h for h in bed.hosts}
 
     def other(vm: VM) -> str:
@@ -268,7 +274,7 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     begin(c, vm, target)
     r = c.client.post("/vm/migrate/abort", json=c.users["root"].creds(vmid=vm.uuid))
     assert r.status_code == 202, r.json
-    after = over(c, vm)
+    after, _ = over(c, vm)
     assert after.hostname == source and "aborted" in after.log[-1].message, after.log[-3:]
     settled(bed, c, bed_ceph, vm)
     print("abort:", after.log[-1].message)
@@ -277,7 +283,7 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     source, target = vm_now(c, vm).hostname, other(vm)
     begin(c, vm, target)
     kill_libvirtd(hosts[target])
-    after = over(c, vm)
+    over(c, vm)
     restart_libvirtd(hosts[target])
     now = settled(bed, c, bed_ceph, vm)
     print("target's libvirtd killed:", now.hostname, now.log[-1].message)
@@ -298,7 +304,8 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     begin(c, vm, target)
     c.scheduler.stop(signal.SIGKILL)
     c.scheduler = daemon("ucloud.scheduler.main", c.settings, c.tmp / "scheduler.log")
-    over(c, vm)
+    _, progress = over(c, vm)
+    assert progress > 0  # the source wrote how far it got while it ran
     now = settled(bed, c, bed_ceph, vm)
     assert now.hostname == target, now.log[-3:]
     print("scheduler killed:", now.hostname, now.log[-1].message)

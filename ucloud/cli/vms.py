@@ -108,7 +108,6 @@ def describe(vm: dict[str, Any]) -> str:
         ("status", state),
         ("desired", vm["desired"]),
         ("host", vm.get("hostname") or "-"),
-        ("migration", describe_migration(vm.get("migration"))),
         (
             "specs",
             f"{spec['cpu']} CPU, {gib(spec['ram'])} RAM, "
@@ -118,6 +117,8 @@ def describe(vm: dict[str, Any]) -> str:
         ("networks", nics(vm)),
         ("created", when(vm.get("created"))),
     ]
+    if vm.get("migration"):
+        pairs.insert(6, ("migration", describe_migration(vm["migration"])))
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
     text = fields(pairs) + "\n\n" + first_boot(vm.get("first_boot"))
     if events:
