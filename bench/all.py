@@ -20,6 +20,7 @@ BENCHMARKS = [
     "provisioning",
     "image_import",
     "failover",
+    "migration",
     "consoles",
     "metrics",
     "netplane",

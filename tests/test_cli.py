@@ -16,7 +16,7 @@ from tests.conftest import Account
 from tests.servers import free_port
 from ucloud.cli.errors import ExitCode
 from ucloud.cli.main import main
-from ucloud.models import VM, Desired, Host, Image, Specs, Status
+from ucloud.models import VM, Alive, Desired, Drain, Host, Image, Specs, Status
 
 CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
 
@@ -423,8 +423,9 @@ def test_hosts(admin_cli):
         "DISK",
         "DISK-USED",
         "ADDRESSES",
+        "DRAIN",
     ]
-    # allocated/total; nothing measured: no agent runs there
+    # allocated/total; nothing measured: no agent runs there; no scheduler drains it
     assert row.split() == [
         "h1",
         "DEAD",
@@ -436,6 +437,7 @@ def test_hosts(admin_cli):
         "0/1124G",
         "-",
         "-",
+        "-",
     ]
 
     hosts = admin_cli.json("host", "maintenance", "h1", "off")
@@ -443,6 +445,26 @@ def test_hosts(admin_cli):
     assert [h["admin_state"] for h in admin_cli.json("host", "list")] == ["UP"]
     code, _, err = admin_cli("host", "maintenance", "h9", "on")
     assert (code, "no host h9" in err) == (ExitCode.REFUSED, True)
+
+
+def test_host_evacuate_and_drain_progress(admin_cli, store):
+    admin_cli("host", "create", "h1", "--cpu", "8", "--ram", "16G")
+    store.create(Alive(name="h1"))  # its agent holds its lease
+    code, _, err = admin_cli("host", "evacuate", "h1")
+    assert code == ExitCode.REFUSED
+    assert "host h1 is alive" in err
+    store.delete(store.get(Alive, "h1"))
+    code, out, err = admin_cli("host", "evacuate", "h1")
+    assert code == 0, err
+    assert "host h1 is DEAD, evacuation asked: no VM is placed on it" in out
+    code, _, err = admin_cli("host", "evacuate", "h9")
+    assert (code, "no host h9" in err) == (ExitCode.REFUSED, True)
+
+    # What the scheduler writes while it drains the host (tests/unit/test_drain.py)
+    store.update(Host, "h1", lambda h: setattr(h, "drain", Drain(total=5, remaining=2)))
+    code, out, _ = admin_cli("host", "list")
+    assert out.splitlines()[1].endswith("draining 3/5")
+    assert admin_cli.json("host", "list")[0]["drain"]["total"] == 5
 
 
 def test_administrators_see_and_act_on_every_vm(alice_cli, admin_cli, image):

@@ -137,6 +137,11 @@ class SchedulerSettings(_Group):
         description="seconds a migration's target may take to prepare (networks, seed) and its "
         "source to begin, before the migration is given up (the VM stays on its source)",
     )
+    drain_parallel: int = Field(
+        2,
+        ge=1,
+        description="live migrations out of a host in maintenance at once (its drain)",
+    )
 
 
 class HostSettings(_Group):

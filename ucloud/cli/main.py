@@ -258,7 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hdd", metavar="SIZE", help="HDD space it offers")
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
-    p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+    p.add_argument(
+        "state", choices=("on", "off"), help="on: place no new VMs on it, drain it (live)"
+    )
+    p = command(
+        host,
+        "evacuate",
+        "a host gone for good: fence its VMs and start them elsewhere now (no grace)",
+        admin.evacuate,
+    )
+    p.add_argument("name", help="the host's name (refused while its agent is alive)")
     p = command(
         host,
         "delete",

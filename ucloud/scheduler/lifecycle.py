@@ -89,7 +89,8 @@ class HostLifecycle:
                     continue  # the watch brings what changed; look again
                 host = self.hosts.items[name].value
             if not alive and self.ledger.vms_on(name):
-                if now - host.status_since < self.settings.dead_host_grace:
+                in_grace = now - host.status_since < self.settings.dead_host_grace
+                if in_grace and not host.evacuation_asked:  # `host evacuate` skips the grace
                     continue  # look again on the next pass, until the grace runs out
                 self.evacuate(name)
                 if self.ledger.vms_on(name):
@@ -115,14 +116,15 @@ class HostLifecycle:
         compare-and-swap on that record), so what fence() then block-lists is every client that
         may ever have the disk open there."""
         vms = self.ledger.vms_on(name)
-        log.warning("host %s is dead: moving its %d VMs", name, len(vms))
+        asked = " (evacuation asked by an administrator)" if self.asked(name) else ""
+        log.warning("host %s is dead: moving its %d VMs%s", name, len(vms), asked)
 
         def take_off(vm: VM) -> None:
             if vm.status != Status.SCHEDULED:  # claimed there: its disk may be open there
                 vm.disk = vm.disk_name
                 vm.fencing = name
             vm.hostname = ""
-            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            vm.set_status(Status.KILLED, ME, f"host {name} died{asked}")
 
         found = [v for id in vms if (v := self.vms.get(id)) is not None]
         self.writes.vms_in_batches([(v, take_off) for v in found if v.value.migration is None])
@@ -143,6 +145,10 @@ class HostLifecycle:
 
             # One VM a transaction: its source's and its target's index entries go.
             self.writes.vm(v, off_and_over)
+
+    def asked(self, name: str) -> bool:
+        found = self.hosts.get(name)
+        return found is not None and found.value.evacuation_asked
 
     # --- fencing -------------------------------------------------------------------------------
 
