@@ -20,8 +20,11 @@ BENCHMARKS = [
     "provisioning",
     "image_import",
     "failover",
+    "migration",
     "consoles",
     "metrics",
+    "netplane",
+    "netattach",
 ]
 
 

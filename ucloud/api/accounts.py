@@ -28,7 +28,7 @@ from ucloud import auth, uploads, websessions
 from ucloud.api import errors, networks
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import mark_deleted
-from ucloud.api.schemas import Credentials, Listing, Name
+from ucloud.api.schemas import Credentials, HostRef, Listing, Name
 from ucloud.api.users import credentials
 from ucloud.api.vms import apply
 from ucloud.models import (
@@ -67,10 +67,6 @@ class UserDelete(UserRef):
         description="also delete the user's VMs, images, files, SSH keys and networks (else: "
         "409 if any)",
     )
-
-
-class HostRef(Credentials):
-    hostname: Name = Field(description="the host's name")
 
 
 # --- users ----------------------------------------------------------------------------------
