@@ -1,8 +1,13 @@
 """A guest that dirties memory faster than the link copies it (the busybox Linux guest rewriting
 32 MiB of RAM in a loop, the source's migration bandwidth capped with libvirt's
 migrate-setspeed), on the multi-host bed: the migration is aborted at its timeout and the VM
-keeps running on its source; with more bandwidth and time, auto-converge (the default) gets
-it through. Either way: one boot, its heartbeat goes on, one domain, the record agrees."""
+keeps running on its source: one boot, its heartbeat goes on, one domain, the record agrees.
+
+Not tested here: such a guest *converging* (auto-converge, more bandwidth). On this QEMU (7.2,
+TCG) the migration completes but the guest's memory on the target is not what the source had
+(a user process segfaults at once, another hangs on a kernel lock, the serial driver's copy of
+its interrupt mask disagrees with the UART's and the console stops): see "Live migration and
+drains" in docs/design-decisions.md. An idle guest (tests/test_migration.py) is intact."""
 
 from __future__ import annotations
 
@@ -92,13 +97,3 @@ def test_a_guest_dirtying_memory_faster_than_the_link_is_aborted_and_runs_on(
     messages = [e.message for e in ended.log]
     assert f"migration to {target} failed: not done within 20 s; it runs here" in messages, messages
     runs_only_on(bed, c, id, source)
-
-    # More bandwidth than QEMU's first pass needs, less than the guest dirties, and time:
-    # auto-converge throttles the guest's vCPU until the rest fits in the maximum downtime.
-    restart_agent(c, bed, source, migration_timeout_per_gib=600.0)
-    wait_for(lambda: c.store.get(Alive, source) is not None, 60, "the source's agent")
-    src.libvirtd.virsh("migrate-setspeed", f"ucloud-{id}", "16")
-    ended = migrate(c, id, target, 700)
-    where = ended.hostname
-    print(f"with auto-converge at 16 MiB/s the migration ended on {where}: {ended.log[-1]}")
-    runs_only_on(bed, c, id, where)
