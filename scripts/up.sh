@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Bring up a whole ucloud on this one machine, as root on Debian 12: etcd, a one-node Ceph
-# cluster, a private libvirtd, and every ucloud daemon; then an administrator, a demo user,
-# a demo image made through the scanners, and a VM that boots. Safe to run again: what runs
-# is left running, what exists is reused. Stop it all with scripts/down.sh (--wipe: forget).
+# cluster, a private libvirtd, and every ucloud daemon (this machine is the one host, and the
+# router of its networks); then an administrator, a demo user with an SSH key pair made for
+# it, images made through the scanners (a real Debian 12 guest with cloud-init, debian-12, and
+# a tiny boot-sector guest, demo), a network demo-net (IPv6), and demo-vm: the Debian guest
+# on demo-net with the demo user's key. It waits until demo-vm's SSH server answers and
+# prints the command that logs in. Safe to run again: what runs is left running, what exists
+# is reused. Stop it all with scripts/down.sh (--wipe: forget).
 #
-# env: UCLOUD_UP_DIR     where everything lives (default: .state/up in the repository)
-#      UCLOUD_ACCEL      kvm, qemu (TCG) or auto (default)
-#      UCLOUD_UP_DEBIAN  1: also build a real Debian 12 image with cloud-init and make it the
-#                        demo user's image debian-12 (1.5-4 minutes more the first time)
+# env: UCLOUD_UP_DIR          where everything lives (default: .state/up in the repository)
+#      UCLOUD_ACCEL           kvm, qemu (TCG) or auto (default)
+#      UCLOUD_UP_QUICK        1: no Debian image and no network: demo-vm is the boot-sector
+#                             guest, running in seconds (the Debian image takes 2-4 minutes to
+#                             build the first time, and its VM 1.5-4 minutes to answer SSH
+#                             under TCG)
+#      UCLOUD_UP_SSH_TIMEOUT  seconds to wait for demo-vm's SSH server (default 900)
 set -euo pipefail
 UC_PROG=up
 cd "$(dirname "$0")/.."
@@ -17,6 +24,7 @@ REPO=$PWD
 need_root
 
 DIR=$(realpath -m "${UCLOUD_UP_DIR:-$REPO/.state/up}")
+QUICK=${UCLOUD_UP_QUICK:-0}
 ETCD_PORT=23790
 API=127.0.0.1:5000
 CONSOLE_PROXY=127.0.0.1:6080
@@ -84,6 +92,7 @@ UCLOUD_CONSOLE_WEBSOCKET_URL=ws://$CONSOLE_PROXY/
 UCLOUD_CONSOLE_PROXY_BIND=$CONSOLE_PROXY
 UCLOUD_CONSOLE_RELAY_BIND=$CONSOLE_RELAY
 UCLOUD_WEB_COOKIE_SECURE=false
+UCLOUD_NETWORK_ROUTER=true
 $(cat "$DIR/console.secrets")
 EOF
 chmod 600 "$DIR/ucloud.env"
@@ -135,13 +144,9 @@ if [ -z "$(uuid_of image demo)" ]; then
 fi
 wait_until "the image scanner made the demo image" 120 created
 
-# --- a VM ----------------------------------------------------------------------------------
-if [ -z "$(uuid_of vm demo-vm)" ]; then
-  demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
-fi
-# --- optional: a real Debian 12 image with cloud-init ----------------------------------------
-if [ "${UCLOUD_UP_DEBIAN:-0}" = 1 ]; then
-  log "building the Debian 12 image (cached after the first time)"
+# --- a real Debian 12 image with cloud-init ------------------------------------------------
+if [ "$QUICK" != 1 ]; then
+  log "building the Debian 12 image (cached after the first time: 2-4 minutes then)"
   bash scripts/guests/build-debian-image.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
     || die "could not build the Debian image: see $DIR/log/guests.log"
   if [ -z "$(uuid_of image debian-12)" ]; then
@@ -151,19 +156,64 @@ if [ "${UCLOUD_UP_DEBIAN:-0}" = 1 ]; then
     demo image create debian-12 --file "$(uuid_of file debian-12.raw)" >/dev/null
   fi
   wait_until "the image scanner made the debian-12 image" 600 created debian-12
+
+  # The demo user's SSH key pair (kept here: down.sh --wipe forgets it with the rest) and a
+  # network; this machine is its router, so it reaches the VMs on it.
+  KEY=$DIR/demo-ssh-key
+  [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N "" -C "demo@ucloud-up" -f "$KEY"
+  named() {  # named KIND NAME: the demo user has a KIND (key, network) named NAME
+    demo "$1" list --json | python3 -c '
+import json, sys
+items = json.load(sys.stdin)
+sys.exit(0 if any(x["name"] == sys.argv[1] for x in items) else 1)' "$2"
+  }
+  named key demo || demo key add demo --file "$KEY.pub" >/dev/null
+  named network demo-net || demo network create demo-net >/dev/null
 fi
 
+# --- a VM ----------------------------------------------------------------------------------
+if [ -z "$(uuid_of vm demo-vm)" ]; then
+  if [ "$QUICK" = 1 ]; then
+    demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
+  else
+    demo vm create demo-vm --image debian-12 --network demo-net --ssh-key demo \
+      --cpu 1 --ram 512M --ssd 3G --wait --timeout 600
+  fi
+fi
 vm=$(uuid_of vm demo-vm)
 console=$DIR/host/console/$vm.log
-wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
+debian_vm() {  # demo-vm is the Debian guest (not the boot sector of an earlier quick run)
+  [ "$(demo vm status demo-vm --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')" \
+    = "$(uuid_of image debian-12)" ]
+}
+LOGIN=""
+if [ "$QUICK" != 1 ] && debian_vm; then
+  # The README's command (with this run's own known_hosts, and no questions asked).
+  ssh_demo() {
+    demo vm ssh debian@demo-vm -i "$KEY" -o BatchMode=yes -o ConnectTimeout=5 \
+      -o UserKnownHostsFile="$DIR/known_hosts" -- "$@"
+  }
+  timeout=${UCLOUD_UP_SSH_TIMEOUT:-900}
+  log "waiting for demo-vm's SSH server: 1.5-4 minutes after it starts under TCG (at most ${timeout}s; its console: $console)"
+  wait_until "demo-vm answers SSH" "$timeout" ssh_demo true
+  echo "--- ucloud vm ssh debian@demo-vm -- 'hostname; ip -br addr show eth0' ---"
+  ssh_demo 'hostname; ip -br addr show eth0' 2>/dev/null
+  LOGIN=".venv/bin/ucloud --config $DIR/demo.env vm ssh debian@demo-vm -i $KEY"
+else
+  [ "$QUICK" = 1 ] || log "demo-vm is not the Debian guest (an earlier UCLOUD_UP_QUICK=1 run made it): scripts/down.sh --wipe, then up.sh, to start over"
+  wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
+  echo
+  echo "--- console of demo-vm ($console) ---"
+  head -c 300 "$console" | tr -d '\r'
+  echo
+fi
 demo vm status demo-vm
-echo
-echo "--- console of demo-vm ($console) ---"
-head -c 300 "$console" | tr -d '\r'
-echo
 cat <<EOF
 
-ucloud runs on this machine ($DIR). Try:
+ucloud runs on this machine ($DIR).${LOGIN:+
+Log into demo-vm (Debian, on network demo-net) over SSH (add -- COMMAND to run one command):
+  $LOGIN}
+Try:
   export UCLOUD_CLIENT_CONFIG=$DIR/demo.env      # be the demo user
   .venv/bin/ucloud vm list
   .venv/bin/ucloud vm suspend demo-vm --wait && .venv/bin/ucloud vm resume demo-vm --wait
@@ -175,7 +225,8 @@ The console page: http://$API/console/ (log in as demo, realm users, with a code
   cp some-disk.qcow2 $DIR/uploads/demo/ && .venv/bin/ucloud file list
   UCLOUD_CLIENT_CONFIG=$DIR/admin.env .venv/bin/ucloud host list
   .venv/bin/ucloud key add laptop --file ~/.ssh/id_ed25519.pub   # your SSH key for new VMs
-With UCLOUD_UP_DEBIAN=1 (image debian-12; cloud-init takes your keys, hostname and user-data):
-  .venv/bin/ucloud vm create deb --image debian-12 --cpu 1 --ram 1G --ssd 3G --wait
+  .venv/bin/ucloud network list
+  .venv/bin/ucloud vm create deb --image debian-12 --network demo-net --cpu 1 --ram 1G --ssd 3G --wait
+  .venv/bin/ucloud vm ssh debian@deb             # once its SSH server answers
 Logs: $DIR/log/. Stop everything: scripts/down.sh (add --wipe to forget all state).
 EOF
