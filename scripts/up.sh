@@ -9,7 +9,8 @@
 # is reused. Stop it all with scripts/down.sh (--wipe: forget).
 #
 # env: UCLOUD_UP_DIR          where everything lives (default: .state/up in the repository)
-#      UCLOUD_ACCEL           kvm, qemu (TCG) or auto (default)
+#      UCLOUD_ACCEL           kvm, qemu (TCG), or unset: KVM if it boots the test Linux guest
+#                             (some machines' /dev/kvm answers but fails real kernels), else TCG
 #      UCLOUD_UP_QUICK        1: no Debian image and no network: demo-vm is the boot-sector
 #                             guest, running in seconds (the Debian image takes 2-4 minutes to
 #                             build the first time, and its VM 1.5-4 minutes to answer SSH
@@ -67,6 +68,23 @@ log "libvirtd (private, in its own namespaces)"
 bash scripts/libvirtd-up.sh "$DIR/libvirtd" >>"$DIR/log/libvirtd-up.log" 2>&1 \
   || die "libvirtd did not come up: see $DIR/log/libvirtd-up.log"
 
+# --- KVM, if it works ----------------------------------------------------------------------
+bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
+  || die "could not build the test guests: see $DIR/log/guests.log"
+if [ -z "${UCLOUD_ACCEL:-}" ] && [ ! -s "$DIR/accel" ]; then
+  # /dev/kvm may answer (ucloud's own check) on a machine where KVM cannot run a real kernel
+  # (nested virtualisation): a guest then stops at once ("KVM internal error"). Boot the test
+  # Linux guest with KVM once to know.
+  if [ -c /dev/kvm ] && GUEST_ACCEL=kvm bash scripts/guest-boot-check.sh \
+    "$REPO/.state/guests/linux.raw" UCLOUD-LINUX-BOOT-OK 20 >>"$DIR/log/guests.log" 2>&1; then
+    echo kvm >"$DIR/accel"
+  else
+    echo qemu >"$DIR/accel"
+  fi
+  log "accelerator: $(cat "$DIR/accel") (KVM $([ "$(cat "$DIR/accel")" = kvm ] && echo boots || echo does not boot) the test Linux guest)"
+fi
+ACCEL=${UCLOUD_ACCEL:-$(cat "$DIR/accel")}
+
 # --- ucloud's daemons ---------------------------------------------------------------------
 # The console's secrets are made once and kept: a new one would end every console page session.
 [ -f "$DIR/console.secrets" ] || {
@@ -80,7 +98,7 @@ UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$ETCD_PORT
 UCLOUD_API_BIND=$API
 UCLOUD_HOSTNAME=node1
 UCLOUD_LIBVIRT_URI=$(cat "$DIR/libvirtd/uri")
-UCLOUD_ACCEL=${UCLOUD_ACCEL:-auto}
+UCLOUD_ACCEL=$ACCEL
 UCLOUD_STATE_DIR=$DIR/host
 UCLOUD_VNC_DIR=/run/ucloud/vnc
 UCLOUD_CEPH_CONF=$DIR/ceph/ceph.conf
@@ -133,8 +151,6 @@ sys.exit(0 if any(i["name"] == sys.argv[1] and i["status"] == "CREATED" for i in
 }
 
 # --- a demo image, through the scanners ------------------------------------------------------------
-bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
-  || die "could not build the demo guest: see $DIR/log/guests.log"
 if [ -z "$(uuid_of image demo)" ]; then
   cp "$REPO/.state/guests/bootsector.qcow2" "$DIR/uploads/demo/demo.qcow2"
   log "uploaded demo.qcow2; waiting for the file scanner"
