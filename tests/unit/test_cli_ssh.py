@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from ucloud.cli.errors import CLIError
 from ucloud.cli import ssh as ssh_module
+from ucloud.cli.errors import CLIError
 from ucloud.cli.main import build_parser, main
-from ucloud.cli.ssh import ssh_argv, split_target
+from ucloud.cli.ssh import split_target, ssh_argv
 
 VM = {
     "uuid": "0b6c3f5e-1111-4222-8333-944455556666",
