@@ -18,7 +18,8 @@ else
   echo "  (or without root: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]')" >&2
   exit 1
 fi
-.venv/bin/ruff check ucloud tests
+.venv/bin/ruff check ucloud tests bench
+.venv/bin/ruff format --check ucloud tests bench
 .venv/bin/mypy ucloud        # types ([tool.mypy] in pyproject.toml)
 .venv/bin/lint-imports       # which parts may import which ([tool.importlinter])
 # `-m unit` without a path collects tests/unit alone: the other test modules import Ceph's
@@ -30,4 +31,5 @@ for arg in "$@"; do
   prev=$arg
 done
 if [ -n "$unit" ] && [ -z "$path" ]; then set -- tests/unit "$@"; fi
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# The slowest tests, so CI time is watched where it goes.
+exec .venv/bin/pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -160,7 +160,12 @@ class BedCluster:
 
 @pytest.fixture
 def bed_cluster(
-    bed: Bed, bed_etcd: Etcd, bed_ceph: Ceph, guests: Guests, tmp_path: Path
+    bed: Bed,
+    bed_etcd: Etcd,
+    bed_ceph: Ceph,
+    guests: Guests,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[BedCluster]:
     from tests.conftest import make_account, register_image
     from ucloud.api import create_app
@@ -182,6 +187,8 @@ def bed_cluster(
         image_pool=bed_ceph.pool,
     )
     store = Store(settings)
+    marker = request.node.get_closest_marker("host_settings")
+    more = marker.kwargs if marker else {}
     hosts = {
         h.name: host_settings(
             settings,
@@ -190,6 +197,7 @@ def bed_cluster(
             h.name,
             tmp_path / h.name,
             **host_network_settings(h),
+            **more,
         )
         for h in bed.hosts
     }

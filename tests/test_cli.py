@@ -14,7 +14,7 @@ from tests.conftest import Account
 from tests.servers import free_port
 from ucloud.cli.errors import ExitCode
 from ucloud.cli.main import main
-from ucloud.models import VM, Desired, Image, Status
+from ucloud.models import VM, Desired, Host, Image, Specs, Status
 
 CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
 
@@ -481,3 +481,18 @@ def test_network_create_attach_show_detach_delete(alice_cli, image):
     code, out, err = alice_cli("network", "delete", "lan")
     assert code == 0, err
     assert alice_cli("network", "list")[1].strip() == "no networks"
+
+
+def test_an_administrator_names_a_networks_router(admin_cli, store):
+    store.create(Host(name="r1", capacity=Specs(cpu=1, ram=1), router=True, status="UP"))
+    store.create(Host(name="r2", capacity=Specs(cpu=1, ram=1), router=True, status="UP"))
+    code, out, err = admin_cli("network", "create", "lan", "--router", "r1")
+    assert code == 0, err
+    code, out, _ = admin_cli("network", "list")
+    assert out.splitlines()[0].split()[-1] == "ROUTER"
+    assert out.splitlines()[1].split()[-1] == "r1"
+    code, out, err = admin_cli("network", "router", "lan", "r2")
+    assert (code, out.strip()) == (0, "network lan is routed by r2"), err
+    code, _, err = admin_cli("network", "router", "lan", "nosuch")
+    assert code != 0 and "no host nosuch" in err
+    assert admin_cli.json("network", "list")[0]["router"] == "r2"

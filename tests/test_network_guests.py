@@ -1,18 +1,24 @@
 """Real guests on the multi-host bed: two VMs on two hosts on one network reach each other
 over IPv6 and IPv4, a VM of another user on another network (with the same IPv4 subnet)
-reaches neither, and the guests learn the network's MTU. The guests report on their serial
-consoles through #! user-data (the busybox Linux guest runs it at first boot)."""
+reaches neither, and the guests learn the network's MTU; the network's router gives them
+their addresses (RA, DHCP), and when its host dies the scheduler's next router does. The
+guests report on their serial consoles through #! user-data (the busybox Linux guest runs it
+at first boot)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import signal
+from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, BedCluster
+from tests.bed import Bed, BedCluster, BedHost
 from tests.servers import wait_for
-from ucloud.models import VM, Network, Status
+from tests.test_network_dataplane import bed_host, link
+from ucloud.models import VM, Host, HostStatus, Network, Status
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 
@@ -154,8 +160,6 @@ def short_prefix(network: dict) -> str:
 
 @pytest.mark.slow
 def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster):
-    from tests.test_network_dataplane import bed_host, link
-
     c = bed_cluster
     lan = make_network(c, "alice", "lan")
     b = make_vm(c, "alice", "b", lan, user_data(lan, "10.0.0.2", []))
@@ -278,7 +282,9 @@ def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
     }, text
 
 
-# Asks the network for its addresses: DHCPv4 (udhcpc) and SLAAC from router advertisements.
+# Asks the network for its addresses: DHCPv4 (udhcpc) and SLAAC from router advertisements;
+# then, every 3 s, asks for a lease again, pings both gateways and lists its IPv6 default
+# routes (each via the link-local address of a router that advertised itself), on one line.
 AUTOCONF = """#!/bin/sh
 cat > /tmp/dhcp.sh <<'EOS'
 #!/bin/sh
@@ -286,7 +292,12 @@ cat > /tmp/dhcp.sh <<'EOS'
   echo "UCLOUD-DHCP $ip mtu=$mtu" > /dev/console
 exit 0
 EOS
-chmod +x /tmp/dhcp.sh
+cat > /tmp/lease.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && echo $ip > /tmp/lease
+exit 0
+EOS
+chmod +x /tmp/dhcp.sh /tmp/lease.sh
 ip link set eth0 up
 udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 30 -T 2 -O mtu >/dev/null 2>&1 || echo "UCLOUD-DHCP none"
 i=0
@@ -304,17 +315,42 @@ for t in {gw6} {gw4}; do
   done
   echo "UCLOUD-GW $t $ok"
 done
+n=0
+while true; do
+  sleep 3; n=$((n+1)); rm -f /tmp/lease
+  udhcpc -i eth0 -s /tmp/lease.sh -q -n -t 2 -T 1 >/dev/null 2>&1
+  g6=no; ping -c 1 -W 1 {gw6} >/dev/null 2>&1 && g6=yes
+  g4=no; ping -c 1 -W 1 {gw4} >/dev/null 2>&1 && g4=yes
+  ra=$(ip -6 route | sed -n 's/^default via \\([^ ]*\\).*/\\1/p' | tr '\\n' ,)
+  echo "UCLOUD-ROUND $n lease=$(cat /tmp/lease 2>/dev/null || echo none) gw6=$g6 gw4=$g4 ra=$ra"
+done
 """
 
 
+def rounds(text: str) -> list[dict[str, str]]:
+    """The guest's whole round lines (AUTOCONF), each as its fields."""
+    found = re.findall(r"UCLOUD-ROUND \d+ (lease=\S+ gw6=\S+ gw4=\S+ ra=\S*)\r?\n", text)
+    return [dict(f.split("=", 1) for f in line.split()) for line in found]
+
+
+def link_local(host: BedHost, device: str) -> str:
+    """The device's IPv6 link-local address in the host's namespace ("" if none)."""
+    found = json.loads(host.run("ip", "-j", "-6", "addr", "show", "dev", device, "scope", "link"))
+    addrs = [a["local"] for d in found for a in d.get("addr_info", []) if "local" in a]
+    return addrs[0] if addrs else ""
+
+
 @pytest.mark.slow
-def test_the_router_gives_addresses_by_ra_and_dhcp(bed: Bed, bed_cluster: BedCluster):
+@pytest.mark.host_settings(network_router=True)  # both may route: the scheduler chooses one
+def test_the_router_gives_addresses_by_ra_and_dhcp_and_another_takes_over_when_it_dies(
+    bed: Bed, bed_cluster: BedCluster
+):
     c = bed_cluster
-    h1 = bed.hosts[0]
-    c.agents["h1"].stop()
-    c.hosts["h1"] = c.hosts["h1"].model_copy(update={"network_router": True})
-    c.start_agent(h1)
+    offering = lambda: all(c.store.get(Host, h.name).value.router for h in bed.hosts)  # noqa: E731
+    wait_for(offering, 60, "both hosts to offer to route")
     lan = make_network(c, "alice", "lan", ipv4="10.60.0.0/24", mtu=1400)
+    routed = lambda: c.store.get(Network, lan["uuid"]).value.router  # noqa: E731
+    router = wait_for(routed, 30, "the scheduler to choose the network's router")
     gw6 = str(ipaddress.IPv6Network(lan["ipv6_prefix"]).network_address + 1)
     script = AUTOCONF.format(gw6=gw6, gw4="10.60.0.1")
     vms = [make_vm(c, "alice", name, lan, script) for name in ("a", "b")]
@@ -339,3 +375,50 @@ def test_the_router_gives_addresses_by_ra_and_dhcp(bed: Bed, bed_cluster: BedClu
         assert ipaddress.IPv6Address(slaac.group(1)) == ipaddress.IPv6Address(port.ipv6)
         assert slaac.group(2) == "1400"
         assert f"UCLOUD-GW {gw6} yes" in text and "UCLOUD-GW 10.60.0.1 yes" in text, text
+
+    # The router's agent is SIGKILLed: its dnsmasq, addresses and devices stay, cut off once
+    # the host is DEAD; the other host becomes the router, and its guest (the one not on the
+    # dead host) gets its lease and router advertisements from it and reaches the gateways.
+    dead = bed_host(bed, router)
+    other = next(h for h in bed.hosts if h is not dead)
+    guest = next(v for v in vms if v.hostname == other.name)
+    vni = lan["vni"]
+    c.agents[dead.name].stop(signal.SIGKILL)
+    wait_for(lambda: routed() == other.name, 60, f"{other.name} to become the router")
+    assert c.store.get(Host, dead.name).value.status == HostStatus.DEAD
+    assert list((Path(c.hosts[dead.name].state_dir) / "gateway").glob("*/dnsmasq.pid"))
+
+    def cut_off() -> bool:
+        fdb = json.loads(other.run("bridge", "-j", "fdb", "show", "dev", f"ucvx{vni}"))
+        return not [e for e in fdb if e.get("dst") == dead.underlay]
+
+    wait_for(cut_off, 30, f"{other.name} to stop sending to {dead.name}")
+    assert dead.underlay not in other.run("nft", "list", "table", "inet", "ucloud")
+    seen = len(c.console(guest))  # from here on, only the new router can answer
+
+    def served_again() -> dict[str, str] | None:
+        new_router = link_local(other, f"ucbr{vni}")
+        for r in rounds(c.console(guest)[seen:]):
+            if (r["lease"], r["gw6"], r["gw4"]) == (guest.ports[0].ipv4, "yes", "yes") and (
+                new_router and new_router in r["ra"].split(",")
+            ):
+                return r
+        return None
+
+    wait_for(
+        served_again,
+        180,
+        f"the guest to be served by {other.name} (console: {c.console(guest)[-1500:]})",
+        interval=1,
+    )
+
+    # The dead host's agent back: it routes nothing any more, so its dnsmasq stops, and its
+    # bridge (no VM of the network is left there: it runs on the other host now) goes.
+    c.start_agent(dead)
+    wait_for(
+        lambda: not (Path(c.hosts[dead.name].state_dir) / "gateway" / str(vni)).exists(),
+        60,
+        f"{dead.name} to stop its dnsmasq",
+    )
+    wait_for(lambda: link(dead, f"ucbr{vni}") is None, 60, f"{dead.name} to drop the bridge")
+    assert routed() == other.name

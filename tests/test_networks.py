@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import Account
 from ucloud import quota
-from ucloud.models import VM, Network
+from ucloud.models import VM, Host, Network, Specs
 from ucloud.network import ports
 from ucloud.store import Store
 
@@ -177,3 +177,59 @@ def test_a_vm_names_each_network_once(client, alice, image):
     )
     r = client.post("/vm/create", json=body)
     assert r.status_code == 400 and "named twice" in r.json["error"]
+
+
+def test_an_administrator_names_a_networks_router_and_bad_names_change_nothing(
+    client, alice, admin, store
+):
+    store.create(Host(name="r1", capacity=Specs(cpu=1, ram=1), router=True, status="UP"))
+    store.create(Host(name="r2", capacity=Specs(cpu=1, ram=1), router=True, status="UP"))
+    store.create(Host(name="plain", capacity=Specs(cpu=1, ram=1), status="UP"))
+    store.create(Host(name="away", capacity=Specs(cpu=1, ram=1), router=True, status="UP"))
+    store.update(Host, "away", lambda h: setattr(h, "admin_state", "MAINTENANCE"))
+    r = client.post("/network/create", json=alice.creds(network_name="x", router="r1"))
+    assert r.status_code == 403 and "administrators" in r.json["error"]
+    for router, code, words in [
+        ("nosuch", 400, "no host nosuch"),
+        ("plain", 409, "host plain may not route networks: it does not offer to"),
+        ("away", 409, "host away may not route networks: it is in maintenance"),
+    ]:
+        r = client.post("/network/create", json=admin.creds(network_name="x", router=router))
+        assert (r.status_code, words in r.json["error"]) == (code, True), r.json
+    assert store.list(Network)[0] == {}
+
+    net = make_network(client, admin, "lan", router="r1")
+    assert (net["router"], net["router_reason"]) == ("r1", "")
+    assert store.get(Network, net["uuid"]).value.router == "r1"
+
+    # Another router for an existing network: administrators only, a host that may route.
+    r = client.post("/network/router", json=alice.creds(network=net["uuid"], router="r2"))
+    assert r.status_code == 403
+    for body, code, words in [
+        ({"network": "nosuch", "router": "r2"}, 404, "no network nosuch"),
+        ({"network": net["uuid"], "router": "nosuch"}, 400, "no host nosuch"),
+        ({"network": net["uuid"], "router": "plain"}, 409, "does not offer to"),
+        ({"network": net["uuid"], "router": "bad/name"}, 400, "router"),
+    ]:
+        r = client.post("/network/router", json=admin.creds(**body))
+        assert (r.status_code, words in r.json["error"]) == (code, True), r.json
+    assert store.get(Network, net["uuid"]).value.router == "r1"
+    r = client.post("/network/router", json=admin.creds(network="lan", router="r2"))
+    assert r.status_code == 200, r.json
+    assert r.json["network"]["router"] == "r2"
+    assert store.get(Network, net["uuid"]).value.router == "r2"
+    # Users see who routes their networks.
+    own = make_network(client, alice, "own")
+    assert own["router"] == ""
+    listed = client.get("/network/list", json=admin.creds()).json["networks"]
+    assert {n["name"]: n["router"] for n in listed} == {"lan": "r2", "own": ""}
+
+
+def test_a_deletion_racing_a_router_change_is_retried_not_refused(client, alice, store):
+    net = make_network(client, alice, "lan")
+    stale = store.get(Network, net["uuid"])
+    # The scheduler writes the network meanwhile (its router, or why it has none).
+    store.update(Network, net["uuid"], lambda n: setattr(n, "router_reason", "no host"))
+    marked = ports.lock_for_deletion(store, stale)
+    assert marked.value.deleting and marked.value.router_reason == "no host"
+    assert store.get(Network, net["uuid"]).mod_revision == marked.mod_revision

@@ -288,9 +288,10 @@ class NetworkSettings(_Group):
     network_vxlan_port: int = Field(4789, description="UDP port of VXLAN on the underlay")
     network_router: bool = Field(
         False,
-        description="this host routes every network: it holds their gateway addresses (::1 "
-        "of the /64, .1 of the IPv4 subnet), sends router advertisements and serves DHCPv4 "
-        "(dnsmasq); exactly one host of a cluster",
+        description="this host may be a network's router (the scheduler chooses one per "
+        "network among these): it then holds the network's gateway addresses (::1 of the "
+        "/64, .1 of the IPv4 subnet), sends router advertisements and serves DHCPv4 "
+        "(dnsmasq); give it to the hosts the routed prefixes reach",
     )
     network_dataplane: str = Field(
         "linux", description="'linux' (bridges and VXLAN devices), or 'none' (simulations)"

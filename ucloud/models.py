@@ -401,13 +401,27 @@ class Host(Stored):
     status_since: float = Field(default_factory=now)
     addresses: list[str] = Field(default_factory=list)  # written by the host agent
     # Written by the host agent: its VXLAN endpoint, and the networks whose data plane it
-    # holds (the other hosts of a network send its frames there).
+    # holds (the other hosts of a network send its frames there; emptied by the scheduler
+    # when it marks the host DEAD, so that it is a peer again only for what it publishes anew).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
+    # Written by the host agent: it offers to route networks (its ``network_router``); the
+    # scheduler chooses each network's router among the hosts that offer it.
+    router: bool = False
 
     @property
     def id(self) -> str:
         return self.name
+
+    def why_not_router(self) -> str:
+        """Why this host may not route networks now, as its record says ("" if it may)."""
+        if not self.router:
+            return "it does not offer to (its network_router is off)"
+        if self.status != HostStatus.UP:
+            return f"it is {self.status}"
+        if self.admin_state != AdminState.UP:
+            return "it is in maintenance"
+        return ""
 
 
 class Alive(Stored):
@@ -563,6 +577,11 @@ class Network(Stored):
     # they own, VMs included): it no longer counts against a quota, and the scheduler deletes
     # it when its last VM goes. Always with ``deleting``.
     deleted: bool = False
+    # The host that routes it (holds its gateway addresses, sends its router advertisements,
+    # serves its DHCPv4): chosen by the scheduler, or named by an administrator; written by
+    # compare-and-swap. Empty while no host may route it, and then ``router_reason`` says why.
+    router: str = ""
+    router_reason: str = ""
 
     @property
     def id(self) -> str:

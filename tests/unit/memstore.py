@@ -122,6 +122,10 @@ class MemStore:
         del self.keys[key]
         self.history.append(Event(revision, key, None))
 
+    def holds(self, guard: Guard) -> bool:
+        with self._lock:
+            return self._holds(guard)
+
     def _holds(self, guard: Guard | None) -> bool:
         if guard is None:
             return True

@@ -10,8 +10,8 @@ from ucloud import quota
 from ucloud.api import errors, replies, vms
 from ucloud.api.endpoint import Principal, Reply, context, endpoint, visible
 from ucloud.api.quotas import charged
-from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, VMNetwork
-from ucloud.models import Network
+from ucloud.api.schemas import Listing, NetworkCreate, NetworkRef, NetworkRouter, VMNetwork
+from ucloud.models import Host, Network
 from ucloud.network import ports
 from ucloud.network.allocate import AllocationError
 from ucloud.quota import Amounts, Plan
@@ -41,16 +41,21 @@ class NetworkList(replies.Reply):
     summary="Create a network",
     responses={
         201: "created",
-        403: "a shared network by a user who is no administrator, or over the caller's "
-        "quota (the message names the limit and the usage)",
-        409: "no VXLAN id or prefix left, or they kept being taken meanwhile",
+        403: "a shared network, or a router named, by a user who is no administrator; or "
+        "over the caller's quota (the message names the limit and the usage)",
+        409: "no VXLAN id or prefix left, or they kept being taken meanwhile; or the router "
+        "named may not route now (not offering to, not UP, in maintenance)",
     },
     reply=NetworkDone,
 )
 def create(body: NetworkCreate, user: Principal) -> Reply:
     if body.shared and not user.admin:
         raise errors.Forbidden("only administrators may create shared networks")
+    if body.router is not None and not user.admin:
+        raise errors.Forbidden("only administrators may name a network's router")
     ctx = context()
+    if body.router is not None:
+        check_router(body.router)
     made: list[Network] = []
 
     def plan() -> Plan:
@@ -65,6 +70,7 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
             ipv4_subnet=body.ipv4 or "",
             mtu=body.mtu or 0,
         )
+        network.router = body.router or ""
         made[:] = [network]
         return Plan([(network, None)], quota.of_network(network), absent=network.index_keys())
 
@@ -126,6 +132,54 @@ def delete(body: NetworkRef, user: Principal) -> Reply:
 
     charged((marked.value.owner_realm, marked.value.owner), plan)
     return {"message": "network deleted", "network": network_json(found.value)}, 200
+
+
+@endpoint(
+    bp,
+    "/network/router",
+    summary="Name the host that routes a network (administrators); the scheduler keeps it "
+    "while it may route, then chooses another",
+    admin=True,
+    responses={
+        200: "done",
+        404: "no such network",
+        409: "the host may not route now (not offering to, not UP, in maintenance), the "
+        "network is being deleted, or it kept changing",
+    },
+    reply=NetworkDone,
+)
+def set_router(body: NetworkRouter, user: Principal) -> Reply:
+    found = visible_network(body.network, user)
+    if found is None:
+        raise errors.NotFound(f"no network {body.network}")
+    check_router(body.router)
+
+    def change(network: Network) -> bool:
+        if network.deleting:
+            raise errors.Conflict(f"network {network.name} is being deleted")
+        if network.router == body.router:
+            return False
+        network.router, network.router_reason = body.router, ""
+        return True
+
+    try:
+        written = context().store.update(Network, found.value.uuid, change)
+    except Conflict as e:
+        raise errors.Conflict(str(e)) from e
+    if written is None:
+        raise errors.NotFound(f"no network {body.network}")
+    message = f"network {written.value.name} is routed by {body.router}"
+    return {"message": message, "network": network_json(written.value)}, 200
+
+
+def check_router(name: str) -> None:
+    """400 if there is no such host, 409 if it may not route networks now."""
+    host = context().store.get(Host, name)
+    if host is None:
+        raise errors.BadRequest(f"no host {name}")
+    why = host.value.why_not_router()
+    if why:
+        raise errors.Conflict(f"host {name} may not route networks: {why}")
 
 
 @endpoint(

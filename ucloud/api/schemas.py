@@ -206,6 +206,11 @@ class NetworkCreate(Credentials):
     )
     mtu: int | None = Field(None, ge=1280, le=9000, description="default: the cluster's")
     shared: StrictBool = Field(False, description="every user may attach it (administrators only)")
+    router: Name | None = Field(
+        None,
+        description="the host that routes it (administrators only; it must offer to route "
+        "and be UP); default: the scheduler chooses one",
+    )
 
 
 class NetworkRef(Credentials):
@@ -214,6 +219,12 @@ class NetworkRef(Credentials):
         max_length=64,
         validation_alias=AliasChoices("network", "uuid", "id"),
         description="the network's uuid, or the name of one's own (or a shared) network",
+    )
+
+
+class NetworkRouter(NetworkRef):
+    router: Name = Field(
+        description="the host to route it from now on (it must offer to route and be UP)"
     )
 
 

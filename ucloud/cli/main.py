@@ -191,7 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipv4", metavar="SUBNET", help="an IPv4 subnet too, e.g. 10.0.0.0/24")
     p.add_argument("--mtu", type=int, help="default: the cluster's")
     p.add_argument("--shared", action="store_true", help="usable by all (administrators)")
+    p.add_argument(
+        "--router",
+        metavar="HOST",
+        help="the host that routes it (administrators); default: the scheduler chooses",
+    )
     command(network, "list", "your networks and the shared ones", networks.list_networks)
+    p = command(
+        network,
+        "router",
+        "name the host that routes a network (administrators)",
+        networks.set_router,
+    )
+    p.add_argument("network", help="the network's uuid or name")
+    p.add_argument("host", help="a host that offers to route (network_router) and is UP")
     p = command(network, "delete", "delete a network (no VM may be attached)", networks.delete)
     p.add_argument("network", help="the network's uuid or name")
     # key

@@ -17,6 +17,8 @@ def create(s: Session, args: argparse.Namespace) -> int:
         fields["ipv4"] = args.ipv4
     if args.mtu:
         fields["mtu"] = args.mtu
+    if args.router:
+        fields["router"] = args.router
     network = s.api.post("/network/create", **fields)["network"]
     s.out.data(network)
     prefixes = ", ".join(p for p in (network["ipv6_prefix"], network["ipv4_subnet"]) if p)
@@ -30,7 +32,7 @@ def list_networks(s: Session, args: argparse.Namespace) -> int:
     s.out.listing(
         s.api.get("/network/list")["networks"],
         "no networks",
-        ("UUID", "NAME", "OWNER", "IPV6", "IPV4", "MTU", "VMS", "CREATED"),
+        ("UUID", "NAME", "OWNER", "IPV6", "IPV4", "MTU", "VMS", "CREATED", "ROUTER"),
         lambda n: (
             n["uuid"],
             n["name"] + (" (shared)" if n["shared"] else ""),
@@ -40,8 +42,21 @@ def list_networks(s: Session, args: argparse.Namespace) -> int:
             n["mtu"],
             len(n["attached"]),
             when(n["created"]),
+            router(n),  # last: a reason it waits may be long
         ),
     )
+    return ExitCode.OK
+
+
+def router(n: dict[str, Any]) -> str:
+    """The host that routes it, or why none does yet."""
+    return n.get("router") or f"- ({n.get('router_reason') or 'not chosen yet'})"
+
+
+def set_router(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post("/network/router", network=args.network, router=args.host)
+    s.out.data(reply["network"])
+    s.out.text(reply.get("message", f"network {args.network} is routed by {args.host}"))
     return ExitCode.OK
 
 

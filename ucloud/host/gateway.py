@@ -1,4 +1,4 @@
-"""The router of tenant networks: one dnsmasq per network on the router host, sending router
+"""The router of tenant networks: one dnsmasq per network on its router host, sending router
 advertisements (the /64 for SLAAC, the MTU) and serving DHCPv4 with the addresses reserved
 in etcd only (a ``static`` range: a MAC not reserved gets nothing).
 

@@ -128,7 +128,7 @@ class LinuxNetPlane:
         # Only a router has addresses on its tenants' networks.
         _set_ipv6(br_name, bool(segment.gateways))
         ipr.link("set", index=br_index, state="up")
-        self._ensure_addresses(ipr, br_index, segment.gateways)
+        self._ensure_addresses(ipr, br_index, br_name, segment.gateways)
         if not self.underlay:
             return  # this host's networks stay on it
         vx = links.get(vx_name)
@@ -151,17 +151,27 @@ class LinuxNetPlane:
         ipr.link("set", index=vx_index, master=br_index, mtu=segment.mtu, state="up")
         self._sync_peers(ipr, vx_index, segment)
 
-    def _ensure_addresses(self, ipr: IPRoute, index: int, gateways: tuple[str, ...]) -> None:
+    def _ensure_addresses(
+        self, ipr: IPRoute, index: int, name: str, gateways: tuple[str, ...]
+    ) -> None:
+        """The bridge's addresses are exactly ``gateways`` (none: not the router here, or no
+        longer), besides IPv6's link-local one."""
         have = {
             (a.get("IFA_ADDRESS"), a["prefixlen"])
             for a in ipr.get_addr(index=index)
             if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("fe80:")
         }
+        wanted = set()
         for cidr in gateways:
             address, _, length = cidr.partition("/")
+            wanted.add((address, int(length)))
             if (address, int(length)) not in have:
                 # nodad: the router's address is known to be its own (IFA_F_NODAD).
                 ipr.addr("add", index=index, address=address, prefixlen=int(length), flags=0x02)
+        for address, length in sorted(have - wanted):
+            with contextlib.suppress(NetlinkError):  # gone meanwhile (IPv6 was just turned off)
+                ipr.addr("del", index=index, address=address, prefixlen=length)
+            log.info("%s: removed address %s/%d (not its router here)", name, address, length)
 
     def _vxlan_is_right(self, link: Any, segment: Segment) -> bool:
         data = ("IFLA_LINKINFO", "IFLA_INFO_DATA")
@@ -207,8 +217,11 @@ class LinuxNetPlane:
                 continue
             others = [p for p in masters.get(link["index"], []) if p != vxlan_name(vni)]
             if others:
-                # A VM's tap is still on it (its domain is being torn down): next pass.
+                # A VM's tap is still on it (its domain is being torn down): next pass. It is
+                # no router's any more: its gateway addresses go now.
                 log.info("network %d: bridge %s still holds %s", vni, name, others)
+                _set_ipv6(name, False)
+                self._ensure_addresses(ipr, link["index"], name, ())
                 continue
             if vxlan_name(vni) in links:
                 ipr.link("del", index=links[vxlan_name(vni)]["index"])
@@ -226,11 +239,15 @@ def _vni_of(name: str, prefix: str) -> int | None:
 
 
 def _set_ipv6(ifname: str, enabled: bool) -> None:
-    # In the agent's own network namespace (/proc/sys/net is per namespace).
-    path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
-    want = "0" if enabled else "1"
+    # In the agent's own network namespace (/proc/sys/net is per namespace). A router's bridge
+    # takes no address from router advertisements (its own dnsmasq's among them): its
+    # addresses are the gateway's alone.
+    conf = Path(f"/proc/sys/net/ipv6/conf/{ifname}")
+    wanted = [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0" if enabled else "1")]
     try:
-        if path.read_text().strip() != want:
-            path.write_text(want)
+        for name, want in wanted:
+            path = conf / name
+            if path.read_text().strip() != want:
+                path.write_text(want)
     except OSError as e:
         log.warning("could not set IPv6 on %s: %s", ifname, e)

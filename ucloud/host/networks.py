@@ -1,9 +1,12 @@
 """Which networks this host needs, and keeping its data plane and host record in step.
 
-The networks needed here are those of the ports of the VMs placed here. For each, the peers
-are the underlay addresses of the other hosts whose records say they hold it and that are
-not DEAD (a dead host's copies of VMs may still run: nobody sends to it any more). The host
-publishes what it holds (and its underlay address) in its own record, by compare-and-swap.
+The networks needed here are those of the ports of the VMs placed here, and those whose
+router (``Network.router``, chosen by the scheduler) is this host: it holds their gateway
+addresses and runs their dnsmasq (gateway.py), and stops both when it no longer routes them.
+For each, the peers are the underlay addresses of the other hosts whose records say they hold
+it and that are not DEAD (a dead host's copies of VMs, and of a router's gateway, may still
+run: nobody sends to it any more). The host publishes what it holds, its underlay address and
+whether it offers to route (``network_router``) in its own record, by compare-and-swap.
 
 One thread does it, woken by any change of the networks, the hosts or the VMs here, and
 every ``host_resync`` seconds; ``ensure`` does it at once for a VM about to start.
@@ -125,12 +128,11 @@ class NetworkSync:
     def sync(self) -> None:
         if self.listed != {"vms", "networks", "hosts"}:
             return
-        router = self.settings.network_router
         with self.sync_lock:
             needed = {p.network for p in self.local_ports()}
             with self.lock:
-                if router:  # the router holds every network
-                    needed |= {id for id, v in self.networks.items.items() if not v.value.deleting}
+                routed = self._routed_here()
+                needed |= routed  # a router holds its networks, VMs here or not
                 networks = {id: self.networks.get(id) for id in needed}
                 hosts = [h.value for h in self.hosts.items.values()]
             segments: dict[int, Segment] = {}
@@ -148,21 +150,31 @@ class NetworkSync:
                     and net.uuid in h.networks
                     and h.status != HostStatus.DEAD
                 )
-                gateways = gateway_addresses(net.ipv6_prefix, net.ipv4_subnet) if router else ()
+                gateways = (
+                    gateway_addresses(net.ipv6_prefix, net.ipv4_subnet) if id in routed else ()
+                )
                 segments[net.vni] = Segment(net.vni, net.mtu, peers, gateways)
                 by_vni[net.vni] = net.uuid
             guards = [PortGuard(p.mac, p.ipv6, p.ipv4) for p in self.local_ports()]
             built = self.plane.apply(segments, guards)
             self.built = {by_vni[v] for v in built if v in by_vni}
-            if router:
-                self.gateways.apply(
-                    [
-                        self._routed(found.value)
-                        for id, found in networks.items()
-                        if found is not None and id in self.built
-                    ]
-                )
+            # Every pass, router or not: the dnsmasqs of networks no longer routed here stop.
+            self.gateways.apply(
+                [
+                    self._routed(found.value)
+                    for id, found in networks.items()
+                    if found is not None and id in self.built and id in routed
+                ]
+            )
             self._publish(sorted(self.built))
+
+    def _routed_here(self) -> set[str]:
+        """The networks whose router is this host (none unless it offers to route: an
+        operator who turned ``network_router`` off is obeyed at once, before the scheduler
+        has chosen other routers). Call with the lock held."""
+        if not self.settings.network_router:
+            return set()
+        return {id for id, v in self.networks.items.items() if v.value.router == self.name}
 
     def _routed(self, net: Network) -> Routed:
         entries, _ = self.store.list_index(network_leases_folder(net.uuid))
@@ -177,11 +189,12 @@ class NetworkSync:
 
     def _publish(self, held: list[str]) -> None:
         underlay = self.settings.network_underlay
+        router = self.settings.network_router
 
         def change(host: Host) -> bool:
-            if host.networks == held and host.underlay == underlay:
+            if (host.networks, host.underlay, host.router) == (held, underlay, router):
                 return False
-            host.networks, host.underlay = held, underlay
+            host.networks, host.underlay, host.router = held, underlay, router
             return True
 
         with self.lock:

@@ -135,11 +135,20 @@ def lock_for_deletion(store: Store, found: Versioned[Network]) -> Versioned[Netw
     none can slip in from then on) with no VM attached: ready to be deleted, as read.
     NetworkInUse while a VM is attached (the mark undone, unless its deletion was accepted
     already: ``deleted``)."""
-    if not found.value.deleting:
+    for _ in range(ATTEMPTS):
+        if found.value.deleting:
+            break
+        # The scheduler writes networks too (their router): a race is retried, not refused.
         marked = store.swap_edited(found, lambda n: setattr(n, "deleting", True))
-        if marked is None:
-            raise Changed(f"network {found.value.uuid} changed meanwhile; try again")
-        found = marked
+        if marked is not None:
+            found = marked
+            break
+        again = store.get(Network, found.value.uuid)
+        if again is None:
+            raise Changed(f"network {found.value.uuid} is gone")
+        found = again
+    else:
+        raise Changed(f"network {found.value.uuid} kept changing meanwhile; try again")
     vms = attached_vms(store, found.value.uuid)
     if vms:
         if not found.value.deleted:

@@ -9,6 +9,7 @@ parts, and in one thread runs a pass of each:
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
 - DeletedNetworks (networks.py): networks deleted with their owner, removed when their last
   VM goes;
+- Routers (routers.py): each network's router host, chosen again when it can no longer route;
 - the quota recount (ucloud.quota.recount), every quota_recount seconds: usage records that
   disagree with the objects are repaired;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
@@ -27,7 +28,7 @@ from typing import Any
 from ucloud import quota
 from ucloud.config import Settings
 from ucloud.mirror import Diff, Mirror
-from ucloud.models import VM, Alive, Host
+from ucloud.models import VM, Alive, Host, Network
 from ucloud.retry import Backoff
 from ucloud.scheduler.chores import Chores
 from ucloud.scheduler.index import PlacementIndex
@@ -35,6 +36,7 @@ from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
 from ucloud.scheduler.networks import DeletedNetworks
 from ucloud.scheduler.placer import Placer
+from ucloud.scheduler.routers import Routers
 from ucloud.scheduler.writes import Deposed, Writes
 from ucloud.storage import Storage, open_storage
 from ucloud.store import Change, Follower, Guard, Snapshot, Store, Unavailable
@@ -73,11 +75,12 @@ class Scheduler:
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
         self.index = PlacementIndex(self.vms, self.writes)
         self.deleted_networks = DeletedNetworks(store, guard)
+        self.routers = Routers(self.ledger, self.writes)
 
     # --- the loop ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for kind in (Host, Alive, VM):
+        for kind in (Host, Alive, VM, Network):
             self.followers.append(self.store.follow(kind, self.inbox.put))
 
     def stop(self) -> None:
@@ -141,6 +144,8 @@ class Scheduler:
         elif kind is Alive:
             for id, _, _ in self.alive.apply(item):
                 self.host_changed(id)
+        elif kind is Network:
+            self.routers.deliver(item)
 
     def step(self) -> None:
         """One pass towards desired state over what changed."""
@@ -149,6 +154,7 @@ class Scheduler:
         self.chores.step(hosts_changed)
         self.placer.step(hosts_changed)
         self.deleted_networks.step()
+        self.routers.step()
 
     def resync(self) -> None:
         """The safety net: look at every host and VM again, as if each had changed."""
@@ -159,6 +165,7 @@ class Scheduler:
         self.placer.resync()
         self.index.repair()
         self.deleted_networks.resync()
+        self.routers.resync()
 
     # --- changes, to every part ----------------------------------------------------------------
 
@@ -175,3 +182,4 @@ class Scheduler:
     def host_changed(self, name: str) -> None:
         self.ledger.host_changed(name)
         self.lifecycle.host_changed(name)
+        self.routers.host_changed(name)

@@ -100,6 +100,11 @@ class HostLifecycle:
         def change(host: Host) -> None:
             host.status = status
             host.status_since = time.time()
+            if status == HostStatus.DEAD:
+                # What it held is stale: when it is UP again, its peers take it back only for
+                # the networks its agent publishes anew, after its first pass has removed the
+                # copies left there (VMs, a router's gateway). Peers ignore it meanwhile.
+                host.networks = []
 
         return self.writes.host(found, change)
 
