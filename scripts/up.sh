@@ -204,6 +204,9 @@ debian_vm() {  # demo-vm is the Debian guest (not the boot sector of an earlier 
 }
 LOGIN=""
 if [ "$QUICK" != 1 ] && debian_vm; then
+  if [ "$(demo vm status demo-vm --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = STOPPED ]; then
+    demo vm start demo-vm --wait --timeout 300  # someone stopped it: SSH needs it running
+  fi
   # The README's command (with this run's own known_hosts, and no questions asked).
   ssh_demo() {
     demo vm ssh debian@demo-vm -i "$KEY" -o BatchMode=yes -o ConnectTimeout=5 \
