@@ -91,8 +91,12 @@ def reference_network(host: BedHost) -> None:
         host.run(*argv)
 
 
-def plain_qemu(host: BedHost, work: Path, pub: str, key: Path, timeout: float) -> float:
-    """One boot of the image by plain QEMU: seconds from its start to SSH answering."""
+def plain_qemu(
+    host: BedHost, work: Path, pub: str, key: Path, timeout: float, rbd: str = ""
+) -> float:
+    """One boot of the image by plain QEMU: seconds from its start to SSH answering. Its
+    disk: a qcow2 overlay of the image file, or with ``rbd`` (QEMU's ``rbd:`` drive string of
+    a clone) that clone in Ceph, as ucloud's VMs have."""
     mac = new_mac()
     vm = VM(
         name="ref",
@@ -116,7 +120,10 @@ def plain_qemu(host: BedHost, work: Path, pub: str, key: Path, timeout: float) -
     argv = ["ip", "netns", "exec", host.ns, "qemu-system-x86_64", "-accel", "tcg"]
     argv += ["-machine", "pc", "-m", str(RAM_MIB), "-smp", "1", "-display", "none"]
     argv += ["-serial", f"file:{work / 'ref-console.log'}", "-monitor", "none"]
-    argv += ["-drive", f"file={disk},if=virtio,format=qcow2"]
+    if rbd:
+        argv += ["-drive", f"file={rbd},if=virtio,format=raw,cache=writeback,discard=unmap"]
+    else:
+        argv += ["-drive", f"file={disk},if=virtio,format=qcow2"]
     argv += ["-drive", f"file={work / 'seed.iso'},media=cdrom,readonly=on,format=raw"]
     argv += ["-netdev", f"tap,id=n0,ifname={REF_TAP},script=no,downscript=no"]
     argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac},host_mtu={MTU}"]
@@ -271,6 +278,7 @@ def measure(
     ours: list[float] = []
     running: list[float] = []
     plain: list[float] = []
+    on_rbd: list[float] = []
     for i in range(runs):
         log(f"run {i + 1}/{runs}: ucloud")
         to_running, to_ssh = ucloud_run(c, host, key, timeout)
@@ -280,11 +288,22 @@ def measure(
         log(f"run {i + 1}/{runs}: plain QEMU")
         plain.append(plain_qemu(host, work, pub, key, timeout))
         log(f"  SSH after {plain[-1]:.1f} s")
+        log(f"run {i + 1}/{runs}: plain QEMU, disk an RBD clone")
+        clone = f"bench-ref-{uuid.uuid4().hex[:8]}"
+        storage.create_disk(clone, image.uuid, 3)
+        try:
+            drive = f"rbd:{ceph.pool}/{clone}:id=ucloud:conf={ceph.conf}"
+            on_rbd.append(plain_qemu(host, work, pub, key, timeout, rbd=drive))
+        finally:
+            storage.delete_disk(clone)
+        log(f"  SSH after {on_rbd[-1]:.1f} s")
     rows = [
         ("ucloud: vm create -> SSH answers", runs, pct(ours, 50), pct(ours, 95), min(ours)),
         ("  of which vm create -> RUNNING", runs, pct(running, 50), pct(running, 95), min(running)),
         ("ref: plain QEMU start -> SSH answers", runs, pct(plain, 50), pct(plain, 95), min(plain)),
+        ("ref: the same, disk an RBD clone", runs, pct(on_rbd, 50), pct(on_rbd, 95), min(on_rbd)),
         ("ucloud - ref (p50)", "", pct(ours, 50) - pct(plain, 50), "", ""),
+        ("ucloud - ref on RBD (p50)", "", pct(ours, 50) - pct(on_rbd, 50), "", ""),
     ]
     notes = (
         "\n\n- Debian 12 (cloud-init 22.4, the test image), 1 vCPU, 512 MiB, TCG; SSH probed "
@@ -293,7 +312,8 @@ def measure(
         "first command run over SSH at the port's address; the disk an RBD clone."
         "\n- ref: the same seed content (hostname, key, network-config) by ucloud/seed.py, a "
         "qcow2 overlay of the image on local disk, virtio-net on a tap on a bridge with the "
-        f"gateway address, host_mtu {MTU}."
+        f"gateway address, host_mtu {MTU}; then the same with the disk a clone in the same "
+        "Ceph pool (QEMU's rbd driver, as client.ucloud), as ucloud's VMs have."
     )
     return table(("from -> to", "runs", "p50 s", "p95 s", "min s"), rows) + notes
 
