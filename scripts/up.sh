@@ -13,7 +13,7 @@
 #                             (some machines' /dev/kvm answers but fails real kernels), else TCG
 #      UCLOUD_UP_QUICK        1: no Debian image and no network: demo-vm is the boot-sector
 #                             guest, running in seconds (the Debian image takes 2-4 minutes to
-#                             build the first time, and its VM 1.5-4 minutes to answer SSH
+#                             build the first time, and its VM 1.5-4.5 minutes to answer SSH
 #                             under TCG)
 #      UCLOUD_UP_SSH_TIMEOUT  seconds to wait for demo-vm's SSH server (default 900)
 set -euo pipefail
@@ -213,7 +213,7 @@ if [ "$QUICK" != 1 ] && debian_vm; then
       -o UserKnownHostsFile="$DIR/known_hosts" -- "$@"
   }
   timeout=${UCLOUD_UP_SSH_TIMEOUT:-900}
-  log "waiting for demo-vm's SSH server: 1.5-4 minutes after it starts under TCG (at most ${timeout}s; its console: $console)"
+  log "waiting for demo-vm's SSH server: 1.5-4.5 minutes after it starts under TCG (at most ${timeout}s; its console: $console)"
   wait_until "demo-vm answers SSH" "$timeout" ssh_demo true
   echo "--- ucloud vm ssh debian@demo-vm -- 'hostname; ip -br addr show eth0' ---"
   ssh_demo 'hostname; ip -br addr show eth0' 2>/dev/null
