@@ -20,8 +20,12 @@ BENCHMARKS = [
     "provisioning",
     "image_import",
     "failover",
+    "migration",
     "consoles",
     "metrics",
+    "netplane",
+    "netattach",
+    "ssh_ready",
 ]
 
 

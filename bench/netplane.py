@@ -63,10 +63,34 @@ def remove_by_hand(vni: int) -> None:
         subprocess.run(["ip", "link", "del", name], check=True)
 
 
-def inside(runs: int, ports: int) -> str:
+def underlay() -> None:
     subprocess.run(["ip", "link", "add", "ul0", "type", "veth", "peer", "ul1"], check=True)
     subprocess.run(["ip", "addr", "add", f"{UNDERLAY}/24", "dev", "ul0"], check=True)
     subprocess.run(["ip", "link", "set", "ul0", "up"], check=True)
+
+
+def hand_times(runs: int) -> list[float]:
+    """Seconds to make one network by hand (``by_hand``), ``runs`` times, in a namespace of
+    its own: the reference other benchmarks print beside their figures."""
+    out = in_namespace(["--hand", f"--runs={runs}"])
+    return [float(x) for x in out.split()]
+
+
+def in_namespace(args: list[str]) -> str:
+    """This benchmark run again with ``args`` in a new network namespace; its stdout."""
+    ns = f"ucbench{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        argv = [sys.executable, "-m", "bench.netplane", *args]
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], check=True, capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+
+
+def inside(runs: int, ports: int) -> str:
+    underlay()
     plane = LinuxNetPlane(UNDERLAY, 4789)
     segment = {2000: Segment(2000, 1450, frozenset({PEER}))}
     plane.apply({}, [])  # warm up: imports, first netlink socket, nft tables
@@ -97,8 +121,18 @@ def inside(runs: int, ports: int) -> str:
         start = time.perf_counter()
         plane.apply(segment, guards)
         idle_n.append(time.perf_counter() - start)
+    # A port more or less at every pass: the rules change, so nft rewrites them all.
+    changed_0, changed_n = [], []
+    for base, times in (([], changed_0), (guards, changed_n)):
+        for i in range(runs):
+            mac = new_mac()
+            extra = [PortGuard(mac, eui64("fd00:1::/64", mac), "")] if i % 2 else []
+            start = time.perf_counter()
+            plane.apply(segment, base + extra)
+            times.append(time.perf_counter() - start)
     plane.apply({}, [])
     per_port = (statistics.median(idle_n) - statistics.median(idle_0)) / ports
+    per_port_changed = (statistics.median(changed_n) - statistics.median(changed_0)) / ports
     rows = [
         [
             "build one network (apply)",
@@ -109,6 +143,8 @@ def inside(runs: int, ports: int) -> str:
         ["remove it (apply of none)", ms(teardown), "-", "-"],
         ["pass, nothing to change, 0 ports", ms(idle_0), "-", "-"],
         [f"pass, nothing to change, {ports} ports", ms(idle_n), "-", "-"],
+        ["pass, a port added or removed, 0 ports", ms(changed_0), "-", "-"],
+        [f"pass, a port added or removed, {ports} ports", ms(changed_n), "-", "-"],
     ]
     text = table(
         ["what", "ucloud ms p50 / p95", "ref: by hand with ip ms p50 / p95", "ratio p50"], rows
@@ -120,7 +156,8 @@ def inside(runs: int, ports: int) -> str:
         "- The pass is what the agent's network thread does on every change: netlink dumps, "
         "forwarding entries compared, the nftables script made (applied only when it differs "
         f"from the last). Per port: {1000 * per_port:.3f} ms "
-        f"(({ports} ports - 0 ports) / {ports}).",
+        f"(({ports} ports - 0 ports) / {ports}); when a port comes or goes, the rules are "
+        f"written again (one `nft -f`): {1000 * per_port_changed:.3f} ms per port.",
     ]
     return text + "\n\n" + "\n".join(notes)
 
@@ -136,28 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--record", action="store_true", help="write the table to RESULTS.md")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hand", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     runs = args.runs or (10 if args.quick else 30)
     if args.inside:
         print(inside(runs, args.ports))
         return 0
+    if args.hand:
+        underlay()
+        for i in range(runs):
+            start = time.perf_counter()
+            by_hand(3000 + i)
+            print(time.perf_counter() - start)
+            remove_by_hand(3000 + i)
+        return 0
     log(f"machine: {machine()}")
-    ns = f"ucbench{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.netplane",
-            "--inside",
-            f"--runs={runs}",
-            f"--ports={args.ports}",
-        ]
-        out = subprocess.run(
-            ["ip", "netns", "exec", ns, *argv], check=True, capture_output=True, text=True
-        ).stdout
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=True)
+    out = in_namespace(["--inside", f"--runs={runs}", f"--ports={args.ports}"])
     print(out)
     if args.record:
         record("netplane", out)

@@ -9,6 +9,7 @@ reaches; the scheduler and the API run in the root namespace as usual.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,7 +79,13 @@ def read_env(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    directory = tmp_path_factory.mktemp("bed")
+    with bed_up(tmp_path_factory.mktemp("bed")) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def bed_up(directory: Path) -> Iterator[Bed]:
+    """Two bed hosts in ``directory`` (the fixtures' and the benchmarks' way to a bed)."""
     run_script(str(SCRIPTS / "testbed-up.sh"), str(directory), "2", timeout=300)
     try:
         env = read_env(directory / "bed.env")
@@ -98,15 +105,29 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 @pytest.fixture(scope="session")
 def bed_etcd(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("bed-etcd"), host=bed.addr)
+    with etcd_on(bed, tmp_path_factory.mktemp("bed-etcd")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def etcd_on(bed: Bed, directory: Path) -> Iterator[Etcd]:
+    server = Etcd(directory, host=bed.addr)
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def bed_ceph(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
-    cluster = tmp_path_factory.mktemp("bed-ceph") / "cluster"
+    with ceph_on(bed, tmp_path_factory.mktemp("bed-ceph")) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def ceph_on(bed: Bed, directory: Path) -> Iterator[Ceph]:
+    cluster = directory / "cluster"
     env = {
         "CEPH_PORT_BASE": str(_free_port_block(100)),
         "CEPH_OSD_SIZE": "10G",
@@ -167,6 +188,23 @@ def bed_cluster(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[BedCluster]:
+    marker = request.node.get_closest_marker("host_settings")
+    more = marker.kwargs if marker else {}
+    with cluster_on(bed, bed_etcd, bed_ceph, guests, tmp_path, more) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def cluster_on(
+    bed: Bed,
+    bed_etcd: Etcd,
+    bed_ceph: Ceph,
+    guests: Guests,
+    tmp_path: Path,
+    more: dict[str, object] | None = None,
+) -> Iterator[BedCluster]:
+    """A ucloud on the bed; ``more``: settings of every host agent (a test's marker
+    ``host_settings``)."""
     from tests.conftest import make_account, register_image
     from ucloud.api import create_app
 
@@ -187,8 +225,6 @@ def bed_cluster(
         image_pool=bed_ceph.pool,
     )
     store = Store(settings)
-    marker = request.node.get_closest_marker("host_settings")
-    more = marker.kwargs if marker else {}
     hosts = {
         h.name: host_settings(
             settings,
@@ -197,7 +233,7 @@ def bed_cluster(
             h.name,
             tmp_path / h.name,
             **host_network_settings(h),
-            **more,
+            **(more or {}),
         )
         for h in bed.hosts
     }
@@ -241,8 +277,10 @@ def bed_cluster(
 
 
 def host_network_settings(host: BedHost) -> dict[str, object]:
-    """The settings that give a bed host's agent its underlay address."""
-    return {"network_underlay": host.underlay}
+    """The settings that give a bed host's agent its underlay address, and the URI its peers'
+    libvirtds reach its libvirtd at for live migrations (its socket: the namespaces share the
+    file system; QEMU's migration stream crosses the switch to the underlay address)."""
+    return {"network_underlay": host.underlay, "migration_peer_uri": host.libvirtd.uri}
 
 
 def stop_routers(state_dir: Path) -> None:

@@ -153,6 +153,10 @@ def stack_fixture(
             tmp / n,
             console_relay_bind=f"127.0.0.1:{free_port()}",
             console_relay_metrics_port=free_port(),
+            # Live migrations between the two: the target's libvirtd at its socket, QEMU's
+            # migration stream on loopback (both libvirtds share the root network namespace).
+            migration_peer_uri=console_libvirtds[n].uri,
+            migration_address="127.0.0.1",
         )
         for n in NODES
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from tests.conftest import Account
 from tests.servers import free_port
 from ucloud.cli.errors import ExitCode
 from ucloud.cli.main import main
-from ucloud.models import VM, Desired, Host, Image, Specs, Status
+from ucloud.models import VM, Alive, Desired, Drain, Host, Image, Specs, Status
 
 CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
 
@@ -421,8 +423,9 @@ def test_hosts(admin_cli):
         "DISK",
         "DISK-USED",
         "ADDRESSES",
+        "DRAIN",
     ]
-    # allocated/total; nothing measured: no agent runs there
+    # allocated/total; nothing measured: no agent runs there; no scheduler drains it
     assert row.split() == [
         "h1",
         "DEAD",
@@ -434,6 +437,7 @@ def test_hosts(admin_cli):
         "0/1124G",
         "-",
         "-",
+        "-",
     ]
 
     hosts = admin_cli.json("host", "maintenance", "h1", "off")
@@ -441,6 +445,26 @@ def test_hosts(admin_cli):
     assert [h["admin_state"] for h in admin_cli.json("host", "list")] == ["UP"]
     code, _, err = admin_cli("host", "maintenance", "h9", "on")
     assert (code, "no host h9" in err) == (ExitCode.REFUSED, True)
+
+
+def test_host_evacuate_and_drain_progress(admin_cli, store):
+    admin_cli("host", "create", "h1", "--cpu", "8", "--ram", "16G")
+    store.create(Alive(name="h1"))  # its agent holds its lease
+    code, _, err = admin_cli("host", "evacuate", "h1")
+    assert code == ExitCode.REFUSED
+    assert "host h1 is alive" in err
+    store.delete(store.get(Alive, "h1"))
+    code, out, err = admin_cli("host", "evacuate", "h1")
+    assert code == 0, err
+    assert "host h1 is DEAD, evacuation asked: no VM is placed on it" in out
+    code, _, err = admin_cli("host", "evacuate", "h9")
+    assert (code, "no host h9" in err) == (ExitCode.REFUSED, True)
+
+    # What the scheduler writes while it drains the host (tests/unit/test_drain.py)
+    store.update(Host, "h1", lambda h: setattr(h, "drain", Drain(total=5, remaining=2)))
+    code, out, _ = admin_cli("host", "list")
+    assert out.splitlines()[1].endswith("draining 3/5")
+    assert admin_cli.json("host", "list")[0]["drain"]["total"] == 5
 
 
 def test_administrators_see_and_act_on_every_vm(alice_cli, admin_cli, image):
@@ -496,3 +520,54 @@ def test_an_administrator_names_a_networks_router(admin_cli, store):
     code, _, err = admin_cli("network", "router", "lan", "nosuch")
     assert code != 0 and "no host nosuch" in err
     assert admin_cli.json("network", "list")[0]["router"] == "r2"
+
+
+# --- migration --------------------------------------------------------------------------------
+
+
+def test_migrate_waits_and_shows_progress(alice_cli, admin_cli, image, store):
+    from ucloud.models import Alive, Host, HostStatus, MigrationPhase, Specs
+
+    for name in ("h1", "h2"):
+        store.create(Host(name=name, capacity=Specs(cpu=4, ram=8), status=HostStatus.UP))
+        store.create(Alive(name=name))
+    vm = create(alice_cli, image)
+
+    def running(v: VM) -> None:
+        v.hostname, v.status = "h1", Status.RUNNING
+
+    store.update(VM, vm["uuid"], running)
+    code, _, err = alice_cli("vm", "migrate", "web")
+    assert code == ExitCode.REFUSED and "only administrators" in err
+
+    def step(v: VM, progress: float | str | None) -> None:
+        assert v.migration is not None
+        if progress is None:
+            v.migration = v.migration.model_copy(
+                update={"phase": MigrationPhase.MIGRATING, "target": "h2"}
+            )
+        elif progress == "over":
+            v.hostname, v.migration = "h2", None
+            v.record("host h2", "migrated from h1 to h2")
+        else:
+            v.migration = v.migration.model_copy(update={"progress": progress})
+
+    def agents() -> None:
+        """What the scheduler and the agents would write, in steps."""
+        while (found := store.get(VM, vm["uuid"])) is None or found.value.migration is None:
+            time.sleep(0.1)
+        for progress in (None, 40.0, "over"):
+            time.sleep(1.5)
+            store.update(VM, vm["uuid"], lambda v, p=progress: step(v, p))
+
+    helper = threading.Thread(target=agents, daemon=True)
+    helper.start()
+    code, out, err = admin_cli("vm", "migrate", "web", "--to", "h2", "--wait", "--timeout", "30")
+    helper.join(10)
+    assert code == 0, err
+    assert out.strip().endswith("migrated: it runs on h2"), out
+    assert "migrating: h1 -> h2, 40 % sent" in err, err
+    assert "migrated from h1 to h2" in err
+    code, out, _ = admin_cli("vm", "status", "web")
+    assert re.search(r"^host: +h2$", out, re.M), out
+    assert "migration" not in out.split("events:")[0], out  # shown only while one is on

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import admin_cli, alice_cli, api_url, cli, home  # noqa: F401
+from ucloud import websessions
 from ucloud.cli.errors import ExitCode
 from ucloud.config import Settings
 from ucloud.models import VM, Desired, Host, Image, Specs, Status, User
@@ -60,6 +61,22 @@ def test_resize_from_the_cli(alice_cli, image, store: Store):
 
 def test_accounts_and_hosts_from_the_cli(admin_cli, alice_cli, store: Store, image):
     alice_cli.json("vm", "create", "a", "--image", image.name, "--cpu", "1", "--ram", "1")
+    alice = store.get(User, "users/alice")
+    assert alice is not None
+    first, _ = websessions.begin(store, alice.value, 3600, "192.0.2.7", "Firefox")
+    websessions.begin(store, alice.value, 3600)
+    code, out, err = admin_cli("user", "sessions", "alice", "--realm", "users")
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[0].split() == ["SESSION", "SINCE", "UNTIL", "FROM", "BROWSER"] and len(rows) == 3
+    shown = websessions.digest(first)[:16]
+    assert any(r.split()[0] == shown and "192.0.2.7" in r and "Firefox" in r for r in rows)
+    code, out, err = admin_cli(
+        "user", "end-sessions", "alice", "--realm", "users", "--session", shown
+    )
+    assert code == 0 and out.strip() == "1 session(s) of users/alice ended", err
+    assert websessions.find(store, first) is None
+    assert len(websessions.of_user(store, "users/alice")) == 1
     code, out, _ = admin_cli("user", "list")
     assert code == 0
     rows = [line.split() for line in out.splitlines()]
@@ -70,6 +87,7 @@ def test_accounts_and_hosts_from_the_cli(admin_cli, alice_cli, store: Store, ima
     assert code == 0, err
     assert out.strip() == "user users/alice deleted; deleting 1 vms"
     assert store.get(User, "users/alice") is None
+    assert not websessions.of_user(store, "users/alice")  # her last session ended with her
     code, out, err = admin_cli("user", "reset-totp", "root", "--realm", "ucloud-admin")
     assert code == 0 and "seed:" in out, err
 

@@ -19,7 +19,7 @@ from tests.console_stack import (  # noqa: F401  (fixtures)
 )
 from tests.rfb import first_frame, over_socket
 from tests.servers import wait_for
-from ucloud import auth, consoles
+from ucloud import auth, consoles, websessions
 from ucloud.models import Status
 
 BAND = 16  # the guest's first text line: "UCLOUD-BOOT-OK", which stays put
@@ -42,7 +42,7 @@ def test_login_refuses_a_wrong_or_too_old_token(web, stack: ConsoleStack):
     too_old = pyotp.TOTP(stack.alice.secret).at(time.time() - 150)  # 5 steps ago
     page = log_in(web, stack, stack.alice, token=too_old)
     assert page.locator("#login-error").is_visible()
-    assert not web.cookies()  # no session
+    assert [c["name"] for c in web.cookies()] == ["ucloud_login"]  # the form's nonce: no session
 
 
 def test_log_in_see_the_vms_and_stop_and_start_one(web, stack: ConsoleStack):
@@ -71,8 +71,38 @@ def test_log_in_see_the_vms_and_stop_and_start_one(web, stack: ConsoleStack):
     status.filter(has_text="RUNNING").wait_for(timeout=60_000)
     assert stack.vm(vmid).status == Status.RUNNING
 
+    # A copy of the cookie (another browser, a stolen one) works until the logout, not after.
+    copy = requests.Session()
+    copy.cookies.set("ucloud_console", cookie["value"], path="/console")
+    assert copy.get(f"{stack.api_url}/console/api/vms", timeout=30).status_code == 200
+
     page.click("#logout")
     page.wait_for_url("**/console/login")
+    page.goto(f"{stack.api_url}/console/")
+    assert page.url.endswith("/console/login")
+    assert copy.get(f"{stack.api_url}/console/api/vms", timeout=30).status_code == 401
+    gone = websessions.digest(cookie["value"])
+    assert stack.store.get(websessions.WebSession, gone) is None
+
+
+def test_a_login_form_on_another_site_logs_no_one_in(web, stack: ConsoleStack):
+    """Login CSRF: an attacker's page posts the attacker's own name, a current token and a
+    login form token the attacker fetched; the victim's browser must not be logged in."""
+    attacker = requests.Session()
+    form = attacker.get(f"{stack.api_url}/console/login", timeout=30)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf
+    page = web.new_page()
+    page.set_content(
+        f"""<form method="post" action="{stack.api_url}/console/login">
+        <input name="name" value="{stack.bob.name}"><input name="realm" value="{stack.bob.realm}">
+        <input name="token" value="{auth.current_token(stack.bob.secret)}">
+        <input name="csrf" value="{csrf.group(1)}"><button type="submit">go</button></form>"""
+    )
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert "came from another site" in page.content()
+    assert not [c for c in web.cookies() if c["name"] == "ucloud_console"]
     page.goto(f"{stack.api_url}/console/")
     assert page.url.endswith("/console/login")
 
@@ -129,12 +159,16 @@ def test_the_serial_console_in_the_browser(web, stack: ConsoleStack):
 def session_of(stack: ConsoleStack, account: Account) -> tuple[requests.Session, str]:
     """A logged-in HTTP session and its CSRF token, as the page's script has them."""
     s = requests.Session()
+    form = s.get(f"{stack.api_url}/console/login", timeout=30)
+    login_csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert login_csrf, form.text
     r = s.post(
         f"{stack.api_url}/console/login",
         data={
             "name": account.name,
             "realm": account.realm,
             "token": auth.current_token(account.secret),
+            "csrf": login_csrf.group(1),
         },
         timeout=30,
     )

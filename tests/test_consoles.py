@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.conftest import make_account
 from tests.console_stack import (  # noqa: F401  (fixtures)
     ConsoleStack,
     console_libvirtds_fixture,
@@ -254,6 +256,33 @@ def test_a_vm_restarted_on_another_host_is_reached_there(stack: ConsoleStack):
         assert opened(stack, after) >= 2
     finally:
         stack.store.update(Host, before, lambda h: setattr(h, "admin_state", AdminState.UP))
+
+
+def test_a_migrated_vm_is_reached_on_its_target(stack: ConsoleStack):
+    vmid = stack.vms["boot"]
+    before = stack.vm(vmid).hostname
+    early = open_console(stack, "boot")["websocket"]  # issued while it runs on `before`
+    boots = all_boots(stack, vmid)
+    admin = make_account(stack.store, f"mig-{uuid.uuid4().hex[:6]}", stack.settings.admin_realm)
+    r = stack.post("/vm/migrate", admin, vmid=vmid)
+    assert r.status_code == 202, r.text
+    vm = wait_for(
+        lambda: (v := stack.vm(vmid)).migration is None and v, 120, "the migration to end"
+    )
+    assert vm.hostname != before and vm.status == Status.RUNNING, vm.log[-3:]
+    # Its screen and serial port are the target's now: the early token leads there, and the
+    # guest's dots go on in the target's log (the same guest: no second boot).
+    assert lit(first_frame(over_websocket(connect(early))), range(0, 16)) > 200
+    assert opened(stack, vm.hostname) >= 1
+    dots = stack.console_log(vmid).count(".")
+    wait_for(lambda: stack.console_log(vmid).count(".") > dots, 30, "its dots on the target")
+    assert all_boots(stack, vmid) == boots
+
+
+def all_boots(stack: ConsoleStack, vmid: str) -> int:
+    """How often the guest booted, as every host's serial log of it says."""
+    logs = [Path(h.state_dir) / "console" / f"{vmid}.log" for h in stack.hosts.values()]
+    return sum(p.read_text(errors="replace").count(BOOT) for p in logs if p.exists())
 
 
 def client_env(stack: ConsoleStack, tmp_path: Path) -> dict[str, str]:

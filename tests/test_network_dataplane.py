@@ -274,3 +274,57 @@ def test_a_dead_host_is_cut_off_from_its_networks(
     )
     wait_for(lambda: c.store.get(Host, "h1").value.status == HostStatus.UP, 30, "h1 UP")
     assert c.store.get(Host, "h1").value.networks == []
+
+
+def vxlan_rx(host: BedHost, device: str) -> int:
+    (found,) = json.loads(host.run("ip", "-s", "-j", "link", "show", "dev", device))
+    return int(found["stats64"]["rx"]["packets"])
+
+
+def test_a_peer_of_one_network_cannot_send_into_another(
+    bed: Bed, bed_cluster: BedCluster, stand_ins: StandIns
+):
+    """A host that holds network X with us (a peer for X) makes a VXLAN device of its own with
+    network Y's id toward us: nothing it sends reaches Y here, while its X traffic passes;
+    once it holds Y too (a VM of Y placed there), its Y traffic passes as well."""
+    c = bed_cluster
+    x = make_network(c, "alice", "x")
+    y = make_network(c, "bob", "y")
+    wait_running(c, make_vm(c, "alice", "x1", "x"), make_vm(c, "alice", "x2", "x"))
+    (y1,) = wait_running(c, make_vm(c, "bob", "y1", "y"))
+    victim = bed_host(bed, y1.hostname)  # holds X and Y
+    peer = next(h for h in bed.hosts if h is not victim)  # holds X only
+    xp = x["ipv6_prefix"].split("/")[0]
+    sx1 = stand_ins.add(victim, f"ucbr{x['vni']}", f"{xp}d1/64", x["mtu"])
+    sx2 = stand_ins.add(peer, f"ucbr{x['vni']}", f"{xp}d2/64", x["mtu"])
+    assert wait_for(lambda: sx1.ping(sx2.address), 20, "X across hosts")
+    stand_ins.add(victim, f"ucbr{y['vni']}", "10.77.0.1/24", y["mtu"])
+
+    # The forged device: Y's id, from the peer's underlay address, toward the victim.
+    forged = f"ucfx{stand_ins.id}"
+    peer.run(
+        "ip", "link", "add", forged, "mtu", str(y["mtu"]), "type", "vxlan", "id", str(y["vni"]),
+        "local", peer.underlay, "remote", victim.underlay, "dstport", "4789",
+    )  # fmt: skip
+    try:
+        peer.run("ip", "addr", "add", "10.77.0.2/24", "dev", forged)
+        peer.run("ip", "link", "set", forged, "up")
+        received = vxlan_rx(victim, f"ucvx{y['vni']}")
+        dropped_before = _dropped(victim)
+        peer.run("ping", "-c", "3", "-W", "1", "10.77.0.1", check=False)
+        assert vxlan_rx(victim, f"ucvx{y['vni']}") == received  # nothing reached Y's device
+        assert _dropped(victim) > dropped_before  # the peer filter dropped what was sent
+        assert sx2.ping(sx1.address)  # X from the same peer still passes
+    finally:
+        peer.run("ip", "link", "del", forged)
+
+    # Y placed on the peer too: it is a peer of Y now, and Y's traffic passes.
+    (y2,) = wait_running(c, make_vm(c, "bob", "y2", "y"))
+    assert y2.hostname == peer.name
+    sy2 = stand_ins.add(peer, f"ucbr{y['vni']}", "10.77.0.2/24", y["mtu"])
+    assert wait_for(lambda: sy2.ping("10.77.0.1"), 30, "Y across hosts, from a peer of Y")
+
+
+def _dropped(host: BedHost) -> int:
+    rules = host.run("nft", "list", "chain", "inet", "ucloud", "input")
+    return int(rules.split("@vxlan_peers counter packets ")[1].split()[0])

@@ -1,9 +1,10 @@
 """Real guests on the multi-host bed: two VMs on two hosts on one network reach each other
 over IPv6 and IPv4, a VM of another user on another network (with the same IPv4 subnet)
-reaches neither, and the guests learn the network's MTU; the network's router gives them
-their addresses (RA, DHCP), and when its host dies the scheduler's next router does. The
-guests report on their serial consoles through #! user-data (the busybox Linux guest runs it
-at first boot)."""
+reaches neither, the guests learn the network's MTU and a full-size packet crosses hosts, a
+VM whose host agent is killed runs again on the other host, reachable, while its old copy
+reaches no one; the network's router gives them their addresses (RA, DHCP), and when its
+host dies the scheduler's next router does. The guests report on their serial consoles
+through #! user-data (the busybox Linux guest runs it at first boot)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ipaddress
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,10 @@ from ucloud.models import VM, Host, HostStatus, Network, Status
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 
 # Configure eth0 from what the guest knows: its MAC gives its IPv6 address (EUI-64, as the
-# port's), IPv4 is given; then ping each TARGET (address:tries) and say whether it answered.
+# port's), IPv4 is given; then ping each TARGET (address:tries) and say whether it answered;
+# then the optional parts: {full} (full-size packets), {watch} (pings for ever).
 USER_DATA = """#!/bin/sh
-PREFIX={prefix}
+{again}PREFIX={prefix}
 set -- $(tr ':' ' ' < /sys/class/net/eth0/address)
 IID=$(printf '%x:%x:%x:%x' $(( (0x$1 ^ 2) * 256 + 0x$2 )) $(( 0x$3 * 256 + 0xff )) \\
   $(( 0xfe * 256 + 0x$4 )) $(( 0x$5 * 256 + 0x$6 )))
@@ -43,14 +46,62 @@ for t in {targets}; do
   done
   echo "UCLOUD-PING $addr $ok"
 done
+{full}{watch}"""
+
+# Every boot is a first boot: the mark of the first boot goes from the VM's disk, so a copy
+# of this VM started on another host runs this script again (and configures its addresses).
+AGAIN = """mkdir -p /mnt
+(sleep 3; mount -t vfat /dev/vda1 /mnt && rm -f /mnt/INSTANCE.ID; umount /mnt; sync) &
+"""
+
+# Full-size packets with "don't fragment" (Linux sets DF on an IPv4 packet that fits the path
+# MTU; IPv6 is never fragmented on its way), then one byte more than the NIC takes.
+FULL = """M=$(cat /sys/class/net/eth0/mtu)
+full() {{ if ping -c 3 -W 2 "$@" >/dev/null 2>&1; then echo yes; else echo no; fi; }}
+echo "UCLOUD-FULL ipv4=$(full -s $((M - 28)) {peer4}) ipv6=$(full -s $((M - 48)) {peer6})"
+if ip link set eth0 mtu $((M + 1)) 2>/dev/null; then
+  echo "UCLOUD-ONE-MORE $(full -s $((M - 27)) {peer4})"; ip link set eth0 mtu $M
+else
+  echo "UCLOUD-MTU-MAX $M"
+fi
+"""
+
+# Pings PEER for ever, about once a second; says when it stops or starts answering, with the
+# number of pings lost meanwhile.
+WATCH_PEER = """lost=0; state=x
+while true; do
+  if ping -c 1 -W 1 {peer} >/dev/null 2>&1; then
+    [ $state != yes ] && echo "UCLOUD-REACH yes lost=$lost"
+    state=yes; lost=0; sleep 1
+  else
+    [ $state = yes ] && echo "UCLOUD-REACH no"
+    state=no; lost=$((lost + 1))
+  fi
+done
 """
 
 
-def user_data(network: dict, ipv4: str, targets: list[tuple[str, int]]) -> str:
+def user_data(
+    network: dict,
+    ipv4: str,
+    targets: list[tuple[str, int]],
+    full: tuple[str, str] | None = None,
+    watch: str = "",
+    every_boot: bool = False,
+) -> str:
+    """The script above; ``full``: (IPv4, IPv6) of the peer for full-size packets; ``watch``:
+    the address to ping for ever; ``every_boot``: run again in a copy started elsewhere."""
     prefix = ipaddress.IPv6Network(network["ipv6_prefix"]).network_address.exploded[:19]
     # ':' separates address and tries: IPv6 addresses travel with '-' instead.
     items = " ".join(f"{a.replace(':', '-')}:{n}" for a, n in targets)
-    return USER_DATA.format(prefix=prefix, ipv4=ipv4, targets=items or "")
+    return USER_DATA.format(
+        again=AGAIN if every_boot else "",
+        prefix=prefix,
+        ipv4=ipv4,
+        targets=items or "",
+        full=FULL.format(peer4=full[0], peer6=full[1]) if full else "",
+        watch=WATCH_PEER.format(peer=watch) if watch else "",
+    )
 
 
 def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
@@ -76,21 +127,40 @@ def ping_results(text: str) -> dict[str, str]:
     return dict(re.findall(r"UCLOUD-PING (\S+) (yes|no)", text))
 
 
+def rx_packets(host: BedHost, device: str) -> int:
+    (found,) = json.loads(host.run("ip", "-s", "-j", "link", "show", "dev", device))
+    return int(found["stats64"]["rx"]["packets"])
+
+
+def vxlan_drops(host: BedHost) -> int:
+    """What the host's VXLAN peer filter dropped since its rules were last written."""
+    rules = host.run("nft", "list", "chain", "inet", "ucloud", "input")
+    found = re.search(r"@vxlan_peers counter packets (\d+)", rules)
+    assert found is not None, rules
+    return int(found.group(1))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_cluster: BedCluster):
+
     c = bed_cluster
     lan = make_network(c, "alice", "lan", ipv4="10.30.0.0/24")
     bobnet = make_network(c, "bob", "bobnet", ipv4="10.30.0.0/24")
-    # b answers; a (created next: lowest free addresses) pings b over IPv6 and IPv4.
-    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.30.0.2", []))
+    # b answers and pings a (10.30.0.3) for ever; a (created next: the lowest free
+    # addresses) pings b over IPv6 and IPv4, sends full-size packets, then pings b for ever.
+    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.30.0.2", [], watch="10.30.0.3"))
     assert b.ports[0].ipv4 == "10.30.0.2"
-    a = make_vm(
-        c,
-        "alice",
-        "a",
+    b6 = b.ports[0].ipv6
+    script = user_data(
         lan,
-        user_data(lan, "10.30.0.3", [(b.ports[0].ipv6, 90), ("10.30.0.2", 30)]),
+        "10.30.0.3",
+        [(b6, 90), ("10.30.0.2", 30)],
+        full=("10.30.0.2", b6),
+        watch="10.30.0.2",
+        every_boot=True,
     )
+    a = make_vm(c, "alice", "a", lan, script)
     assert a.ports[0].ipv4 == "10.30.0.3"
     # Bob's VM on his network, the same subnet: it pings alice's VMs, which must not answer.
     bob_vm = make_vm(c, "bob", "c", bobnet, user_data(bobnet, "10.30.0.2", [("10.30.0.3", 8)]))
@@ -104,19 +174,21 @@ def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_clus
     assert a.hostname != b.hostname  # spread over the two hosts: traffic crosses VXLAN
 
     done = wait_for(
-        lambda: len(ping_results(t := c.console(a))) == 2 and t,
+        lambda: "UCLOUD-FULL" in (t := c.console(a)) and "UCLOUD-REACH" in t and t,
         240,
         f"guest a to report its pings (console: {c.console(a)[-2000:]})",
         interval=1,
     )
-    assert ping_results(done) == {b.ports[0].ipv6: "yes", "10.30.0.2": "yes"}, done
-    # The guest learned the network's MTU from its NIC.
+    assert ping_results(done) == {b6: "yes", "10.30.0.2": "yes"}, done
+    # The guest learned the network's MTU from its NIC; full-size packets cross hosts, and
+    # the NIC takes nothing bigger (or, if it did, one byte more would not cross).
     mtu = c.store.get(Network, lan["uuid"]).value.mtu
-    assert (
-        f"UCLOUD-NET-UP mtu={mtu} ipv6={a.ports[0].ipv6}"
-        in done.replace(a.ports[0].ipv6, a.ports[0].ipv6)
-        or f"mtu={mtu}" in done
-    )
+    up = re.search(r"UCLOUD-NET-UP mtu=(\d+) ipv6=(\S+)", done)
+    assert up is not None, done
+    assert int(up.group(1)) == mtu
+    assert ipaddress.IPv6Address(up.group(2)) == ipaddress.IPv6Address(a.ports[0].ipv6)
+    assert "UCLOUD-FULL ipv4=yes ipv6=yes" in done, done
+    assert f"UCLOUD-MTU-MAX {mtu}" in done or "UCLOUD-ONE-MORE no" in done, done
     # Bob's VM, on the same hosts with the same subnet, reached none of alice's.
     other = wait_for(
         lambda: len(ping_results(t := c.console(bob_vm))) == 1 and t,
@@ -125,6 +197,55 @@ def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_clus
         interval=1,
     )
     assert ping_results(other) == {"10.30.0.3": "no"}, other
+
+    # a's host agent SIGKILLed, its QEMU going on: a runs again on b's host, with the same
+    # MAC and addresses, and b reaches it again; the old copy (pinging b for ever) reaches
+    # no one.
+    old, new = bed_host(bed, a.hostname), bed_host(bed, b.hostname)
+    wait_for(lambda: "UCLOUD-REACH yes" in c.console(b), 120, "b to reach a", interval=1)
+    before = len(c.console(b))
+    c.agents[old.name].stop(signal.SIGKILL)
+    dead = lambda: c.store.get(Host, old.name).value.status == HostStatus.DEAD  # noqa: E731
+    wait_for(dead, 60, f"{old.name} to be DEAD")
+
+    def moved() -> VM | None:
+        vm = c.store.get(VM, a.uuid).value
+        return vm if vm.hostname == new.name and vm.status == Status.RUNNING else None
+
+    again = wait_for(moved, 120, f"a to run on {new.name}")
+    assert again.ports == a.ports  # the same MAC and addresses
+    assert f"ucloud-{a.uuid}" in old.libvirtd.virsh("list", "--name")  # the old copy runs
+    wait_for(
+        lambda: "UCLOUD-REACH yes" in c.console(again),
+        240,
+        f"the new copy of a to reach b (console: {c.console(again)[-1500:]})",
+        interval=1,
+    )
+    back = wait_for(
+        lambda: re.findall(r"UCLOUD-REACH yes lost=(\d+)", c.console(b)[before:]),
+        120,
+        f"b to reach a again (console: {c.console(b)[-1500:]})",
+        interval=1,
+    )
+    print(f"b's pings of a lost while a moved: {max(map(int, back))} (each outage: {back})")
+    wait_for(running, 180, "every guest to run again")  # bob's, if it was on the dead host
+    # The old copy still sends (to b: its MAC learned behind the VXLAN device of its host);
+    # b's host drops all of it: its VXLAN device receives nothing, its peer filter counts.
+    vni = lan["vni"]
+    received = rx_packets(new, f"ucvx{vni}")
+    time.sleep(10)
+    assert rx_packets(new, f"ucvx{vni}") == received
+    dropped = vxlan_drops(new)
+    print(f"VXLAN packets from the dead host dropped on {new.name}: {dropped}")
+    assert dropped > 0
+
+    # The agent back: it destroys the old copy (and any other of its VMs moved meanwhile).
+    c.start_agent(old)
+    wait_for(
+        lambda: f"ucloud-{a.uuid}" not in old.libvirtd.virsh("list", "--name"),
+        60,
+        "the old copy to be destroyed",
+    )
 
 
 # Keeps every NIC configured (IPv6 from its MAC) and says when its NICs or its reach of PEER

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from ucloud.models import (
     HostStatus,
     Image,
     ImageStatus,
+    Migration,
+    MigrationPhase,
     Specs,
     Status,
     placement_folder,
@@ -192,6 +195,27 @@ def test_the_leader_makes_an_index_from_before_whole(store: Store, settings: Set
     try:
         wait_for(lambda: index(store) == records(store), 10, "the index to agree")
         assert index(store) == {v.uuid: {"h1"} for v in placed}
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_the_leader_keeps_a_migrating_vms_entry_on_its_target(store: Store, settings: Settings):
+    """While a migration lasts the VM is in both hosts' folders (VM.index_keys): the repair
+    puts a missing target entry and never takes it away as a stray."""
+    FakeAgent(store, "h1", cpu=8, ram=32)
+    FakeAgent(store, "h2", cpu=8, ram=32)
+    m = Migration(source="h1", target="h2", phase=MigrationPhase.MIGRATING, by="drain")
+    moving = vm("moving", host="h1", status=Status.RUNNING, migration=m)
+    store.create(moving)
+    assert index(store) == {moving.uuid: {"h1", "h2"}}
+    store.client.delete(store.index_key(placement_key("h2", moving.uuid)))
+
+    _, stop, thread = start_scheduler(settings)
+    try:
+        wait_for(lambda: index(store) == {moving.uuid: {"h1", "h2"}}, 10, "the target entry")
+        time.sleep(3 * settings.scheduler_resync)  # resyncs repair again: it stays
+        assert index(store) == {moving.uuid: {"h1", "h2"}}
     finally:
         stop.set()
         thread.join(10)

@@ -132,6 +132,16 @@ class SchedulerSettings(_Group):
         description="seconds between a host's lease expiring and its VMs being moved (they "
         "are fenced first, so no wait is needed for safety)",
     )
+    migration_prepare_deadline: float = Field(
+        120.0,
+        description="seconds a migration's target may take to prepare (networks, seed) and its "
+        "source to begin, before the migration is given up (the VM stays on its source)",
+    )
+    drain_parallel: int = Field(
+        2,
+        ge=1,
+        description="live migrations out of a host in maintenance at once (its drain)",
+    )
 
 
 class HostSettings(_Group):
@@ -174,6 +184,37 @@ class HostSettings(_Group):
         60.0,
         description="seconds between measurements of the host's used CPU, RAM and disk; the "
         "host's usage record in etcd is rewritten only when they changed",
+    )
+    migration_peer_uri: str = Field(
+        "",
+        description="the libvirt URI other hosts' libvirtds reach this host's libvirtd at, for "
+        "live migrations to it (published in its host record); empty: "
+        "qemu+tcp://<network_underlay>/system",
+    )
+    migration_address: str = Field(
+        "",
+        description="the address other hosts' QEMUs send a migrating VM's memory to (QEMU's "
+        "migration stream, tcp://ADDRESS); empty: network_underlay",
+    )
+    migration_max_downtime: int = Field(
+        300, description="milliseconds a migrating VM may be paused for its last copy (QEMU's)"
+    )
+    migration_timeout_per_gib: float = Field(
+        60.0,
+        description="seconds a live migration may take per GiB of the VM's RAM (at least one "
+        "GiB's worth) before it is aborted; the VM keeps running on its source",
+    )
+    migration_bandwidth: int = Field(
+        0,
+        description="MiB/s a live migration may send at most (it shares the link with the "
+        "VMs' traffic); 0: as fast as it goes",
+    )
+    migration_auto_converge: bool = Field(
+        True,
+        description="slow a guest's vCPUs down when it dirties memory faster than it is sent",
+    )
+    migration_progress_interval: float = Field(
+        2.0, description="seconds between writes of a migration's progress into the VM's record"
     )
 
     @model_validator(mode="after")
@@ -338,11 +379,13 @@ class ConsoleSettings(_Group):
     )
     web_secret_key: str = Field(
         "",
-        description="signs the console page's session cookies; the same in every ucloud-api "
-        "(the page is off without it)",
+        description="signs the console page's CSRF tokens (of its sessions and its login "
+        "form); the same in every ucloud-api (the page is off without it)",
     )
     web_session_lifetime: int = Field(
-        8 * 3600, description="seconds a login on the console page lasts"
+        8 * 3600,
+        description="seconds a login on the console page lasts (its session record in etcd "
+        "too, unless a logout or an administrator ends it sooner)",
     )
     web_cookie_secure: bool = Field(
         True,

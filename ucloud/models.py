@@ -388,6 +388,38 @@ class HostStatus(StrEnum):
     DEAD = "DEAD"
 
 
+class Drain(BaseModel):
+    """How the drain of a host in maintenance goes (``ucloud.scheduler.drain``): written by the
+    scheduler by compare-and-swap, only when a figure changes."""
+
+    since: float = Field(default_factory=now)  # when the host went into maintenance (seen)
+    total: int = 0  # VMs placed on it since the drain began (those it began with, and later)
+    remaining: int = 0  # VMs still placed on it
+    migrating: int = 0  # migrations out of it in flight
+    blocked: int = 0  # VMs that wait because no host has room for them
+    failing: int = 0  # VMs whose last migration failed, waiting to be tried again
+    suspended: int = 0  # suspended VMs: not migrated (moved once resumed)
+    reason: str = ""  # why the first of them waits
+
+    def describe(self) -> str:
+        """What ``ucloud host list`` shows: "draining 3/5", "drained", "blocked: ..."."""
+        if self.remaining == 0:
+            return "drained"
+        parts = [f"draining {self.total - self.remaining}/{self.total}"]
+        if self.blocked:
+            vms = "1 VM has" if self.blocked == 1 else f"{self.blocked} VMs have"
+            parts = (
+                [f"blocked: {vms} nowhere to go"]
+                if not self.migrating
+                else [*parts, f"{vms} nowhere to go"]
+            )
+        if self.failing:
+            parts.append(f"{self.failing} failed to migrate, retrying")
+        if self.suspended:
+            parts.append(f"{self.suspended} suspended")
+        return ", ".join(parts)
+
+
 class Host(Stored):
     kind: ClassVar[str] = "host"
 
@@ -405,9 +437,27 @@ class Host(Stored):
     # when it marks the host DEAD, so that it is a peer again only for what it publishes anew).
     underlay: str = ""
     networks: list[str] = Field(default_factory=list)
+    # Written by the host agent: where other hosts send a VM live-migrating to it (the libvirt
+    # URI their libvirtd reaches its libvirtd at, and the address of QEMU's migration stream);
+    # empty: it takes no migrations.
+    migration_uri: str = ""
+    migration_address: str = ""
+    # ... and where the VM's files go there: "console" (its serial log's folder), "vnc" (its
+    # VNC and serial sockets' folder), "seed" (its seed ISO's folder).
+    migration_paths: dict[str, str] = Field(default_factory=dict)
     # Written by the host agent: it offers to route networks (its ``network_router``); the
     # scheduler chooses each network's router among the hosts that offer it.
     router: bool = False
+    # Written by administrators (`host evacuate`): when they said the host is gone for good.
+    # Asked while the host is DEAD (after its status_since), it skips the grace: the scheduler
+    # evacuates and fences its VMs at once. Older than status_since: a past spell, ignored.
+    evacuate_requested: float = 0.0
+    # Written by the scheduler while the host is in maintenance: the drain's progress.
+    drain: Drain | None = None
+
+    @property
+    def evacuation_asked(self) -> bool:
+        return self.status == HostStatus.DEAD and self.evacuate_requested > self.status_since
 
     @property
     def id(self) -> str:

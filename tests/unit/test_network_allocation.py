@@ -67,15 +67,20 @@ def test_the_port_security_and_peer_rules():
     from ucloud.host.netfilter import PortGuard, ruleset, tap_name
 
     assert tap_name("52:54:00:AA:bb:cc") == "uct525400aabbcc"
-    text = ruleset([PortGuard("52:54:00:aa:bb:cc", "fd00::1", "10.0.0.2")], ["10.1.1.2"], 4789)
+    guard = PortGuard("52:54:00:aa:bb:cc", "fd00::1", "10.0.0.2")
+    text = ruleset([guard], {7: ["10.1.1.2", "10.1.1.3"], 9: ["10.1.1.2"]}, 4789)
     assert 'iifname "uct525400aabbcc" ether saddr != 52:54:00:aa:bb:cc drop' in text
     assert 'iifname "uct*" iifname != { "uct525400aabbcc" } drop' in text
     assert 'iifname "uct*" drop' in ruleset([], None, 4789)
     assert "ip saddr != { 0.0.0.0, 10.0.0.2 } drop" in text
     assert "ip6 saddr != { ::, fe80::5054:ff:feaa:bbcc, fd00::1 } drop" in text
-    assert "elements = { 10.1.1.2 }" in text and "udp dport 4789 ip saddr" in text
+    # Each peer only for the networks (VNIs) it holds with us.
+    assert "elements = { 10.1.1.2 . 7, 10.1.1.2 . 9, 10.1.1.3 . 7 }" in text
+    rule = "udp dport 4789 ip saddr . @th,96,24 != @vxlan_peers counter drop"
+    assert rule in text
+    assert "ip6 saddr . @th,96,24" in ruleset([], {7: ["fd00:f::2"]}, 4789, six=True)
     # No peers: every VXLAN packet is dropped; no VXLAN here: no such table.
-    assert "elements" not in ruleset([], [], 4789)
+    assert "elements" not in ruleset([], {7: []}, 4789) and rule in ruleset([], {}, 4789)
     assert "inet ucloud" not in ruleset([], None, 4789)
 
 

@@ -1,5 +1,6 @@
 """Accounts, for administrators: list users, delete one (and what they own), reset a user's
-TOTP seed, delete a host that is empty and out of service.
+TOTP seed, list and end a user's console-page sessions, delete a host that is empty and out of
+service.
 
 Deleting what a user owns takes the normal paths, so nothing is removed behind a daemon's back:
 VMs are asked to be deleted (desired ``deleted``: their hosts remove domains and disks), images
@@ -23,11 +24,11 @@ from typing import Any
 from flask import Blueprint
 from pydantic import Field, StrictBool
 
-from ucloud import auth, uploads
+from ucloud import auth, uploads, websessions
 from ucloud.api import errors, networks
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
 from ucloud.api.images import mark_deleted
-from ucloud.api.schemas import Credentials, Listing, Name
+from ucloud.api.schemas import Credentials, HostRef, Listing, Name
 from ucloud.api.users import credentials
 from ucloud.api.vms import apply
 from ucloud.models import (
@@ -66,10 +67,6 @@ class UserDelete(UserRef):
         description="also delete the user's VMs, images, files, SSH keys and networks (else: "
         "409 if any)",
     )
-
-
-class HostRef(Credentials):
-    hostname: Name = Field(description="the host's name")
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -120,6 +117,7 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
         # Compared with the record as read: one changed meanwhile (a seed reset) is read again.
         while (record := ctx.store.get(kind, who)) is not None and not ctx.store.delete(record):
             pass
+    websessions.end_all(ctx.store, who)  # after the user: a login meanwhile is refused anyway
     more = delete_owned(Owned.read(ctx.store), owner, user)
     # Releases made by that second look recorded a usage again: it goes too.
     while (usage := ctx.store.get(Usage, who)) is not None and not ctx.store.delete(usage):
@@ -140,10 +138,56 @@ def reset_totp(body: UserRef, user: Principal) -> Reply:
     def change(u: User) -> None:
         u.totp_secret = auth.new_secret()
 
-    written = context().store.update(User, f"{body.user_realm}/{body.user}", change)
+    store = context().store
+    written = store.update(User, f"{body.user_realm}/{body.user}", change)
     if written is None:
         raise errors.NotFound(f"no user {body.user_realm}/{body.user}")
+    # Its sessions were opened with the old seed. (One opened in the instant of the reset is
+    # refused anyway: a session names the seed it was opened with.)
+    websessions.end_all(store, written.value.id)
     return credentials(written.value), 200
+
+
+class SessionsEnd(UserRef):
+    session: str = Field(
+        "",
+        pattern=r"^[0-9a-f]{0,64}$",
+        description="end only this session (as /user/sessions names it); empty: all of them",
+    )
+
+
+@endpoint(
+    bp,
+    "/user/sessions",
+    "GET",
+    summary="A user's console-page sessions: when they began and end, from where",
+    admin=True,
+    responses={200: "the sessions", 404: "no such user"},
+)
+def list_sessions(body: UserRef, user: Principal) -> Reply:
+    store = context().store
+    who = f"{body.user_realm}/{body.user}"
+    if store.get(User, who) is None:
+        raise errors.NotFound(f"no user {who}")
+    live = [s.value.public() for s in websessions.of_user(store, who)]
+    return {"user": who, "sessions": live}, 200
+
+
+@endpoint(
+    bp,
+    "/user/end-sessions",
+    summary="End a user's console-page sessions (all, or one): they must log in again",
+    admin=True,
+    responses={200: "ended", 404: "no such user"},
+)
+def end_sessions(body: SessionsEnd, user: Principal) -> Reply:
+    store = context().store
+    who = f"{body.user_realm}/{body.user}"
+    if store.get(User, who) is None:
+        raise errors.NotFound(f"no user {who}")
+    ended = websessions.end_all(store, who, only=body.session)
+    log.info("%d console session(s) of %s ended by %s/%s", ended, who, user.realm, user.name)
+    return {"message": f"{ended} session(s) of {who} ended", "ended": ended}, 200
 
 
 # --- hosts ----------------------------------------------------------------------------------

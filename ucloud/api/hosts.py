@@ -6,8 +6,18 @@ from flask import Blueprint
 
 from ucloud.api import errors, replies
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
-from ucloud.api.schemas import HostCreate, HostMaintenance, Listing
-from ucloud.models import ZERO, AdminState, Host, HostUsage, Specs
+from ucloud.api.schemas import HostCreate, HostMaintenance, HostRef, Listing
+from ucloud.models import (
+    ZERO,
+    AdminState,
+    Alive,
+    Host,
+    HostStatus,
+    HostUsage,
+    Specs,
+    now,
+    placement_folder,
+)
 from ucloud.store import Conflict
 
 bp = Blueprint("host", __name__)
@@ -77,3 +87,46 @@ def maintenance(body: HostMaintenance, user: Principal) -> Reply:
     if written is None:
         raise errors.NotFound(f"no host {body.hostname}")
     return {"message": f"host is {wanted}", "host": written.value.model_dump(mode="json")}, 200
+
+
+@endpoint(
+    bp,
+    "/host/evacuate",
+    summary="Evacuate a host that is gone for good: its VMs are fenced and started elsewhere "
+    "at once, without waiting for the dead host grace",
+    admin=True,
+    responses={200: "evacuation asked", 404: "no such host", 409: "the host is alive"},
+    reply=replies.HostDone,
+)
+def evacuate(body: HostRef, user: Principal) -> Reply:
+    """Only asks: the scheduler evacuates, with the same fencing as after the grace. A host
+    whose agent still holds its lease is refused: its VMs may be running."""
+    store = context().store
+    found = store.get(Host, body.hostname)
+    if found is None:
+        raise errors.NotFound(f"no host {body.hostname}")
+    host = found.value
+    if store.get(Alive, host.name) is not None or host.status == HostStatus.UP:
+        raise errors.Conflict(
+            f"host {host.name} is alive (its agent holds its lease; status {host.status}): "
+            "evacuation is for a host that is gone for good. To move its VMs while it runs, "
+            f"put it in maintenance (ucloud host maintenance {host.name} on); to evacuate it, "
+            "power it off or stop its agent first"
+        )
+
+    def change(h: Host) -> None:
+        h.evacuate_requested = now()
+
+    written = store.swap_edited(found, change)
+    if written is None:
+        raise errors.Conflict(f"host {host.name} changed meanwhile: look again and retry")
+    placed, _ = store.list_index(placement_folder(host.name))
+    moving = (
+        f"its {len(placed)} VM(s) are fenced and started elsewhere now"
+        if placed
+        else "no VM is placed on it (any it had were moved already)"
+    )
+    return {
+        "message": f"host {host.name} is DEAD, evacuation asked: {moving}",
+        "host": written.value.model_dump(mode="json"),
+    }, 200

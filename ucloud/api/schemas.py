@@ -166,9 +166,16 @@ class HostCreate(Credentials):
     specs: HostSpecs
 
 
+class HostRef(Credentials):
+    hostname: Name = Field(description="the host's name")
+
+
 class HostMaintenance(Credentials):
     hostname: Name
-    maintenance: StrictBool = Field(description="true: place no new VMs on the host")
+    maintenance: StrictBool = Field(
+        description="true: place no new VMs on the host, and live-migrate its running VMs "
+        "away (its drain); false: take new VMs again (nothing is moved back)"
+    )
 
 
 class UserCreate(Credentials):

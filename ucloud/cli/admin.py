@@ -7,15 +7,16 @@ from typing import Any
 
 from ucloud.cli.config import API_URL, REALM, SEED, USER
 from ucloud.cli.errors import ExitCode
-from ucloud.cli.output import gib
+from ucloud.cli.output import gib, when
 from ucloud.cli.session import Session
 from ucloud.cli.vms import size
+from ucloud.models import Drain
 
 
 def list_hosts(s: Session, args: argparse.Namespace) -> int:
     """CPU, RAM and DISK show allocated/total (total: the capacity the host offers; '-': no
     disk declared, disks in Ceph); the *-USED columns what its agent measured its VMs use
-    ('-': not measured, e.g. DEAD)."""
+    ('-': not measured, e.g. DEAD); DRAIN how the drain of a host in maintenance goes."""
     s.out.listing(
         s.api.get("/host/list")["hosts"],
         "no hosts: register one with: ucloud host create NAME --cpu N --ram SIZE",
@@ -30,6 +31,7 @@ def list_hosts(s: Session, args: argparse.Namespace) -> int:
             "DISK",
             "DISK-USED",
             "ADDRESSES",
+            "DRAIN",
         ),
         lambda h: (
             h["name"],
@@ -42,6 +44,7 @@ def list_hosts(s: Session, args: argparse.Namespace) -> int:
             f"{gib(_disk(h['allocated']))}/{gib(_disk(h['capacity']) or None)}",
             gib(h["used"]["disk"]) if h.get("used") else "-",
             ", ".join(h["addresses"]) or "-",
+            Drain.model_validate(h["drain"]).describe() if h.get("drain") else "-",
         ),
     )
     return ExitCode.OK
@@ -71,9 +74,22 @@ def maintenance(s: Session, args: argparse.Namespace) -> int:
     host = reply["host"]
     s.out.data(host)
     if host["admin_state"] == "MAINTENANCE":
-        s.out.text(f"host {host['name']} is in maintenance: no new VMs are placed on it")
+        s.out.text(
+            f"host {host['name']} is in maintenance: no new VMs are placed on it, and its "
+            "running VMs are live-migrated away (ucloud host list shows the drain)"
+        )
     else:
-        s.out.text(f"host {host['name']} is {host['admin_state']}: it takes new VMs")
+        s.out.text(
+            f"host {host['name']} is {host['admin_state']}: it takes new VMs (VMs moved away "
+            "stay where they went)"
+        )
+    return ExitCode.OK
+
+
+def evacuate(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post("/host/evacuate", hostname=args.name)
+    s.out.data(reply["host"])
+    s.out.text(reply["message"])
     return ExitCode.OK
 
 
@@ -136,4 +152,23 @@ def reset_totp(s: Session, args: argparse.Namespace) -> int:
         f"seed:    {user['seed']}\n"
         f"otpauth: {user['otpauth']}"
     )
+    return ExitCode.OK
+
+
+def list_sessions(s: Session, args: argparse.Namespace) -> int:
+    s.out.listing(
+        s.api.get("/user/sessions", user=args.name, user_realm=args.realm)["sessions"],
+        "no sessions",
+        ("SESSION", "SINCE", "UNTIL", "FROM", "BROWSER"),
+        lambda x: (x["session"], when(x["created"]), when(x["expires"]), x["address"], x["agent"]),
+    )
+    return ExitCode.OK
+
+
+def end_sessions(s: Session, args: argparse.Namespace) -> int:
+    reply = s.api.post(
+        "/user/end-sessions", user=args.name, user_realm=args.realm, session=args.session
+    )
+    s.out.data(reply)
+    s.out.text(reply["message"])
     return ExitCode.OK

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, console, images, keys, networks, quota, ssh, upload, vms
+from ucloud.cli import admin, console, images, keys, migrate, networks, quota, ssh, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("vm", help="the VM's uuid or name")
         p.set_defaults(action=action)
     p = command(
+        vm,
+        "migrate",
+        "live-migrate a running VM to another host (administrators)",
+        migrate.migrate,
+        waiting,
+    )
+    p.add_argument("vm", help="the VM's uuid or name")
+    p.add_argument("--to", metavar="HOST", help="the host to move it to (default: any that fits)")
+    p.add_argument(
+        "--abort", action="store_true", help="abort its migration: it stays where it runs"
+    )
+    p = command(
         vm, "console", "a VM's console: a URL for a browser, or --serial here", console.console
     )
     p.add_argument("vm", help="the VM's uuid or name")
@@ -261,7 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hdd", metavar="SIZE", help="HDD space it offers")
     p = command(host, "maintenance", "put a host in or out of maintenance", admin.maintenance)
     p.add_argument("name", help="the host's name")
-    p.add_argument("state", choices=("on", "off"), help="on: place no new VMs on it")
+    p.add_argument(
+        "state", choices=("on", "off"), help="on: place no new VMs on it, drain it (live)"
+    )
+    p = command(
+        host,
+        "evacuate",
+        "a host gone for good: fence its VMs and start them elsewhere now (no grace)",
+        admin.evacuate,
+    )
+    p.add_argument("name", help="the host's name (refused while its agent is alive)")
     p = command(
         host,
         "delete",
@@ -319,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(user, "reset-totp", "give a user a new TOTP seed, print it", admin.reset_totp)
     p.add_argument("name", help="the user's name")
     p.add_argument("--realm", required=True, help="the user's realm")
+    p = command(user, "sessions", "a user's console-page sessions", admin.list_sessions)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p = command(user, "end-sessions", "end a user's console-page sessions", admin.end_sessions)
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--realm", required=True, help="the user's realm")
+    p.add_argument("--session", default="", help="only this one (as `user sessions` shows it)")
     return parser
 
 

@@ -117,6 +117,8 @@ def describe(vm: dict[str, Any]) -> str:
         ("networks", nics(vm)),
         ("created", when(vm.get("created"))),
     ]
+    if vm.get("migration"):
+        pairs.insert(6, ("migration", describe_migration(vm["migration"])))
     events = [(when(e.get("time")), e.get("by", ""), e.get("message", "")) for e in vm["log"]]
     text = fields(pairs) + "\n\n" + first_boot(vm.get("first_boot"))
     if events:
@@ -194,3 +196,14 @@ def resize(s: Session, args: argparse.Namespace) -> int:
     s.out.data(vm)
     s.out.text(f"VM {vm['uuid']} resized; it takes effect when it starts\n" + describe(vm))
     return ExitCode.OK
+
+
+def describe_migration(migration: dict[str, Any] | None) -> str:
+    """A migration in flight in one line (``vm status``)."""
+    if not migration:
+        return "-"
+    line = (
+        f"{migration['phase']}: {migration['source']} -> {migration.get('target') or '?'}"
+        f", {migration.get('progress', 0):.0f} % sent"
+    )
+    return line + (", aborting" if migration.get("abort") else "")

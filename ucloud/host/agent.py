@@ -37,6 +37,7 @@ from ucloud.host.hypervisor import (
     Power,
     Unreachable,
 )
+from ucloud.host.migration import Migrations, host_paths, incoming_to
 from ucloud.host.netplane import NetPlane, NetPlaneError, NoNetPlane, open_netplane
 from ucloud.host.networks import NetworkSync
 from ucloud.host.seeds import Seeds
@@ -95,6 +96,7 @@ class HostAgent:
         self.console_dir = Path(settings.state_dir) / "console"
         self.vnc_dir = Path(settings.vnc_dir)
         self.seeds = Seeds(Path(settings.state_dir) / "seed")
+        self.migrations = Migrations(self)
         if len(str(self.vnc_socket(new_id()))) > 107:
             raise ValueError(f"vnc_dir {settings.vnc_dir!r} is too long for a socket path")
 
@@ -153,19 +155,33 @@ class HostAgent:
 
     def register(self) -> None:
         capacity = detect_capacity(self.settings)
+        uri, address = migration_endpoint(self.settings)
+        paths = host_paths(self.console_dir, self.vnc_dir, self.seeds.dir)
 
         def change(host: Host) -> bool:
+            # Where other hosts send a VM live-migrating here, and where its files go.
+            published = (host.migration_uri, host.migration_address, host.migration_paths)
+            changed = published != (uri, address, paths)
+            host.migration_uri, host.migration_address, host.migration_paths = uri, address, paths
             if host.capacity_by == "admin":
                 log.info("host %s: keeping the capacity an administrator set", self.name)
-                return False
+                return changed
             if host.capacity == capacity:
-                return False
+                return changed
             host.capacity = capacity
             return True
 
         if self.store.update(Host, self.name, change) is None:
             try:
-                self.store.create(Host(name=self.name, capacity=capacity))
+                self.store.create(
+                    Host(
+                        name=self.name,
+                        capacity=capacity,
+                        migration_uri=uri,
+                        migration_address=address,
+                        migration_paths=paths,
+                    )
+                )
             except Conflict:
                 self.store.update(Host, self.name, change)
 
@@ -214,9 +230,7 @@ class HostAgent:
         with self.lock:
             diffs = self.vms.apply(update)
         for id, before, after in diffs:
-            if (before and before.value.hostname == self.name) or (
-                after and after.value.hostname == self.name
-            ):
+            if (before and self.follows(before.value)) or (after and self.follows(after.value)):
                 self.queue.add(id)
         if isinstance(update, Snapshot):
             self.networks.vms_listed()
@@ -228,7 +242,7 @@ class HostAgent:
     def resync(self) -> None:
         """The safety net: look at every VM placed here and every local domain."""
         with self.lock:
-            mine = [id for id, v in self.vms.items.items() if v.value.hostname == self.name]
+            mine = [id for id, v in self.vms.items.items() if self.follows(v.value)]
         self.queue.add_all(mine)
         try:
             self.queue.add_all(self.hv.domains())
@@ -236,6 +250,10 @@ class HostAgent:
             pass  # the reconnect reports every domain
         except HypervisorError as e:
             log.warning("could not list domains for a resync: %s", e)
+
+    def follows(self, vm: VM) -> bool:
+        """Whether this agent looks after ``vm``: placed here, or migrating here."""
+        return vm.hostname == self.name or incoming_to(vm, self.name)
 
     # --- reconcile -----------------------------------------------------------------------------
 
@@ -257,6 +275,9 @@ class HostAgent:
         with self.lock:
             found = self.vms.get(id)
         dom = self.hv.domain(id)
+        if found is not None and incoming_to(found.value, self.name):
+            self.migrations.incoming(found, dom)  # its incoming domain is not a stray
+            return
         if found is None or found.value.hostname != self.name:
             if dom is not None:
                 where = (
@@ -271,6 +292,8 @@ class HostAgent:
             self.stopped_for_lease.discard(id)
             return
         vm = found.value
+        if vm.migration is not None and self.migrations.outgoing(found, dom):
+            return  # migrating away: the migration's to settle first
         if vm.desired == Desired.DELETED or vm.status == Status.DELETING:
             self.delete(found)
         elif vm.status == Status.ERROR:
@@ -570,10 +593,7 @@ class HostAgent:
         """The ports of every VM placed here: the networks this host needs."""
         with self.lock:
             return [
-                p
-                for v in self.vms.items.values()
-                if v.value.hostname == self.name
-                for p in v.value.ports
+                p for v in self.vms.items.values() if self.follows(v.value) for p in v.value.ports
             ]
 
     def console_log(self, vm: str) -> Path:
@@ -599,3 +619,10 @@ def detect_capacity(settings: Settings) -> Specs:
             total_kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
         ram = max(total_kib / (1 << 20) - 1, 0.5)  # keep 1 GiB for the host itself
     return Specs(cpu=cpu, ram=round(ram, 2))
+
+
+def migration_endpoint(settings: Settings) -> tuple[str, str]:
+    """The libvirt URI and the migration stream's address this host publishes for peers."""
+    underlay = settings.network_underlay
+    uri = settings.migration_peer_uri or (f"qemu+tcp://{underlay}/system" if underlay else "")
+    return uri, settings.migration_address or underlay

@@ -6,7 +6,19 @@ import threading
 import time
 from collections.abc import Callable
 
-from ucloud.host.hypervisor import Domain, DomainSpec, DomainStats, Nic, Power, stats_from_record
+from ucloud.host.hypervisor import (
+    Domain,
+    DomainSpec,
+    DomainStats,
+    HypervisorError,
+    MigrationDone,
+    MigrationLimits,
+    MigrationTarget,
+    Nic,
+    Power,
+    Unreachable,
+    stats_from_record,
+)
 
 
 class FakeHypervisor:
@@ -99,3 +111,18 @@ class FakeHypervisor:
             }
             out[vm] = stats_from_record(record)
         return out
+
+    def migrate(self, vm: str, target: MigrationTarget, limits: MigrationLimits) -> None:
+        raise HypervisorError("the fake hypervisor does not migrate")
+
+    def migration_progress(self, vm: str) -> float | None:
+        return None
+
+    def abort_migration(self, vm: str) -> None:
+        pass
+
+    def peer_domain(self, uri: str, vm: str) -> Domain | None:
+        raise Unreachable("the fake hypervisor has no peers")
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        return None

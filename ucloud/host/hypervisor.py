@@ -71,6 +71,33 @@ class DomainSpec:
     seed_iso: str = ""  # the NoCloud seed, attached as a read-only CD-ROM; "": none
 
 
+@dataclass(frozen=True)
+class MigrationTarget:
+    """Where a live migration goes, and the paths the VM's files have on that host."""
+
+    uri: str  # the target's libvirtd, as the source's libvirtd reaches it
+    address: str  # QEMU's migration stream goes to tcp://<address> ("": libvirt's choice)
+    console_log: str
+    vnc_socket: str
+    serial_socket: str
+    seed_iso: str  # "": the VM has none
+
+
+@dataclass(frozen=True)
+class MigrationDone:
+    """libvirt's statistics of a completed migration."""
+
+    total_ms: int  # from its start to the target running the VM
+    downtime_ms: int  # the VM paused (the last copy and the switch-over)
+
+
+@dataclass(frozen=True)
+class MigrationLimits:
+    max_downtime_ms: int
+    auto_converge: bool
+    bandwidth_mib: int = 0  # MiB/s at most; 0: no limit
+
+
 class Hypervisor(Protocol):
     def connect(self, on_change: Callable[[str], None]) -> None:
         """Connect; afterwards call ``on_change(vm_uuid)`` whenever a domain changes state."""
@@ -119,6 +146,30 @@ class Hypervisor(Protocol):
     def stats(self) -> dict[str, DomainStats]:
         """What each running domain has used, by VM uuid, in one call that does not wait for
         a busy domain (one being migrated): its figures may then be missing, never late."""
+        ...
+
+    def migrate(self, vm: str, target: MigrationTarget, limits: MigrationLimits) -> None:
+        """Live-migrate the running domain to ``target`` (peer to peer, persistent there,
+        undefined here), blocking until it is over; HypervisorError if it failed or was
+        aborted (the domain then runs here still, unless the error says otherwise)."""
+        ...
+
+    def migration_progress(self, vm: str) -> float | None:
+        """Percent of the domain's memory sent by its migration under way; None: none."""
+        ...
+
+    def abort_migration(self, vm: str) -> None:
+        """Abort the domain's migration under way, if any."""
+        ...
+
+    def peer_domain(self, uri: str, vm: str) -> Domain | None:
+        """The domain as another host's libvirtd (at ``uri``) has it; Unreachable if that
+        libvirtd does not answer."""
+        ...
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        """What the domain's last completed incoming migration took, as the libvirtd that
+        received it (this one, or the one at ``uri``) counted it; None if it does not know."""
         ...
 
 

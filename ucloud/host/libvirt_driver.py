@@ -26,6 +26,9 @@ from ucloud.host.hypervisor import (
     DomainSpec,
     DomainStats,
     HypervisorError,
+    MigrationDone,
+    MigrationLimits,
+    MigrationTarget,
     Nic,
     Power,
     Unreachable,
@@ -196,7 +199,14 @@ class LibvirtHypervisor:
     def domain(self, vm: str) -> Domain | None:
         def get(conn: libvirt.virConnect) -> Domain | None:
             dom = self._lookup(conn, vm)
-            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            if dom is None:
+                return None
+            try:
+                return Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None  # undefined since the lookup (migrated away, deleted)
+                raise
 
         return self._call(f"look up VM {vm}", get)
 
@@ -272,7 +282,7 @@ class LibvirtHypervisor:
         )
 
     def destroy(self, vm: str) -> None:
-        self._on_domain("stop", vm, lambda d: d.destroy() if d.isActive() else None)
+        self._on_domain("stop", vm, _gone_is_done(lambda d: d.destroy() if d.isActive() else None))
 
     def reboot(self, vm: str) -> None:
         # A reset works for every guest; an ACPI reboot needs the guest's cooperation.
@@ -284,7 +294,7 @@ class LibvirtHypervisor:
                 dom.destroy()
             dom.undefine()
 
-        self._on_domain("undefine", vm, undefine)
+        self._on_domain("undefine", vm, _gone_is_done(undefine))
 
     def set_nics(self, vm: str, nics: list[Nic]) -> bool:
         wanted = {n.mac: n for n in nics}
@@ -309,6 +319,104 @@ class LibvirtHypervisor:
             return dom is not None and plug(dom)
 
         return bool(self._call(f"set the NICs of VM {vm}", act))
+
+    # --- live migration ------------------------------------------------------------------------
+
+    def migrate(self, vm: str, target: MigrationTarget, limits: MigrationLimits) -> None:
+        # Peer to peer: this libvirtd drives the whole migration with the target's. Never
+        # post-copy: a failure after the switch-over would lose the VM. The disks stay in Ceph
+        # (no storage copy); librbd's exclusive lock moves with the VM.
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        )
+        if limits.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                raise HypervisorError(f"VM {vm} has no domain here")
+            xml = retarget(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), target)
+            params: dict[str, Any] = {
+                libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
+            }
+            if limits.bandwidth_mib:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = limits.bandwidth_mib
+            if target.address:
+                params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_host_part(target.address)}"
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.migrateSetMaxDowntime(limits.max_downtime_ms, 0)
+            dom.migrateToURI3(target.uri, params, flags)
+
+        self._call(f"migrate VM {vm} to {target.uri}", run)
+
+    def migration_progress(self, vm: str) -> float | None:
+        def progress(conn: libvirt.virConnect) -> float | None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                return None
+            stats = dom.jobStats()
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return None
+            total = stats.get("memory_total", 0)
+            if not total:
+                return 0.0
+            return min(100.0, 100.0 * stats.get("memory_processed", 0) / total)
+
+        return self._call(f"read the migration progress of VM {vm}", progress)
+
+    def abort_migration(self, vm: str) -> None:
+        def abort(dom: libvirt.virDomain) -> None:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job
+                    raise
+
+        self._on_domain("abort the migration of", vm, abort)
+
+    def migration_done(self, vm: str, uri: str = "") -> MigrationDone | None:
+        def read(conn: libvirt.virConnect) -> MigrationDone | None:
+            dom = self._lookup(conn, vm)
+            if dom is None:
+                return None
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            if "time_elapsed" not in stats:
+                return None
+            return MigrationDone(int(stats["time_elapsed"]), int(stats.get("downtime", 0)))
+
+        try:
+            if not uri:
+                return self._call(f"read the migration statistics of VM {vm}", read)
+            conn = libvirt.open(uri)
+            try:
+                return read(conn)
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
+        except (libvirt.libvirtError, HypervisorError) as e:
+            log.info("VM %s: no statistics of its migration: %s", vm, e)
+            return None
+
+    def peer_domain(self, uri: str, vm: str) -> Domain | None:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
+        try:
+            dom = self._lookup(conn, vm)
+            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined since the lookup
+            raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
     def ensure_secret(self, usage: str, value: str) -> None:
         def ensure(conn: libvirt.virConnect) -> None:
@@ -393,3 +501,50 @@ def _seed_xml(path: str) -> str:
         "\n    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
         f"<source file={quoteattr(path)}/><target dev='hdc' bus='ide'/><readonly/></disk>"
     )
+
+
+def _gone_is_done(
+    action: Callable[[libvirt.virDomain], Any],
+) -> Callable[[libvirt.virDomain], Any]:
+    """``action`` (a stop or an undefine) on a domain that may vanish meanwhile (a migration
+    that ended, libvirt's clean-up of a failed one): gone is what it wanted."""
+
+    def act(dom: libvirt.virDomain) -> Any:
+        try:
+            return action(dom)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return None
+
+    return act
+
+
+def _host_part(address: str) -> str:
+    """An address for a tcp:// URI (an IPv6 address in brackets)."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def retarget(xml: str, target: MigrationTarget) -> str:
+    """The domain's migratable XML with the paths of the target host: its serial socket and
+    log, its VNC socket, its seed. Everything else (devices, their addresses, the disks in
+    Ceph) stays as it is: the target's QEMU must be the same machine."""
+    root = ElementTree.fromstring(xml)
+    for kind in ("serial", "console"):
+        for dev in root.findall(f"./devices/{kind}"):
+            source = dev.find("source")
+            if source is not None and source.get("path"):
+                source.set("path", target.serial_socket)
+            log_el = dev.find("log")
+            if log_el is not None:
+                log_el.set("file", target.console_log)
+    for graphics in root.findall("./devices/graphics[@type='vnc']"):
+        if graphics.get("socket"):
+            graphics.set("socket", target.vnc_socket)
+        for listen in graphics.findall("listen[@type='socket']"):
+            listen.set("socket", target.vnc_socket)
+    for cdrom in root.findall("./devices/disk[@device='cdrom']"):
+        source = cdrom.find("source")
+        if source is not None and target.seed_iso:
+            source.set("file", target.seed_iso)
+    return ElementTree.tostring(root, "unicode")

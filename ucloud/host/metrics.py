@@ -37,6 +37,12 @@ CRASHES = Counter(
     "QEMU deaths of VMs that should run on this host (each counted once, when KILLED is written)",
 )
 RESTARTS = Counter("ucloud_vm_restarts_total", "VMs restarted on this host after their QEMU died")
+MIGRATIONS = Counter(
+    "ucloud_migrations_total",
+    "Live migrations this host's agent ended: the VM moved to the target (result=done) or "
+    "stayed on its source (result=failed, aborts included)",
+    ["result"],
+)
 
 # (name, help, DomainStats field, counter?) of the per-VM series
 VM_SERIES: tuple[tuple[str, str, str, bool], ...] = (

@@ -6,10 +6,16 @@
   port's, its link-local one, or the unspecified address of duplicate address detection;
   IPv4: the port's, or 0.0.0.0 of a DHCP client), so no tenant takes another's address on a
   shared network.
-- VXLAN from peers only (table ``inet ucloud``): VXLAN packets are accepted only from the
-  underlay addresses of the current peers. A host marked DEAD stops being a peer, so the
-  frames of VMs still running there (their disks are fenced, their NICs would not be) reach
-  no one, until its agent is back and publishes its networks anew.
+- VXLAN from peers only, per network (table ``inet ucloud``): a VXLAN packet is accepted only
+  if its source is the underlay address of a current peer of the network whose VXLAN id
+  (VNI) it carries: a set of (address . VNI) pairs, matched against the source address and
+  the VNI field of the VXLAN header (bits 96-119 after the UDP header's start: 8 bytes of UDP
+  header, then flags and 3 reserved bytes; checked with real packets). So a peer of one
+  network cannot inject frames into another that it does not hold. A host marked DEAD stops
+  being a peer, so the frames of VMs still running there (their disks are fenced, their NICs
+  would not be) reach no one, until its agent is back and publishes its networks anew. The
+  drop rule counts what it drops (``nft list table inet ucloud``; the count starts again
+  when the rules change).
 
 The two tables are replaced as a whole in one ``nft -f`` transaction: atomic and idempotent,
 and nothing outside them is touched.
@@ -17,8 +23,7 @@ and nothing outside them is touched.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ucloud import proc
@@ -39,8 +44,14 @@ class PortGuard:
     ipv4: str = ""
 
 
-def ruleset(guards: Iterable[PortGuard], peers: Iterable[str] | None, vxlan_port: int) -> str:
-    """The nft script for ``guards`` and (unless None: no VXLAN here) the VXLAN ``peers``."""
+def ruleset(
+    guards: Iterable[PortGuard],
+    peers: Mapping[int, Iterable[str]] | None,
+    vxlan_port: int,
+    six: bool = False,
+) -> str:
+    """The nft script for ``guards`` and (unless None: no VXLAN here) the VXLAN ``peers`` of
+    each network here, by VNI; ``six``: the underlay is IPv6."""
     lines = ["table bridge ucloud", "delete table bridge ucloud", "table bridge ucloud {"]
     lines += ["  chain forward {", "    type filter hook forward priority 0; policy accept;"]
     for g in sorted(guards, key=lambda g: g.mac):
@@ -59,14 +70,17 @@ def ruleset(guards: Iterable[PortGuard], peers: Iterable[str] | None, vxlan_port
     lines.append(f'    iifname "{TAP_PREFIX}*"{unknown} drop')
     lines += ["  }", "}"]
     if peers is not None:
-        addresses = sorted(set(peers))
-        six = any(ipaddress.ip_address(a).version == 6 for a in addresses)
-        kind, family = ("ipv6_addr", "ip6") if six else ("ipv4_addr", "ip")
-        elements = f" elements = {{ {', '.join(addresses)} }};" if addresses else ""
+        pairs = sorted({(a, vni) for vni, addresses in peers.items() for a in addresses})
+        family = "ip6" if six else "ip"
+        # A VNI is 24 bits from bit 96 of the transport header (UDP's 8 bytes, then the VXLAN
+        # header's flags and reserved bytes).
+        key = f"{family} saddr . @th,96,24"
+        listed = ", ".join(f"{a} . {vni}" for a, vni in pairs)
+        elements = f" elements = {{ {listed} }};" if pairs else ""
         lines += ["table inet ucloud", "delete table inet ucloud", "table inet ucloud {"]
-        lines += [f"  set vxlan_peers {{ type {kind};{elements} }}"]
+        lines += [f"  set vxlan_peers {{ typeof {key};{elements} }}"]
         lines += ["  chain input {", "    type filter hook input priority 0; policy accept;"]
-        lines += [f"    udp dport {vxlan_port} {family} saddr != @vxlan_peers drop", "  }", "}"]
+        lines += [f"    udp dport {vxlan_port} {key} != @vxlan_peers counter drop", "  }", "}"]
     return "\n".join(lines) + "\n"
 
 

@@ -103,9 +103,10 @@ class LinuxNetPlane:
                 self._remove_unwanted(ipr, links, set(segments))
         except NetlinkError as e:
             raise NetPlaneError(f"netlink: {e}") from e
-        peers = {p for s in segments.values() for p in s.peers} if self.underlay else None
+        peers = {s.vni: s.peers for s in segments.values()} if self.underlay else None
+        six = ":" in self.underlay
         # A host without networks has no rules of ours at all (nor tables).
-        rules = netfilter.ruleset(guards, peers, self.port) if segments or guards else ""
+        rules = netfilter.ruleset(guards, peers, self.port, six) if segments or guards else ""
         if rules != self.rules:
             try:
                 netfilter.apply(rules) if rules else netfilter.remove()

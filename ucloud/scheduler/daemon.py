@@ -7,9 +7,12 @@ parts, and in one thread runs a pass of each:
 - Chores (chores.py): VMs without a host whose desired state needs a step;
 - Placer (placer.py): placement and the SCHEDULED deadlines;
 - PlacementIndex (index.py): the hosts' placement index made whole at start and each resync;
+- Migrations (migrations.py): live migrations' targets chosen, and those that cannot go on
+  given up;
 - DeletedNetworks (networks.py): networks deleted with their owner, removed when their last
   VM goes;
 - Routers (routers.py): each network's router host, chosen again when it can no longer route;
+- Drains (drain.py): live migrations asked for the VMs of hosts in maintenance;
 - the quota recount (ucloud.quota.recount), every quota_recount seconds: usage records that
   disagree with the objects are repaired;
 all over one capacity Ledger (ledger.py), and writing through Writes (writes.py): guarded
@@ -31,9 +34,11 @@ from ucloud.mirror import Diff, Mirror
 from ucloud.models import VM, Alive, Host, Network
 from ucloud.retry import Backoff
 from ucloud.scheduler.chores import Chores
+from ucloud.scheduler.drain import Drains
 from ucloud.scheduler.index import PlacementIndex
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.lifecycle import HostLifecycle
+from ucloud.scheduler.migrations import Migrations
 from ucloud.scheduler.networks import DeletedNetworks
 from ucloud.scheduler.placer import Placer
 from ucloud.scheduler.routers import Routers
@@ -73,9 +78,13 @@ class Scheduler:
         )
         self.chores = Chores(self.vms, self.ledger, self.writes)
         self.placer = Placer(settings, self.vms, self.ledger, self.writes)
+        self.migrations = Migrations(settings, self.vms, self.hosts, self.ledger, self.writes)
         self.index = PlacementIndex(self.vms, self.writes)
         self.deleted_networks = DeletedNetworks(store, guard)
         self.routers = Routers(self.ledger, self.writes)
+        self.drains = Drains(
+            settings, Backoff.of(settings), self.vms, self.hosts, self.ledger, self.writes
+        )
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -153,6 +162,8 @@ class Scheduler:
         hosts_changed = self.ledger.take_changed()
         self.chores.step(hosts_changed)
         self.placer.step(hosts_changed)
+        self.drains.step(hosts_changed)  # before migrations: its requests get targets at once
+        self.migrations.step(hosts_changed)
         self.deleted_networks.step()
         self.routers.step()
 
@@ -166,6 +177,7 @@ class Scheduler:
         self.index.repair()
         self.deleted_networks.resync()
         self.routers.resync()
+        self.drains.resync()
 
     # --- changes, to every part ----------------------------------------------------------------
 
@@ -178,8 +190,11 @@ class Scheduler:
         self.lifecycle.vm_changed(id, new)
         self.chores.vm_changed(id, new)
         self.placer.vm_changed(id, new)
+        self.migrations.vm_changed(id, new)
+        self.drains.vm_changed(id, old, new)
 
     def host_changed(self, name: str) -> None:
         self.ledger.host_changed(name)
         self.lifecycle.host_changed(name)
         self.routers.host_changed(name)
+        self.drains.host_changed(name)

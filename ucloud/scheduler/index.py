@@ -36,10 +36,11 @@ class PlacementIndex:
             listed.setdefault(id, set()).add(host)
         fixes = []
         for id, found in self.vms.items.items():
-            host = found.value.hostname
+            # Its host's, and a migration's target's (models.VM.index_keys).
+            hosts = placed_on(found.value)
             have = listed.pop(id, set())
-            put = (placement_key(host, id),) if host and host not in have else ()
-            delete = tuple(placement_key(h, id) for h in sorted(have - {host}))
+            put = tuple(placement_key(h, id) for h in sorted(hosts - have))
+            delete = tuple(placement_key(h, id) for h in sorted(have - hosts))
             if put or delete:
                 fixes.append(IndexFix(id, found.mod_revision, put, delete))
         for id, hosts in listed.items():
@@ -48,3 +49,9 @@ class PlacementIndex:
         if fixes:
             log.warning("placement index: fixing the entries of %d VM(s)", len(fixes))
             self.writes.fix_index(fixes)
+
+
+def placed_on(vm: VM) -> set[str]:
+    """The hosts whose placement folder names ``vm``, as its own writes keep them."""
+    folder = f"{PLACEMENT}/"
+    return {k[len(folder) :].partition("/")[0] for k in vm.index_keys() if k.startswith(folder)}

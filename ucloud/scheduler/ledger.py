@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, ZERO, Alive, Host, Specs
+from ucloud.models import VM, ZERO, Alive, Host, MigrationPhase, Specs
 from ucloud.scheduler import placement
 from ucloud.scheduler.placement import HostState
 
@@ -40,6 +40,15 @@ class Ledger:
             self._use(new.hostname, 1, new.specs)
             self.placed.setdefault(new.hostname, set()).add(id)
         if old is not None and old.hostname and (new is None or new.hostname != old.hostname):
+            self.changed = True
+        # A migration holds the VM's specs on its target too, from when the scheduler chose
+        # the target until it is over (the VM is then placed there, or stays where it was).
+        held, holds = incoming(old), incoming(new)
+        if held:
+            self._use(held, -1, old.specs)  # type: ignore[union-attr]
+        if holds:
+            self._use(holds, 1, new.specs)  # type: ignore[union-attr]
+        if held and held != holds:
             self.changed = True
 
     def host_changed(self, name: str) -> None:
@@ -105,3 +114,11 @@ class Ledger:
             self.states[name] = state
         self.stale.clear()
         self.pool = None
+
+
+def incoming(vm: VM | None) -> str:
+    """The host a migration of ``vm`` holds capacity on besides its own (its target, once
+    chosen); empty: none."""
+    if vm is None or vm.migration is None or vm.migration.phase == MigrationPhase.REQUESTED:
+        return ""
+    return vm.migration.target

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Alive, Host, HostStatus, Status
+from ucloud.models import VM, Alive, Host, HostStatus, MigrationPhase, Status
 from ucloud.scheduler import metrics
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import Edit, Writes
@@ -89,7 +89,8 @@ class HostLifecycle:
                     continue  # the watch brings what changed; look again
                 host = self.hosts.items[name].value
             if not alive and self.ledger.vms_on(name):
-                if now - host.status_since < self.settings.dead_host_grace:
+                in_grace = now - host.status_since < self.settings.dead_host_grace
+                if in_grace and not host.evacuation_asked:  # `host evacuate` skips the grace
                     continue  # look again on the next pass, until the grace runs out
                 self.evacuate(name)
                 if self.ledger.vms_on(name):
@@ -115,17 +116,39 @@ class HostLifecycle:
         compare-and-swap on that record), so what fence() then block-lists is every client that
         may ever have the disk open there."""
         vms = self.ledger.vms_on(name)
-        log.warning("host %s is dead: moving its %d VMs", name, len(vms))
+        asked = " (evacuation asked by an administrator)" if self.asked(name) else ""
+        log.warning("host %s is dead: moving its %d VMs%s", name, len(vms), asked)
 
         def take_off(vm: VM) -> None:
             if vm.status != Status.SCHEDULED:  # claimed there: its disk may be open there
                 vm.disk = vm.disk_name
                 vm.fencing = name
             vm.hostname = ""
-            vm.set_status(Status.KILLED, ME, f"host {name} died")
+            vm.set_status(Status.KILLED, ME, f"host {name} died{asked}")
 
         found = [v for id in vms if (v := self.vms.get(id)) is not None]
-        self.writes.vms_in_batches([(v, take_off) for v in found])
+        self.writes.vms_in_batches([(v, take_off) for v in found if v.value.migration is None])
+        for v in found:
+            m = v.value.migration
+            if m is None:
+                continue
+            if m.phase == MigrationPhase.MIGRATING and m.target in self.alive.items:
+                # It may run on the target already: the target's agent, which asks its
+                # libvirtd, keeps it (then it is placed there) or lets it go (then it is
+                # taken off here, fenced, placed again); see migrations.py.
+                log.debug("VM %s: waiting for its migration target %s", v.value.uuid, m.target)
+                continue
+
+            def off_and_over(vm: VM) -> None:
+                vm.migration = None
+                take_off(vm)
+
+            # One VM a transaction: its source's and its target's index entries go.
+            self.writes.vm(v, off_and_over)
+
+    def asked(self, name: str) -> bool:
+        found = self.hosts.get(name)
+        return found is not None and found.value.evacuation_asked
 
     # --- fencing -------------------------------------------------------------------------------
 

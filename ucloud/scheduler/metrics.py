@@ -46,6 +46,18 @@ def placed(waited: Iterable[float]) -> None:
         SCHEDULING_SECONDS.observe(seconds)
 
 
+MIGRATIONS = Counter(
+    "ucloud_scheduler_migrations_total",
+    "Live migrations whose target this scheduler chose (result=scheduled) or that it gave up "
+    "before they began (result=failed)",
+    ["result"],
+)
+
+
+def migration_counted(result: str) -> None:
+    MIGRATIONS.labels(result).inc()
+
+
 def fenced(done: int, failed: int) -> None:
     if done:
         FENCINGS.labels("done").inc(done)
