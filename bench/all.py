@@ -25,6 +25,7 @@ BENCHMARKS = [
     "metrics",
     "netplane",
     "netattach",
+    "ssh_ready",
 ]
 
 

@@ -69,7 +69,8 @@ mkdir -p .venv/ceph-bindings
 for so in /usr/lib/python3/dist-packages/rados*.so /usr/lib/python3/dist-packages/rbd*.so; do
   [ -e "$so" ] && ln -sf "$so" .venv/ceph-bindings/
 done
-echo "$PWD/.venv/ceph-bindings" > "$site/ucloud-ceph-bindings.pth"
+# The real path: a worktree whose .venv is a link to another checkout's must not repoint it.
+echo "$(realpath .venv)/ceph-bindings" > "$site/ucloud-ceph-bindings.pth"
 
 stamp=.venv/.installed-$(sha256sum pyproject.toml 2>/dev/null | cut -c1-16)
 if [ -f pyproject.toml ] && [ ! -f "$stamp" ]; then

@@ -31,5 +31,12 @@ for arg in "$@"; do
   prev=$arg
 done
 if [ -n "$unit" ] && [ -z "$path" ]; then set -- tests/unit "$@"; fi
+# The whole suite runs in UCLOUD_TEST_WORKERS processes (default 2; 0: one, in this one), a
+# test file each at a time: most tests wait on leases, boots and watches, so two finish in
+# about half the time on two cores. Every fixture makes its own servers, ports, folders and
+# namespaces, so files in two processes never share one. The unit layer alone runs in this
+# process (seconds).
+workers=${UCLOUD_TEST_WORKERS:-2}
+if [ -z "$unit" ] && [ "$workers" != 0 ]; then set -- -n "$workers" --dist loadfile "$@"; fi
 # The slowest tests, so CI time is watched where it goes.
 exec .venv/bin/pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Bring up a whole ucloud on this one machine, as root on Debian 12: etcd, a one-node Ceph
-# cluster, a private libvirtd, and every ucloud daemon; then an administrator, a demo user,
-# a demo image made through the scanners, and a VM that boots. Safe to run again: what runs
-# is left running, what exists is reused. Stop it all with scripts/down.sh (--wipe: forget).
+# cluster, a private libvirtd, and every ucloud daemon (this machine is the one host, and the
+# router of its networks); then an administrator, a demo user with an SSH key pair made for
+# it, images made through the scanners (a real Debian 12 guest with cloud-init, debian-12, and
+# a tiny boot-sector guest, demo), a network demo-net (IPv6), and demo-vm: the Debian guest
+# on demo-net with the demo user's key. It waits until demo-vm's SSH server answers and
+# prints the command that logs in. Safe to run again: what runs is left running, what exists
+# is reused. Stop it all with scripts/down.sh (--wipe: forget).
 #
-# env: UCLOUD_UP_DIR     where everything lives (default: .state/up in the repository)
-#      UCLOUD_ACCEL      kvm, qemu (TCG) or auto (default)
-#      UCLOUD_UP_DEBIAN  1: also build a real Debian 12 image with cloud-init and make it the
-#                        demo user's image debian-12 (1.5-4 minutes more the first time)
+# env: UCLOUD_UP_DIR          where everything lives (default: .state/up in the repository)
+#      UCLOUD_ACCEL           kvm, qemu (TCG), or unset: KVM if it boots the test Linux guest
+#                             (some machines' /dev/kvm answers but fails real kernels), else TCG
+#      UCLOUD_UP_QUICK        1: no Debian image and no network: demo-vm is the boot-sector
+#                             guest, running in seconds (the Debian image takes 2-4 minutes to
+#                             build the first time, and its VM 1.5-4.5 minutes to answer SSH
+#                             under TCG)
+#      UCLOUD_UP_SSH_TIMEOUT  seconds to wait for demo-vm's SSH server (default 900)
 set -euo pipefail
 UC_PROG=up
 cd "$(dirname "$0")/.."
@@ -17,6 +25,7 @@ REPO=$PWD
 need_root
 
 DIR=$(realpath -m "${UCLOUD_UP_DIR:-$REPO/.state/up}")
+QUICK=${UCLOUD_UP_QUICK:-0}
 ETCD_PORT=23790
 API=127.0.0.1:5000
 CONSOLE_PROXY=127.0.0.1:6080
@@ -59,6 +68,23 @@ log "libvirtd (private, in its own namespaces)"
 bash scripts/libvirtd-up.sh "$DIR/libvirtd" >>"$DIR/log/libvirtd-up.log" 2>&1 \
   || die "libvirtd did not come up: see $DIR/log/libvirtd-up.log"
 
+# --- KVM, if it works ----------------------------------------------------------------------
+bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
+  || die "could not build the test guests: see $DIR/log/guests.log"
+if [ -z "${UCLOUD_ACCEL:-}" ] && [ ! -s "$DIR/accel" ]; then
+  # /dev/kvm may answer (ucloud's own check) on a machine where KVM cannot run a real kernel
+  # (nested virtualisation): a guest then stops at once ("KVM internal error"). Boot the test
+  # Linux guest with KVM once to know.
+  if [ -c /dev/kvm ] && GUEST_ACCEL=kvm bash scripts/guest-boot-check.sh \
+    "$REPO/.state/guests/linux.raw" UCLOUD-LINUX-BOOT-OK 20 >>"$DIR/log/guests.log" 2>&1; then
+    echo kvm >"$DIR/accel"
+  else
+    echo qemu >"$DIR/accel"
+  fi
+  log "accelerator: $(cat "$DIR/accel") (KVM $([ "$(cat "$DIR/accel")" = kvm ] && echo boots || echo does not boot) the test Linux guest)"
+fi
+ACCEL=${UCLOUD_ACCEL:-$(cat "$DIR/accel")}
+
 # --- ucloud's daemons ---------------------------------------------------------------------
 # The console's secrets are made once and kept: a new one would end every console page session.
 [ -f "$DIR/console.secrets" ] || {
@@ -72,7 +98,7 @@ UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$ETCD_PORT
 UCLOUD_API_BIND=$API
 UCLOUD_HOSTNAME=node1
 UCLOUD_LIBVIRT_URI=$(cat "$DIR/libvirtd/uri")
-UCLOUD_ACCEL=${UCLOUD_ACCEL:-auto}
+UCLOUD_ACCEL=$ACCEL
 UCLOUD_STATE_DIR=$DIR/host
 UCLOUD_VNC_DIR=/run/ucloud/vnc
 UCLOUD_CEPH_CONF=$DIR/ceph/ceph.conf
@@ -84,6 +110,7 @@ UCLOUD_CONSOLE_WEBSOCKET_URL=ws://$CONSOLE_PROXY/
 UCLOUD_CONSOLE_PROXY_BIND=$CONSOLE_PROXY
 UCLOUD_CONSOLE_RELAY_BIND=$CONSOLE_RELAY
 UCLOUD_WEB_COOKIE_SECURE=false
+UCLOUD_NETWORK_ROUTER=true
 $(cat "$DIR/console.secrets")
 EOF
 chmod 600 "$DIR/ucloud.env"
@@ -124,8 +151,6 @@ sys.exit(0 if any(i["name"] == sys.argv[1] and i["status"] == "CREATED" for i in
 }
 
 # --- a demo image, through the scanners ------------------------------------------------------------
-bash scripts/build-guests.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
-  || die "could not build the demo guest: see $DIR/log/guests.log"
 if [ -z "$(uuid_of image demo)" ]; then
   cp "$REPO/.state/guests/bootsector.qcow2" "$DIR/uploads/demo/demo.qcow2"
   log "uploaded demo.qcow2; waiting for the file scanner"
@@ -135,13 +160,9 @@ if [ -z "$(uuid_of image demo)" ]; then
 fi
 wait_until "the image scanner made the demo image" 120 created
 
-# --- a VM ----------------------------------------------------------------------------------
-if [ -z "$(uuid_of vm demo-vm)" ]; then
-  demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
-fi
-# --- optional: a real Debian 12 image with cloud-init ----------------------------------------
-if [ "${UCLOUD_UP_DEBIAN:-0}" = 1 ]; then
-  log "building the Debian 12 image (cached after the first time)"
+# --- a real Debian 12 image with cloud-init ------------------------------------------------
+if [ "$QUICK" != 1 ]; then
+  log "building the Debian 12 image (cached after the first time: 2-4 minutes then)"
   bash scripts/guests/build-debian-image.sh "$REPO/.state/guests" >>"$DIR/log/guests.log" 2>&1 \
     || die "could not build the Debian image: see $DIR/log/guests.log"
   if [ -z "$(uuid_of image debian-12)" ]; then
@@ -151,19 +172,67 @@ if [ "${UCLOUD_UP_DEBIAN:-0}" = 1 ]; then
     demo image create debian-12 --file "$(uuid_of file debian-12.raw)" >/dev/null
   fi
   wait_until "the image scanner made the debian-12 image" 600 created debian-12
+
+  # The demo user's SSH key pair (kept here: down.sh --wipe forgets it with the rest) and a
+  # network; this machine is its router, so it reaches the VMs on it.
+  KEY=$DIR/demo-ssh-key
+  [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N "" -C "demo@ucloud-up" -f "$KEY"
+  named() {  # named KIND NAME: the demo user has a KIND (key, network) named NAME
+    demo "$1" list --json | python3 -c '
+import json, sys
+items = json.load(sys.stdin)
+sys.exit(0 if any(x["name"] == sys.argv[1] for x in items) else 1)' "$2"
+  }
+  named key demo || demo key add demo --file "$KEY.pub" >/dev/null
+  named network demo-net || demo network create demo-net >/dev/null
 fi
 
+# --- a VM ----------------------------------------------------------------------------------
+if [ -z "$(uuid_of vm demo-vm)" ]; then
+  if [ "$QUICK" = 1 ]; then
+    demo vm create demo-vm --image demo --cpu 1 --ram 128M --ssd 1G --wait --timeout 180
+  else
+    demo vm create demo-vm --image debian-12 --network demo-net --ssh-key demo \
+      --cpu 1 --ram 512M --ssd 3G --wait --timeout 600
+  fi
+fi
 vm=$(uuid_of vm demo-vm)
 console=$DIR/host/console/$vm.log
-wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
+debian_vm() {  # demo-vm is the Debian guest (not the boot sector of an earlier quick run)
+  [ "$(demo vm status demo-vm --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')" \
+    = "$(uuid_of image debian-12)" ]
+}
+LOGIN=""
+if [ "$QUICK" != 1 ] && debian_vm; then
+  if [ "$(demo vm status demo-vm --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = STOPPED ]; then
+    demo vm start demo-vm --wait --timeout 300  # someone stopped it: SSH needs it running
+  fi
+  # The README's command (with this run's own known_hosts, and no questions asked).
+  ssh_demo() {
+    demo vm ssh debian@demo-vm -i "$KEY" -o BatchMode=yes -o ConnectTimeout=5 \
+      -o UserKnownHostsFile="$DIR/known_hosts" -- "$@"
+  }
+  timeout=${UCLOUD_UP_SSH_TIMEOUT:-900}
+  log "waiting for demo-vm's SSH server: 1.5-4.5 minutes after it starts under TCG (at most ${timeout}s; its console: $console)"
+  wait_until "demo-vm answers SSH" "$timeout" ssh_demo true
+  echo "--- ucloud vm ssh debian@demo-vm -- 'hostname; ip -br addr show eth0' ---"
+  ssh_demo 'hostname; ip -br addr show eth0' 2>/dev/null
+  LOGIN=".venv/bin/ucloud --config $DIR/demo.env vm ssh debian@demo-vm -i $KEY"
+else
+  [ "$QUICK" = 1 ] || log "demo-vm is not the Debian guest (an earlier UCLOUD_UP_QUICK=1 run made it): scripts/down.sh --wipe, then up.sh, to start over"
+  wait_until "the VM's console shows it booted" 60 grep -q UCLOUD-BOOT-OK "$console"
+  echo
+  echo "--- console of demo-vm ($console) ---"
+  head -c 300 "$console" | tr -d '\r'
+  echo
+fi
 demo vm status demo-vm
-echo
-echo "--- console of demo-vm ($console) ---"
-head -c 300 "$console" | tr -d '\r'
-echo
 cat <<EOF
 
-ucloud runs on this machine ($DIR). Try:
+ucloud runs on this machine ($DIR).${LOGIN:+
+Log into demo-vm (Debian, on network demo-net) over SSH (add -- COMMAND to run one command):
+  $LOGIN}
+Try:
   export UCLOUD_CLIENT_CONFIG=$DIR/demo.env      # be the demo user
   .venv/bin/ucloud vm list
   .venv/bin/ucloud vm suspend demo-vm --wait && .venv/bin/ucloud vm resume demo-vm --wait
@@ -175,7 +244,8 @@ The console page: http://$API/console/ (log in as demo, realm users, with a code
   cp some-disk.qcow2 $DIR/uploads/demo/ && .venv/bin/ucloud file list
   UCLOUD_CLIENT_CONFIG=$DIR/admin.env .venv/bin/ucloud host list
   .venv/bin/ucloud key add laptop --file ~/.ssh/id_ed25519.pub   # your SSH key for new VMs
-With UCLOUD_UP_DEBIAN=1 (image debian-12; cloud-init takes your keys, hostname and user-data):
-  .venv/bin/ucloud vm create deb --image debian-12 --cpu 1 --ram 1G --ssd 3G --wait
+  .venv/bin/ucloud network list
+  .venv/bin/ucloud vm create deb --image debian-12 --network demo-net --cpu 1 --ram 1G --ssd 3G --wait
+  .venv/bin/ucloud vm ssh debian@deb             # once its SSH server answers
 Logs: $DIR/log/. Stop everything: scripts/down.sh (add --wipe to forget all state).
 EOF

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.bed import Bed, BedCluster, BedHost
 from tests.conftest import Account, make_image, register_image
 from tests.failover_stack import NODES, libvirtds_fixture, start_scheduler  # noqa: F401
 from tests.seedfiles import read_seed
@@ -35,7 +37,7 @@ from tests.stack import (
 )
 from ucloud import seed
 from ucloud.config import Settings
-from ucloud.models import VM, Host, HostStatus, Image, Specs, Status
+from ucloud.models import VM, Host, HostStatus, Image, Network, Specs, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
@@ -266,36 +268,97 @@ def ci_fingerprint(pub: Path) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
+def guest_ssh(host: BedHost, key: Path, known_hosts: Path, address: str, command: str) -> str:
+    """``command``'s output in the guest, by ssh from ``host``'s namespace (no questions asked:
+    the guest's host key is taken the first time, and must be the same afterwards)."""
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-l", "debian", "-o", "BatchMode=yes"]
+    argv += ["-o", "ConnectTimeout=5", "-o", f"UserKnownHostsFile={known_hosts}"]
+    argv += ["-o", "StrictHostKeyChecking=accept-new", address, command]
+    return host.run(*argv)
+
+
+def wait_guest_ssh(host: BedHost, key: Path, known_hosts: Path, address: str) -> str:
+    """The guest's ``hostname`` and ``ip -o addr show dev eth0`` once its SSH server answers."""
+
+    def answer() -> str | None:
+        try:
+            return guest_ssh(host, key, known_hosts, address, "hostname; ip -o addr show dev eth0")
+        except RuntimeError:
+            return None
+
+    return wait_for(answer, 180, f"the guest's SSH server at {address}", interval=3)
+
+
+def eth0_addresses(report: str) -> set[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """The global addresses of ``ip -o addr show dev eth0`` (the report's lines 2...)."""
+    found: set[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = set()
+    for line in report.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[2] in ("inet", "inet6") and "link" not in fields:
+            found.add(ipaddress.ip_interface(fields[3]))
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # on a fresh machine this includes building the image (2-4 min)
-# A stop as users get it: the guest shuts down on ACPI's request. The fixtures' 3 s before a
-# hard stop cut Debian's shutdown short under TCG, losing what cloud-init wrote last (its
-# per-instance semaphores), so it ran those modules again at the next boot. (The image has
-# dbus, so systemd-logind turns the power button into a shutdown.)
-@pytest.mark.host_settings(shutdown_timeout=240.0)
-def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
-    two_hosts: Hosts, storage: RBDStorage, debian_guest, tmp_path
+# A stop as users get it: the guest shuts down on ACPI's request. 3 s before a hard stop cut
+# Debian's shutdown short under TCG, losing what cloud-init wrote last (its per-instance
+# semaphores), so it ran those modules again at the next boot. (The image has dbus, so
+# systemd-logind turns the power button into a shutdown.) Both hosts may route.
+@pytest.mark.host_settings(shutdown_timeout=240.0, network_router=True)
+def test_debian_guest_takes_hostname_key_user_data_and_network_once_with_cloud_init(
+    bed: Bed, bed_cluster: BedCluster, debian_guest, tmp_path
 ):
-    h = two_hosts
-    image = register_image(h.store, storage, str(debian_guest), "debian-12", "root", "ucloud-admin")
+    """A real Debian guest (cloud-init 22.4) on a network with IPv6 and IPv4, on the two-host
+    bed: it takes its hostname, key and user-data, and the addresses its
+    network-config describes (IPv6 set statically, IPv4 from the router's DHCP); it answers
+    SSH with the user's key at its port's address from the router. Restarted on the other
+    host, it is the same instance (no first-boot module again), with the same addresses and
+    host key, reached across VXLAN."""
+    c = bed_cluster
+    storage = RBDStorage(c.hosts["h1"])
+    image = register_image(c.store, storage, str(debian_guest), "debian-12", "root", "ucloud-admin")
+    user, admin = c.users["alice"], c.users["root"]
     try:
         pub = keygen(tmp_path, "laptop")
-        h.add_key(pub)
+        add_key(c.client, user, pub)
+        r = c.client.post(
+            "/network/create", json=user.creds(network_name="lan", ipv4="10.70.0.0/24")
+        )
+        assert r.status_code == 201, r.json
+        lan = r.json["network"]
+
+        def router(not_on: str = "") -> BedHost:
+            """The network's router (as the scheduler chose it), once it is not ``not_on``."""
+            name = wait_for(
+                lambda: (n := c.store.get(Network, lan["uuid"]).value.router) != not_on and n,
+                60,
+                "the scheduler to choose the network's router",
+            )
+            return next(h for h in bed.hosts if h.name == name)
+
         config = (
             "#cloud-config\n"
             "runcmd:\n"
             "  - [sh, -c, 'echo \"UCLOUD-DEBIAN-USERDATA $(hostname) $(id -un debian)\"']\n"
         )
-        vmid = h.create(image, hostname="deb-guest", user_data=config, specs={
-            "cpu": 1, "ram": 0.5, "ssd": 3,
-        })  # fmt: skip
-        host = h.wait(vmid, Status.RUNNING, timeout=300).hostname
-        (tmp_path / "user-data").write_bytes(
-            read_seed(h.seed_file(host, vmid).read_bytes())[1]["rr_path"]["user-data"]
-        )
+        vmid = create_vm(
+            c.client, user, image, hostname="deb-guest", user_data=config,
+            specs={"cpu": 1, "ram": 0.5, "ssd": 3}, networks=[lan["uuid"]],
+        )  # fmt: skip
+
+        def running() -> VM | None:
+            found = c.store.get(VM, vmid)
+            assert found is not None and found.value.status != Status.ERROR, found
+            return found.value if found.value.status == Status.RUNNING else None
+
+        vm = wait_for(running, 300, "the Debian VM to run")
+        host, port = vm.hostname, vm.ports[0]
+        state = Path(c.hosts[host].state_dir)
+        seed_files = read_seed((state / "seed" / f"{vmid}.iso").read_bytes())[1]["rr_path"]
+        (tmp_path / "user-data").write_bytes(seed_files["user-data"])
         cloud_init_schema(tmp_path / "user-data")
 
-        state = h.state(host)
         wait_console(state, vmid, "deb-guest login:", timeout=600, whole_line=False)
         console = wait_console(state, vmid, "Cloud-init v. 22.4.2 finished", timeout=300)
         assert "DataSourceNoCloud [seed=/dev/sr0]" in console
@@ -305,30 +368,57 @@ def test_debian_guest_takes_hostname_key_and_user_data_once_with_cloud_init(
         assert ci_fingerprint(pub) in console
         assert "BEGIN SSH HOST KEY FINGERPRINTS" in console  # made on first boot
 
+        # From the router, by SSH with the user's key, at the port's address: the guest has
+        # its hostname, and on eth0 exactly the addresses of its network-config.
+        key, known = pub.with_suffix(""), tmp_path / "known_hosts"
+        want = {
+            ipaddress.ip_interface(f"{port.ipv6}/64"),
+            ipaddress.ip_interface(f"{port.ipv4}/24"),
+        }
+        gateway = router()
+        report = wait_guest_ssh(gateway, key, known, port.ipv6)
+        assert report.splitlines()[0] == "deb-guest", report
+        assert eth0_addresses(report) == want, report
+        assert guest_ssh(gateway, key, known, port.ipv4, "hostname").strip() == "deb-guest"
+
         # Started again on the other host: cloud-init finds the same instance-id, keeps the
-        # hostname, and runs no first-boot module again (no user-data, no new host keys).
-        h.act(vmid, "stop")
-        h.wait(vmid, Status.STOPPED, timeout=300)
-        assert "stopping it hard" not in h.agents[host].output()
-        h.maintenance(host, True)
-        h.act(vmid, "start")
-        other = h.wait(vmid, Status.RUNNING, timeout=300).hostname
-        assert other != host
-        again = wait_console(h.state(other), vmid, "Cloud-init v. 22.4.2 finished", timeout=600)
+        # hostname, and runs no first-boot module again (no user-data, no new host keys); the
+        # guest keeps its addresses and answers SSH with the same host key.
+        def act(action: str) -> None:
+            r = c.client.post("/vm/action", json=user.creds(vmid=vmid, action=action))
+            assert r.status_code == 202, r.json
+
+        act("stop")
+        wait_for(
+            lambda: c.store.get(VM, vmid).value.status == Status.STOPPED, 300, "the VM to stop"
+        )
+        assert "stopping it hard" not in c.agents[host].output()
+        body = admin.creds(hostname=host, maintenance=True)
+        assert c.client.post("/host/maintenance", json=body).status_code == 200
+        act("start")
+        moved = wait_for(running, 300, "the Debian VM to run again")
+        other = moved.hostname
+        assert other != host and moved.ports == vm.ports
+        state = Path(c.hosts[other].state_dir)
+        again = wait_console(state, vmid, "Cloud-init v. 22.4.2 finished", timeout=600)
         assert "DataSourceNoCloud [seed=/dev/sr0]" in again
-        wait_console(h.state(other), vmid, "deb-guest login:", timeout=120, whole_line=False)
+        wait_console(state, vmid, "deb-guest login:", timeout=120, whole_line=False)
         assert "UCLOUD-DEBIAN-USERDATA" not in again
         assert "BEGIN SSH HOST KEY FINGERPRINTS" not in again
         assert "Authorized keys from" not in again
+        # From the router, which is not the host in maintenance (the scheduler moved it if it
+        # was); known_hosts: the same host key.
+        report = wait_guest_ssh(router(not_on=host), key, known, port.ipv6)
+        assert report.splitlines()[0] == "deb-guest" and eth0_addresses(report) == want, report
     finally:
-        for vmid in h.store.list(VM)[0]:
-            h.client.post("/vm/delete", json=h.user.creds(vmid=vmid))
-        wait_for(lambda: not h.store.list(VM)[0], 120, "the VM to be deleted")
+        for id in c.store.list(VM)[0]:
+            c.client.post("/vm/delete", json=user.creds(vmid=id))
+        wait_for(lambda: not c.store.list(VM)[0], 120, "the VM to be deleted")
         storage.delete_image(image.uuid)
 
 
 @pytest.fixture(autouse=True)
 def _tools() -> None:
-    for tool in ("ssh-keygen", "cloud-init", "blkid"):
+    for tool in ("ssh-keygen", "ssh", "cloud-init", "blkid"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is missing: run scripts/install-deps.sh")

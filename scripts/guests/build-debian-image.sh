@@ -7,9 +7,13 @@
 # usage: build-debian-image.sh OUTDIR
 #   -> OUTDIR/debian.raw (2 GiB, sparse: about 0.6 GiB used), OUTDIR/debian.raw.source
 # env:  DEBIAN_MIRROR  (default http://deb.debian.org/debian)
+#       GUEST_IMAGE_CACHE  the machine's cache of built images (default /var/cache/ucloud/guests;
+#                      empty: none)
 #
 # Cached by content: OUTDIR/debian.raw.source holds the sha256 of this script (which holds
-# the package list and every setting); a build is skipped when it matches. Takes about 2-4
+# the package list and every setting); a build is skipped when it matches. A build is also
+# kept as GUEST_IMAGE_CACHE/debian-<sha256>.raw, so a fresh checkout on the same machine (CI's
+# clone, another worktree) copies it in seconds instead of building it again. Takes about 2-4
 # minutes on a fresh machine (debootstrap is most of it), as root, without loop devices or
 # mounts: debootstrap into a folder, `mkfs.ext4 -d` of that folder into the root partition,
 # and a FAT16 boot partition with SYSLINUX, written with mtools (as build-linux-image.sh).
@@ -51,6 +55,15 @@ exec 7>"$OUT/.debian.lock"   # one build per OUTDIR at a time; the others then f
 flock 7
 if [ -e "$OUT/debian.raw" ] && [ "$(cat "$OUT/debian.raw.source" 2>/dev/null)" = "$SOURCE" ]; then
   log "debian: up to date ($OUT/debian.raw)"
+  exit 0
+fi
+CACHE=${GUEST_IMAGE_CACHE-/var/cache/ucloud/guests}
+CACHED=${CACHE:+$CACHE/debian-$SOURCE.raw}
+if [ -n "$CACHED" ] && [ -e "$CACHED" ]; then
+  cp --sparse=always "$CACHED" "$OUT/.debian.raw.tmp"
+  mv -f "$OUT/.debian.raw.tmp" "$OUT/debian.raw"
+  echo "$SOURCE" >"$OUT/debian.raw.source"
+  log "debian: copied from the machine's cache ($CACHED)"
   exit 0
 fi
 need_cmds debootstrap sfdisk mkfs.vfat mkfs.ext4 syslinux mcopy chroot
@@ -122,4 +135,10 @@ dd if="$W/root.ext4" of="$IMG" bs=1M seek=$((BOOT_MB + 1)) conv=notrunc,sparse s
 
 mv -f "$IMG" "$OUT/debian.raw"
 echo "$SOURCE" >"$OUT/debian.raw.source"
+if [ -n "$CACHED" ]; then
+  # Only this script's current build is kept: older ones are for scripts that are gone.
+  mkdir -p "$CACHE"
+  rm -f "$CACHE"/debian-*.raw
+  cp --sparse=always "$OUT/debian.raw" "$CACHED.tmp$$" && mv -f "$CACHED.tmp$$" "$CACHED"
+fi
 log "built $OUT/debian.raw ($DISK_MB MiB, $(du -m "$OUT/debian.raw" | cut -f1) MiB used; kernel ${KERNEL#vmlinuz-}) in $(elapsed)s"

@@ -26,7 +26,7 @@ from pydantic import Field, StrictBool
 
 from ucloud import auth, uploads, websessions
 from ucloud.api import errors, networks
-from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.endpoint import Principal, Reply, context, endpoint, existing_user
 from ucloud.api.images import mark_deleted
 from ucloud.api.schemas import Credentials, HostRef, Listing, Name
 from ucloud.api.users import credentials
@@ -95,11 +95,9 @@ def list_users(body: Listing, user: Principal) -> Reply:
 def delete_user(body: UserDelete, user: Principal) -> Reply:
     ctx = context()
     owner = (body.user_realm, body.user)
-    who = f"{body.user_realm}/{body.user}"
     if owner == (user.realm, user.name):
         raise errors.Conflict("you cannot delete yourself: ask another administrator")
-    if ctx.store.get(User, who) is None:
-        raise errors.NotFound(f"no user {who}")
+    who = existing_user(body.user_realm, body.user)
     owned = Owned.read(ctx.store)
     counts = owned.counts(owner)
     if any(counts.values()) and not body.delete_owned:
@@ -166,9 +164,7 @@ class SessionsEnd(UserRef):
 )
 def list_sessions(body: UserRef, user: Principal) -> Reply:
     store = context().store
-    who = f"{body.user_realm}/{body.user}"
-    if store.get(User, who) is None:
-        raise errors.NotFound(f"no user {who}")
+    who = existing_user(body.user_realm, body.user)
     live = [s.value.public() for s in websessions.of_user(store, who)]
     return {"user": who, "sessions": live}, 200
 
@@ -182,9 +178,7 @@ def list_sessions(body: UserRef, user: Principal) -> Reply:
 )
 def end_sessions(body: SessionsEnd, user: Principal) -> Reply:
     store = context().store
-    who = f"{body.user_realm}/{body.user}"
-    if store.get(User, who) is None:
-        raise errors.NotFound(f"no user {who}")
+    who = existing_user(body.user_realm, body.user)
     ended = websessions.end_all(store, who, only=body.session)
     log.info("%d console session(s) of %s ended by %s/%s", ended, who, user.realm, user.name)
     return {"message": f"{ended} session(s) of {who} ended", "ended": ended}, 200

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 
 from ucloud import auth
 from ucloud.api.catalog import Catalog
-from ucloud.api.errors import BadRequest, Forbidden, Unauthorized
+from ucloud.api.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ucloud.api.schemas import Credentials
 from ucloud.config import Settings
-from ucloud.models import Stored
+from ucloud.models import Stored, User
 from ucloud.store import Store, Versioned
 
 # A reply's body: an object to serialise, or bytes that already are the JSON answer.
@@ -58,6 +58,15 @@ def visible(
     if len(candidates) > 1:
         raise BadRequest(f"{kind.kind} name {ref!r} is ambiguous: give its uuid")
     return candidates[0] if candidates else None
+
+
+def existing_user(realm: str, name: str) -> str:
+    """The id of the user ``realm/name``, for an administrator's request about them; 404 if
+    there is no such user."""
+    who = f"{realm}/{name}"
+    if context().store.get(User, who) is None:
+        raise NotFound(f"no user {who}")
+    return who
 
 
 @dataclass(frozen=True)

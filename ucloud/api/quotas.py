@@ -15,9 +15,8 @@ from pydantic import BeforeValidator, Field
 
 from ucloud import quota
 from ucloud.api import errors
-from ucloud.api.endpoint import Principal, Reply, context, endpoint
+from ucloud.api.endpoint import Principal, Reply, context, endpoint, existing_user
 from ucloud.api.schemas import Credentials, Name, parse_size
-from ucloud.models import User
 from ucloud.quota import UNLIMITED, Limits, Plan, Quota
 from ucloud.store import Conflict
 
@@ -91,8 +90,7 @@ def show(body: QuotaRef, user: Principal) -> Reply:
 def set_limits(body: QuotaSet, user: Principal) -> Reply:
     ctx = context()
     owner = (body.user_realm, body.user)
-    if ctx.store.get(User, f"{body.user_realm}/{body.user}") is None:
-        raise errors.NotFound(f"no user {body.user_realm}/{body.user}")
+    existing_user(body.user_realm, body.user)
     given = {r: getattr(body, r) for r in quota.RESOURCES if r in body.model_fields_set}
 
     def change(q: Quota) -> bool:

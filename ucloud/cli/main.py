@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import ucloud
-from ucloud.cli import admin, console, images, keys, migrate, networks, quota, upload, vms
+from ucloud.cli import admin, console, images, keys, migrate, networks, quota, ssh, upload, vms
 from ucloud.cli import config as client_config
 from ucloud.cli.errors import EXIT_CODES_HELP, CLIError, ExitCode
 from ucloud.cli.http import API
@@ -163,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"the serial console in this terminal (leave with {console.ESCAPE_NAME})",
     )
+
+    p = command(vm, "ssh", "log into a VM over its network address (runs ssh)", ssh.ssh)
+    p.add_argument(
+        "vm", metavar="[USER@]VM", help="the VM's uuid or name, and the user to log in as"
+    )
+    p.add_argument("-l", dest="login", metavar="USER", help="the user to log in as")
+    p.add_argument("-i", dest="identity", metavar="KEY", help="the private key file to use")
+    p.add_argument(
+        "-o", dest="option", action="append", metavar="OPTION", help="an ssh option (repeatable)"
+    )
+    p.add_argument("-4", dest="ipv4", action="store_true", help="its IPv4 address, not IPv6")
+    # What follows "--" is the command: main() takes it off before argparse, which does not
+    # handle "--" after a subcommand's options.
+    p.set_defaults(command=[], takes_command=True)
+    p.epilog = "-- COMMAND [ARG...]: run COMMAND in the VM instead of a shell"
 
     # token
     command(
@@ -347,8 +362,17 @@ def _seconds(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1 :]
     try:
         args = parser.parse_args(argv)
+        if command and not getattr(args, "takes_command", False):
+            parser.error(f"unrecognized arguments: -- {' '.join(command)}")
+        if command:
+            args.command = command
     except SystemExit as e:  # --help, --version, or a usage error argparse has printed
         return e.code if isinstance(e.code, int) else ExitCode.USAGE
     out = Output(json=args.json)
