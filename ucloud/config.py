@@ -211,7 +211,8 @@ class HostSettings(_Group):
     )
     migration_auto_converge: bool = Field(
         True,
-        description="slow a guest's vCPUs down when it dirties memory faster than it is sent",
+        description="slow a guest's vCPUs down when it dirties memory faster than it is sent "
+        "(KVM guests only: under TCG a throttled migration was seen to corrupt guest memory)",
     )
     migration_progress_interval: float = Field(
         2.0, description="seconds between writes of a migration's progress into the VM's record"
