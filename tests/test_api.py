@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import Account, make_account, make_image
 from tests.servers import Etcd, wait_for
 from ucloud.models import VM, Action, Desired, Image, Specs, Status
-from ucloud.store import Store
+from ucloud.store import Store, Unavailable
 
 SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
 
@@ -181,8 +181,15 @@ def test_reads_during_an_etcd_outage_fail_instead_of_going_stale(tmp_path, setti
         )
         assert client.get("/vm/list", json=alice.creds()).status_code == 503
 
-        own.start()  # returns once it answers: so does this store, at once (channel_options)
-        store.update(VM, vmid, lambda vm: setattr(vm, "hostname", "h9"))
+        own.start()  # returns once it answers; the store's channel follows within moments
+
+        def changed() -> bool:
+            try:
+                return store.update(VM, vmid, lambda vm: setattr(vm, "hostname", "h9")) is not None
+            except Unavailable:
+                return False
+
+        wait_for(changed, 10, "a write once etcd is back")
         wait_for(
             lambda: (
                 client.get("/vm/status", json=alice.creds(id=vmid)).json.get("hostname") == "h9"
