@@ -269,7 +269,7 @@ def cluster_on(
                 agent.stop()
             for host in hosts.values():
                 stop_routers(Path(host.state_dir))
-            scheduler.stop()
+            c.scheduler.stop()  # the one running now: a test may have replaced the first
             app.extensions["ucloud"].catalog.stop()
             storage.delete_image(image.uuid)
             storage.delete_image(linux.uuid)
