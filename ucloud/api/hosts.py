@@ -117,10 +117,12 @@ def evacuate(body: HostRef, user: Principal) -> Reply:
     def change(h: Host) -> None:
         h.evacuate_requested = now()
 
+    # Counted before asking: the scheduler may take the VMs off the host as soon as the
+    # request is written, before a count after it.
+    placed, _ = store.list_index(placement_folder(host.name))
     written = store.swap_edited(found, change)
     if written is None:
         raise errors.Conflict(f"host {host.name} changed meanwhile: look again and retry")
-    placed, _ = store.list_index(placement_folder(host.name))
     moving = (
         f"its {len(placed)} VM(s) are fenced and started elsewhere now"
         if placed
