@@ -21,11 +21,13 @@ from typing import cast
 import pytest
 
 import ucloud.host.agent
+import ucloud.host.metrics
 from tests.unit.memstore import FakeLease, MemStore
 from ucloud.config import Settings
 from ucloud.host.agent import HostAgent
 from ucloud.host.fake_driver import FakeHypervisor
 from ucloud.host.hypervisor import DomainSpec, HypervisorError, Power
+from ucloud.host.metrics import HostMetrics
 from ucloud.models import VM, Action, Image, ImageStatus, Specs, Status
 from ucloud.retry import Retry
 from ucloud.storage import StorageError
@@ -548,6 +550,38 @@ def test_a_crashed_vm_is_restarted_with_back_off_then_put_in_error(
     assert (vm.status, vm.hostname) == (Status.ERROR, "")
     assert vm.reason == "its QEMU died 4 times within 600 s"
     assert hv.power(running) is None
+
+
+def recent_crashes(agent: HostAgent) -> dict[str, float]:
+    """``ucloud_vm_recent_crashes`` as the agent's /metrics would give it now."""
+    families = HostMetrics(agent, agent.settings).families()
+    return {
+        s.labels["vm"]: s.value
+        for f in families
+        if f.name == "ucloud_vm_recent_crashes"
+        for s in f.samples
+    }
+
+
+def test_recent_crashes_are_exported_while_the_vm_is_placed_here(
+    store, hv, agent, clock, running, monkeypatch
+):
+    monkeypatch.setattr(ucloud.host.metrics, "time", clock)
+    for delay in (1, 2):
+        hv.crash(running)
+        agent.reconcile(running)
+        clock.advance(delay)
+        agent.reconcile(running)
+    assert recent_crashes(agent) == {running: 2}
+    # Its user stops it: it leaves the host, and so does its series (no crash-loop alert for
+    # a stopped VM while the agent still remembers its deaths).
+    ask(store, running, Action.STOP)
+    agent.reconcile(running)
+    agent.reconcile(running)
+    store.flush()
+    assert vm_in(store, running).hostname == ""
+    assert running in agent.crashes
+    assert recent_crashes(agent) == {}
 
 
 def test_deaths_older_than_the_crash_window_are_forgotten(store, hv, agent, clock, running):
