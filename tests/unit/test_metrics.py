@@ -7,11 +7,13 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from flask import Flask
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.servers import free_port
 from tests.unit.memstore import MemStore
 from tests.unit.test_agent import Storage
 from ucloud.api import metrics as api_metrics
@@ -22,6 +24,7 @@ from ucloud.metrics import Sampler
 from ucloud.models import VM, Alive, Host, HostStatus, Specs
 from ucloud.scheduler.daemon import Scheduler
 from ucloud.scheduler.metrics import SchedulerCollector
+from ucloud.store import Store, Unavailable
 
 GIB = 1 << 30
 
@@ -189,3 +192,20 @@ def test_api_request_labels_are_routes_never_what_a_client_sent():
         if s.name == "ucloud_api_requests_total"
     }
     assert {("/vm/<vmid>", "200"), ("unmatched", "404"), ("/boom", "500")} <= endpoints
+
+
+def test_etcd_requests_that_fail_are_counted_and_timed_by_operation():
+    # Nothing listens there: every request fails at once (UcloudEtcdUnreachable compares
+    # these failures with all requests).
+    store = Store(load_settings(etcd_endpoints=f"127.0.0.1:{free_port()}", etcd_timeout=1))
+
+    def counted(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"operation": "get"}) or 0.0
+
+    errors = counted("ucloud_etcd_request_errors_total")
+    requests = counted("ucloud_etcd_request_duration_seconds_count")
+    with pytest.raises(Unavailable):
+        store.get(VM, "any")
+    store.close()
+    assert counted("ucloud_etcd_request_errors_total") == errors + 1
+    assert counted("ucloud_etcd_request_duration_seconds_count") == requests + 1
