@@ -113,6 +113,11 @@ def test_the_vms_screen_in_the_browser(web, stack: ConsoleStack):
     stack.booted()
     page = log_in(web, stack, stack.alice)
     page.goto(f"{stack.api_url}/console/vm/{vmid}")
+    # The VM's page: its details and its events, newest first, as the API has them.
+    assert page.text_content("#status") == "RUNNING"
+    assert page.text_content("#host") == vm.hostname
+    newest = page.locator("#events tbody tr").first.locator("td").nth(2)
+    newest.filter(has_text=stack.vm(vmid).log[-1].message).wait_for()
     page.click("#open-vnc")
     page.locator("#console[data-state=connected]").wait_for()
 
