@@ -138,6 +138,12 @@ def test_the_document_names_every_answer_and_the_rules_the_server_enforces(clien
     reply = vm_ops["/vm/status"]["get"]["responses"]["200"]["content"]["application/json"]
     assert reply["schema"] == {"$ref": "#/components/schemas/VM"}
     assert "hdd_disk" in schemas["VM"]["properties"]
+    # A resize names at least one size; an upload's sha512 is 128 hex digits.
+    resize = schemas["VMResize"]["anyOf"]
+    assert [one["required"] for one in resize] == [["cpu"], ["ram"], ["ssd"], ["hdd"]]
+    upload = vm_ops["/file/upload/{name}"]["put"]["parameters"]
+    sha512 = next(p for p in upload if p["name"] == "X-UCloud-SHA512")
+    assert sha512["schema"]["pattern"] == "^[0-9a-fA-F]{128}$"
 
 
 def test_a_wrong_method_is_405_with_the_methods_allowed(client):
