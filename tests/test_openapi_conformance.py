@@ -28,6 +28,7 @@ import requests
 from tests.conftest import Account, make_account, make_image
 from tests.servers import Etcd, free_port, wait_for
 from tests.stack import daemon
+from ucloud.api.imports import URL_PATTERN
 from ucloud.api.schemas import SIZE_PATTERN
 from ucloud.config import load_settings
 from ucloud.models import NAME_PATTERN, VM, File, Image, Specs
@@ -204,6 +205,7 @@ def test_the_document_names_every_answer_and_the_rules_the_server_enforces(clien
     upload = vm_ops["/file/upload/{name}"]["put"]["parameters"]
     sha512 = next(p for p in upload if p["name"] == "X-UCloud-SHA512")
     assert sha512["schema"]["pattern"] == "^[0-9a-fA-F]{128}$"
+    assert schemas["ImageImport"]["properties"]["url"]["pattern"] == URL_PATTERN
 
 
 def test_a_wrong_method_is_405_with_the_methods_allowed(client):

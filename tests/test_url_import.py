@@ -191,6 +191,10 @@ def test_the_api_refuses_what_is_not_an_http_url(client, alice, store):
         ("http://", "must be an http:// or https:// URL with a host"),
         ("http://user:pw@example.org/x", "must not carry a user name or password"),
         ("http://example.org:99999/x", "not a valid URL"),
+        # What urlsplit would read as http://example.org/x, but is no such URL.
+        ("ht\ttp://example.org/x", "without spaces or control characters"),
+        (" http://example.org/x", "without spaces or control characters"),
+        ("http://exa\nmple.org/x", "without spaces or control characters"),
     ):
         r = client.post("/image/import", json=alice.creds(image_name="x", url=url))
         assert r.status_code == 400 and why in r.json["error"], (url, r.json)
