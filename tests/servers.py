@@ -35,10 +35,13 @@ class Etcd:
 
     Alone it is a cluster of one; EtcdCluster makes several of them one cluster."""
 
-    def __init__(self, workdir: Path, name: str = "test", host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, name: str = "test", host: str = "127.0.0.1", netns: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.host = host  # the test bed's etcd listens on its switch bridge's address
+        self.netns = netns  # a network namespace to run in (a member to cut off from its peers)
         self.port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{name}={self.peer_url}"
@@ -58,8 +61,11 @@ class Etcd:
         self.workdir.mkdir(parents=True, exist_ok=True)
         url = f"http://{self.endpoint}"
         with open(self.workdir / "etcd.log", "ab") as out:
+            # `ip netns exec` execs etcd: the pid is still etcd's.
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             self.proc = subprocess.Popen(
                 [
+                    *netns,
                     "etcd",
                     f"--name={self.name}",
                     f"--data-dir={self.workdir / 'data'}",
@@ -98,10 +104,18 @@ class Etcd:
 
 
 class EtcdCluster:
-    """Several etcd members on loopback, one cluster; any one can be killed and restarted."""
+    """Several etcd members on loopback, one cluster; any one can be killed and restarted.
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
-        self.members = [Etcd(workdir / f"m{i}", name=f"m{i}") for i in range(size)]
+    ``places``: each member's (address, network namespace or None), instead of loopback."""
+
+    def __init__(
+        self, workdir: Path, size: int = 3, places: list[tuple[str, str | None]] | None = None
+    ) -> None:
+        places = places or [("127.0.0.1", None)] * size
+        self.members = [
+            Etcd(workdir / f"m{i}", name=f"m{i}", host=host, netns=netns)
+            for i, (host, netns) in enumerate(places)
+        ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for m in self.members:
             m.initial_cluster = initial
@@ -130,7 +144,7 @@ class EtcdCluster:
         """The index of the member every running member calls leader (waits for one)."""
 
         def agreed() -> str | None:
-            seen = {_leader_name(m.port) for m in self.members if m.running()}
+            seen = {_leader_name(m.host, m.port) for m in self.members if m.running()}
             return seen.pop() if len(seen) == 1 else None
 
         name = wait_for(agreed, timeout, "the etcd members to agree on a leader", interval=0.1)
@@ -153,8 +167,13 @@ def _answers(host: str, port: int) -> bool:
         client.close()
 
 
-def _leader_name(port: int) -> str | None:
-    client = etcd3.client(port=port, timeout=1)
+def leader_of(member: Etcd) -> str | None:
+    """The name of the member ``member`` takes for leader; None if it knows of none."""
+    return _leader_name(member.host, member.port)
+
+
+def _leader_name(host: str, port: int) -> str | None:
+    client = etcd3.client(host=host, port=port, timeout=1)
     try:
         leader = client.status().leader
         return leader.name if leader is not None else None
