@@ -62,6 +62,11 @@ MEMBER_FAILED = (
     grpc.StatusCode.INTERNAL,
 )
 
+# gRPC metadata that makes a member without a leader refuse a request, and end a watch stream
+# when it loses its leader (etcd's rpctypes.MetadataRequireLeaderKey/MetadataHasLeader).
+REQUIRE_LEADER = ("hasleader", "true")
+
+
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops, per compare/success/failure list
 LIST_PAGE = 500  # keys a Range answer: a VM with a full event log is about 4 KiB
 INDEX_PAGE = 5000  # index entries a Range answer (keys only: ~80 bytes each)
@@ -152,7 +157,20 @@ class Client(etcd3.MultiEndpointEtcd3Client):
     outright for that long after it is back. Here no member is ever refused (time_retry=0):
     a call that fails moves the client on to the next member instead, and so does a watch
     stream of ours that breaks (leave()). Several calls failing at once may move it more than
-    one member on; one that lands on the dead member again moves it on again."""
+    one member on; one that lands on the dead member again moves it on again.
+
+    Every request requires a leader (etcd's ``hasleader`` metadata, clientv3's
+    WithRequireLeader): a member cut off from the majority is alive and keeps its clients'
+    connections, but a watch stream on it would stay open and deliver nothing, and a read on it
+    would wait for a leader until our timeout and fail as UNKNOWN "context deadline exceeded",
+    no member failure, so every next call would go there again. With it the member refuses a
+    call at once, and ends a watch stream about three election timeouts after losing its
+    leader, both with UNAVAILABLE "no leader": the store moves on as from a dead member."""
+
+    def __init__(self, endpoints: list[etcd3.Endpoint], timeout: float, failover: bool) -> None:
+        super().__init__(endpoints, timeout=timeout, failover=failover)
+        # Sent with every call (python-etcd3 sets it only for a user's token: we have none).
+        self.metadata = (REQUIRE_LEADER,)
 
     def leave(self, endpoint: etcd3.Endpoint) -> None:
         """Move on to the next member, if ``endpoint`` is still the one in use."""
