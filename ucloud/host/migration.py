@@ -373,7 +373,7 @@ class Migrations:
         def change(vm: VM) -> None:
             if target:
                 vm.hostname = target
-                # Its disks are inactive there until it runs (see VM.arrived_paused).
+                # It has not run there: not to be moved again before it has (VM.arrived_paused).
                 vm.arrived_paused = paused
             vm.migration = None
             vm.record(self.me, message)
