@@ -161,3 +161,49 @@ class _Reader:
     @property
     def done(self) -> bool:
         return self.at == len(self.data)
+
+
+# A guest's host keys, as cloud-init's keys_to_console module prints them on the serial console
+# (its write-ssh-key-fingerprints script): one public key a line between these markers.
+BEGIN_HOST_KEYS = "-----BEGIN SSH HOST KEY KEYS-----"
+END_HOST_KEYS = "-----END SSH HOST KEY KEYS-----"
+MAX_HOST_KEYS = 8  # cloud-init prints one a type (ed25519, ecdsa, rsa): more is not its block
+MAX_BLOCK_LINES = 64  # kernel messages may interleave; a block longer than this never ends
+
+
+class HostKeysError(ValueError):
+    """A host key block that ucloud does not take (too many keys...); the message says why."""
+
+
+def host_keys_from_console(text: str) -> list[PublicKey]:
+    """The host keys of the first complete host key block in ``text`` (a console log), in the
+    order printed; [] if there is no complete block yet (the guest may still be booting).
+
+    A line in the block that holds no key (a kernel message printed meanwhile) is skipped, as is
+    a key that is not valid: the keys recorded are only ever well-formed ones. A block with more
+    than MAX_HOST_KEYS keys raises HostKeysError: that is no block cloud-init printed."""
+    lines = text.splitlines()
+    for start, line in enumerate(lines):
+        if BEGIN_HOST_KEYS not in line:
+            continue
+        block = lines[start + 1 : start + 1 + MAX_BLOCK_LINES]
+        end = next((i for i, b in enumerate(block) if END_HOST_KEYS in b), None)
+        if end is None:
+            return []  # truncated: not (yet) a block
+        keys: list[PublicKey] = []
+        for candidate in block[:end]:
+            # A prefix (a timestamp, a log tag) may come before the key on a console line.
+            at = min((i for t in TYPES if (i := candidate.find(t + " ")) >= 0), default=-1)
+            if at < 0:
+                continue
+            try:
+                key = parse(candidate[at:].strip())
+            except InvalidKey:
+                continue
+            if all(k.blob != key.blob for k in keys):
+                keys.append(key)
+        if len(keys) > MAX_HOST_KEYS:
+            raise HostKeysError(f"the host key block holds {len(keys)} keys, over {MAX_HOST_KEYS}")
+        if keys:
+            return keys
+    return []
