@@ -300,6 +300,11 @@ class VM(Stored):
     # second migration of such a domain fails and takes its QEMU with it (a reboot; see
     # docs/design-decisions.md, "Live migration and drains"): it moves again once resumed.
     arrived_paused: bool = False
+    # The guest's SSH host keys (OpenSSH public key lines), as it printed them on its serial
+    # console at first boot (cloud-init's keys_to_console): written once by its host agent,
+    # never replaced: the same instance keeps its keys wherever it runs (see
+    # docs/design-decisions.md, "Host keys from the console"). Empty: not seen yet.
+    host_keys: list[str] = Field(default_factory=list)
     log: list[Event] = Field(default_factory=list)
 
     @property

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ucloud import consoles, failpoints, proc, retry, sdnotify
+from ucloud import consoles, failpoints, proc, retry, sdnotify, sshkeys
 from ucloud.config import Settings
 from ucloud.host import disks, metrics
 from ucloud.host.hypervisor import (
@@ -61,6 +61,14 @@ from ucloud.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
+# Host keys from the console (see learn_host_keys): how much of a console log is read (cloud-init
+# prints them at first boot, in the first hundred KiB or so: a Debian boot's whole log is under
+# 100 KiB), how often a running VM's log is looked at, and for how long after it began running
+# (a TCG guest can take minutes to reach cloud-init; the resync looks later still).
+HOST_KEYS_SCAN = 1 << 20
+HOST_KEYS_POLL = 5.0
+HOST_KEYS_WATCH = 1800.0
+
 
 class HostAgent:
     def __init__(
@@ -90,6 +98,10 @@ class HostAgent:
         # Domains this agent stopped because its lease was lost: if their VMs are still placed
         # here when it holds a lease again, they are restarted, and that is no crash.
         self.stopped_for_lease: set[str] = set()
+        # The size of each VM's console log when it was last read for host keys: read again
+        # only once it grew.
+        self.console_read: dict[str, int] = {}
+        self.host_keys_due: dict[str, float] = {}  # when the next look is queued for
         if netplane is None:
             netplane = open_netplane(settings) if settings.hypervisor == "libvirt" else NoNetPlane()
         self.networks = NetworkSync(store, settings, netplane, self.local_ports)
@@ -290,6 +302,7 @@ class HostAgent:
                 self.networks.poke()
             self.seeds.remove(id)
             self.stopped_for_lease.discard(id)
+            self.forget_console(id)
             return
         vm = found.value
         if vm.migration is not None and self.migrations.outgoing(found, dom):
@@ -495,7 +508,55 @@ class HostAgent:
         if plugged is None:
             return  # it changed meanwhile: the watch brings it back
         if vm.status != Status.RUNNING:
-            self.transition(plugged, Status.RUNNING)
+            self.transition(plugged, Status.RUNNING)  # the watch brings it back
+            return
+        self.learn_host_keys(plugged)
+
+    def learn_host_keys(self, found: Versioned[VM]) -> None:
+        """Record the guest's SSH host keys once, from what it printed on its serial console
+        (cloud-init's host key block), so that ``ucloud vm ssh`` need not trust the first
+        answer. Never replaced: a later boot of the same instance prints none, and a guest that
+        prints other keys later (its owner regenerated them) is the owner's business."""
+        vm = found.value
+        if vm.host_keys:
+            self.forget_console(vm.uuid)
+            return
+        path = self.console_log(vm.uuid)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size != self.console_read.get(vm.uuid):
+            try:
+                with path.open("rb") as f:
+                    head = f.read(HOST_KEYS_SCAN).decode(errors="replace")
+                keys = sshkeys.host_keys_from_console(head)
+            except sshkeys.HostKeysError as e:
+                log.warning("VM %s: not recording host keys from its console: %s", vm.uuid, e)
+                keys = []
+            except OSError as e:
+                log.warning("VM %s: cannot read its console log: %s", vm.uuid, e)
+                keys = []
+            if keys:
+
+                def recorded(vm: VM) -> None:
+                    if not vm.host_keys:
+                        vm.host_keys = [k.line for k in keys]
+                        prints = ", ".join(f"{k.type} {k.fingerprint}" for k in keys)
+                        vm.record(self.me, f"host keys from its console: {prints}")
+
+                if self.write(found, recorded) is not None:
+                    log.info("VM %s: recorded %d host keys from its console", vm.uuid, len(keys))
+                    self.forget_console(vm.uuid)
+                return  # or it changed meanwhile: the watch brings it back, to read again
+            self.console_read[vm.uuid] = size
+        # One look every HOST_KEYS_POLL however often the VM is reconciled meanwhile.
+        now = time.monotonic()
+        if time.time() - vm.status_since < HOST_KEYS_WATCH and now >= self.host_keys_due.get(
+            vm.uuid, 0.0
+        ):
+            self.host_keys_due[vm.uuid] = now + HOST_KEYS_POLL - 0.1
+            self.queue.add_after(vm.uuid, HOST_KEYS_POLL)
 
     def plug_nics(self, found: Versioned[VM]) -> Versioned[VM] | None:
         """A running VM's NICs follow its ports (attached or detached while it runs)."""
@@ -568,6 +629,7 @@ class HostAgent:
         if self.store.delete(found):
             log.info("VM %s deleted", vm.uuid)
             self.crashes.pop(vm.uuid, None)
+            self.forget_console(vm.uuid)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -595,6 +657,10 @@ class HostAgent:
             return [
                 p for v in self.vms.items.values() if self.follows(v.value) for p in v.value.ports
             ]
+
+    def forget_console(self, vm: str) -> None:
+        self.console_read.pop(vm, None)
+        self.host_keys_due.pop(vm, None)
 
     def console_log(self, vm: str) -> Path:
         return self.console_dir / f"{vm}.log"
