@@ -3,11 +3,16 @@ returns it (the end-to-end path, up.sh's demo VM answering it, is run by scripts
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
 import pytest
 
 from ucloud.cli import ssh as ssh_module
 from ucloud.cli.errors import CLIError
 from ucloud.cli.main import build_parser, main
+from ucloud.cli.session import Session
 from ucloud.cli.ssh import split_target, ssh_argv
 
 VM = {
@@ -70,3 +75,74 @@ def test_the_command_line(monkeypatch, tmp_path):
     assert (args.login, args.ipv4, args.command) == ("root", True, [])
     # Only vm ssh takes a command.
     assert main(["vm", "list", "--", "ls"]) == 2
+
+
+# --- host keys: the ones recorded from the VM's console, checked strictly ----------------------
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAOKlk3KGX3IALRbaXZNFl13XKiK5cNsHnTMupz14OyL"
+KEYED = {**VM, "host_keys": [f"{ED25519} root@web", "ssh-dss AAAAB3NzaC1kc3M= root@web"]}
+
+
+def test_the_recorded_keys_become_a_known_hosts_file_of_the_vms_own(tmp_path):
+    # Only well-formed keys, under the VM's alias, without their comments.
+    assert ssh_module.known_hosts_lines(KEYED) == [f"ucloud-{VM['uuid']} {ED25519}"]
+    path = ssh_module.write_known_hosts(KEYED, tmp_path / "known_hosts")
+    assert path == tmp_path / "known_hosts" / VM["uuid"]
+    assert path.read_text() == f"ucloud-{VM['uuid']} {ED25519}\n"
+    assert ssh_module.write_known_hosts(VM, tmp_path / "known_hosts") is None  # none recorded
+    assert sorted(p.name for p in (tmp_path / "known_hosts").iterdir()) == [VM["uuid"]]
+
+
+def test_with_known_hosts_ssh_checks_strictly_against_that_file_only():
+    argv = ssh_argv(KEYED, user="debian", known_hosts="/s/kh", options=["A=b"])
+    assert argv == [
+        "ssh",
+        "-o", "A=b",
+        "-o", "HostKeyAlias=ucloud-0b6c3f5e-1111-4222-8333-944455556666",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UserKnownHostsFile=/s/kh",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-l", "debian",
+        "--", "fd75:636c:6f75:1::2",
+    ]  # fmt: skip
+
+
+def test_the_state_dir_follows_xdg():
+    assert ssh_module.state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/ucloud")
+    assert ssh_module.state_dir({}).parts[-3:] == (".local", "state", "ucloud")
+
+
+class FakeAPI:
+    def __init__(self, vm: dict) -> None:
+        self.vm = vm
+
+    def get(self, path: str, **body: object) -> dict:
+        assert path == "/vm/status" and body == {"vmid": VM["uuid"]}
+        return self.vm
+
+
+def run_ssh(monkeypatch, tmp_path, vm: dict, *flags: str) -> list[str]:
+    """What ``ucloud vm ssh`` would exec for ``vm`` (the API's answer)."""
+    execs: list[list[str]] = []
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setattr(ssh_module.os, "execvp", lambda file, argv: execs.append(argv))
+    session = SimpleNamespace(api=FakeAPI(vm), out=SimpleNamespace(progress=lambda line: None))
+    args = build_parser().parse_args(["vm", "ssh", f"debian@{VM['uuid']}", *flags])
+    ssh_module.ssh(cast(Session, session), args)
+    return execs[0]
+
+
+def test_vm_ssh_uses_the_recorded_keys(monkeypatch, tmp_path):
+    argv = run_ssh(monkeypatch, tmp_path, KEYED)
+    known = tmp_path / "ucloud" / "known_hosts" / VM["uuid"]
+    assert f"UserKnownHostsFile={known}" in argv and "StrictHostKeyChecking=yes" in argv
+    assert known.read_text() == f"ucloud-{VM['uuid']} {ED25519}\n"
+
+
+def test_vm_ssh_without_recorded_keys_refuses_unless_told_to_trust_the_first(monkeypatch, tmp_path):
+    with pytest.raises(CLIError, match="no recorded SSH host keys") as e:
+        run_ssh(monkeypatch, tmp_path, VM)
+    assert "--trust-on-first-use" in e.value.hint
+    argv = run_ssh(monkeypatch, tmp_path, VM, "--trust-on-first-use")
+    assert "StrictHostKeyChecking=accept-new" in argv
+    assert not any(a.startswith("UserKnownHostsFile") for a in argv)

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", dest="option", action="append", metavar="OPTION", help="an ssh option (repeatable)"
     )
     p.add_argument("-4", dest="ipv4", action="store_true", help="its IPv4 address, not IPv6")
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="if no host keys are recorded for the VM yet, accept the first one it shows "
+        "(remembered in your known_hosts) instead of refusing",
+    )
     # What follows "--" is the command: main() takes it off before argparse, which does not
     # handle "--" after a subcommand's options.
     p.set_defaults(command=[], takes_command=True)

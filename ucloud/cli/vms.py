@@ -116,6 +116,12 @@ def describe(vm: dict[str, Any]) -> str:
         ("image", vm["image"]),
         ("networks", nics(vm)),
         ("created", when(vm.get("created"))),
+        # What the guest printed on its console at first boot: compare with what ssh shows.
+        (
+            "host keys",
+            "\n            ".join(_host_key_label(k) for k in vm.get("host_keys") or [])
+            or "- (not seen on its console yet)",
+        ),
     ]
     if vm.get("migration"):
         pairs.insert(6, ("migration", describe_migration(vm["migration"])))
@@ -149,6 +155,15 @@ def _key_label(line: str) -> str:
     except sshkeys.InvalidKey:
         return line[:40]
     return f"{key.fingerprint} {key.comment}".rstrip()
+
+
+def _host_key_label(line: str) -> str:
+    """A host key as ssh shows it when it asks: type and fingerprint."""
+    try:
+        key = sshkeys.parse(line)
+    except sshkeys.InvalidKey:
+        return line[:40]
+    return f"{key.fingerprint} ({key.type})"
 
 
 def act(s: Session, args: argparse.Namespace) -> int:
