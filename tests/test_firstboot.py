@@ -36,6 +36,7 @@ from tests.stack import (
     wait_console,
 )
 from ucloud import seed
+from ucloud.cli import ssh as cli_ssh
 from ucloud.config import Settings
 from ucloud.models import VM, Host, HostStatus, Image, Network, Specs, Status
 from ucloud.storage.rbd import RBDStorage
@@ -284,6 +285,20 @@ def guest_ssh(host: BedHost, key: Path, known_hosts: Path, address: str, command
     return host.run(*argv)
 
 
+def strict_ssh(host: BedHost, key: Path, vm: dict, state: Path, command: str) -> str:
+    """``command``'s output in the guest, by ssh as ``ucloud vm ssh`` runs it: against the
+    known_hosts file it writes from the VM's recorded host keys, strictly."""
+    known_hosts = cli_ssh.write_known_hosts(vm, state)
+    assert known_hosts is not None
+    options = ["BatchMode=yes", "ConnectTimeout=10"]
+    argv = cli_ssh.ssh_argv(
+        vm, user="debian", identity=str(key), options=options, known_hosts=str(known_hosts),
+        command=[command],
+    )  # fmt: skip
+    assert "StrictHostKeyChecking=yes" in argv
+    return host.run(*argv).strip()
+
+
 def wait_guest_ssh(host: BedHost, key: Path, known_hosts: Path, address: str) -> str:
     """The guest's ``hostname`` and ``ip -o addr show dev eth0`` once its SSH server answers."""
 
@@ -388,6 +403,21 @@ def test_debian_guest_takes_hostname_key_user_data_and_network_once_with_cloud_i
         assert eth0_addresses(report) == want, report
         assert guest_ssh(gateway, key, known, port.ipv4, "hostname").strip() == "deb-guest"
 
+        # Its host agent recorded the host keys the guest printed on its console, and they are
+        # the very keys its sshd presents: ssh-keyscan from the router finds the same set, and
+        # ssh as `ucloud vm ssh` runs it (StrictHostKeyChecking=yes, only those keys) gets in.
+        def recorded() -> dict | None:
+            r = c.client.get("/vm/status", json=user.creds(vmid=vmid))
+            assert r.status_code == 200, r.json
+            return r.json if r.json.get("host_keys") else None
+
+        answer = wait_for(recorded, 120, "the VM's host keys to be recorded")
+        scanned = gateway.run("ssh-keyscan", "-T", "10", port.ipv6)
+        presented = {tuple(line.split()[1:3]) for line in scanned.splitlines() if line[:1] != "#"}
+        keys = {tuple(line.split()[:2]) for line in answer["host_keys"]}
+        assert keys == presented and len(keys) >= 2, (keys, scanned)
+        assert strict_ssh(gateway, key, answer, tmp_path / "ucloud", "hostname") == "deb-guest"
+
         # Started again on the other host: cloud-init finds the same instance-id, keeps the
         # hostname, and runs no first-boot module again (no user-data, no new host keys); the
         # guest keeps its addresses and answers SSH with the same host key.
@@ -417,6 +447,14 @@ def test_debian_guest_takes_hostname_key_user_data_and_network_once_with_cloud_i
         # was); known_hosts: the same host key.
         report = wait_guest_ssh(router(not_on=host), key, known, port.ipv6)
         assert report.splitlines()[0] == "deb-guest" and eth0_addresses(report) == want, report
+        # The same instance keeps its recorded keys (its console here printed none), and they
+        # still let ssh in strictly.
+        again_answer = c.client.get("/vm/status", json=user.creds(vmid=vmid)).json
+        assert again_answer["host_keys"] == answer["host_keys"]
+        gateway = router(not_on=host)
+        assert strict_ssh(gateway, key, again_answer, tmp_path / "ucloud", "hostname") == (
+            "deb-guest"
+        )
     finally:
         for id in c.store.list(VM)[0]:
             c.client.post("/vm/delete", json=user.creds(vmid=id))
