@@ -146,3 +146,16 @@ def test_vm_ssh_without_recorded_keys_refuses_unless_told_to_trust_the_first(mon
     argv = run_ssh(monkeypatch, tmp_path, VM, "--trust-on-first-use")
     assert "StrictHostKeyChecking=accept-new" in argv
     assert not any(a.startswith("UserKnownHostsFile") for a in argv)
+
+
+def test_vm_status_lists_the_recorded_host_keys_fingerprints():
+    # The fingerprint as ssh-keygen -l prints it for ED25519.
+    from ucloud.cli.vms import describe
+    from ucloud.models import VM as Record
+    from ucloud.models import Specs
+
+    vm = Record(name="web", owner="a", owner_realm="r", image="i", specs=Specs(cpu=1, ram=1))
+    answer = vm.model_dump(mode="json")
+    assert "host keys: - (not seen on its console yet)" in describe(answer)
+    text = describe({**answer, "host_keys": [ED25519, "ssh-rsa garbage"]})
+    assert "host keys: SHA256:b+K1/Rhdqlecki/4GFTbVJjA6Px8m5o/8W3Ncg9iK64 (ssh-ed25519)\n" in text

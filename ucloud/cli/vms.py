@@ -119,7 +119,7 @@ def describe(vm: dict[str, Any]) -> str:
         # What the guest printed on its console at first boot: compare with what ssh shows.
         (
             "host keys",
-            "\n            ".join(_host_key_label(k) for k in vm.get("host_keys") or [])
+            "\n           ".join(_host_key_label(k) for k in vm.get("host_keys") or [])
             or "- (not seen on its console yet)",
         ),
     ]
