@@ -109,7 +109,9 @@ class Ledger:
                 if self.placed.get(name):
                     self.unknown[name] = used
                 continue
-            state = HostState.of(found.value, name in self.alive.items, self.settings)
+            state = HostState.of(
+                found.value, name in self.alive.items, self.settings, found.mod_revision
+            )
             state.used = used
             self.states[name] = state
         self.stale.clear()
