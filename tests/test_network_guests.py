@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost
+from tests.bed import Bed, BedCluster, BedHost, bed_host, link
 from tests.servers import wait_for
-from tests.test_network_dataplane import bed_host, link
 from ucloud.models import VM, Host, HostStatus, Network, Status
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
