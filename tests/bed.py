@@ -386,3 +386,26 @@ class StandIns:
 
 def bed_host(bed: Bed, name: str) -> BedHost:
     return next(h for h in bed.hosts if h.name == name)
+
+
+def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
+    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
+    assert r.status_code == 201, r.json
+    return r.json["network"]
+
+
+GUEST_SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+
+def make_guest(c: BedCluster, user: str, name: str, network: dict, script: str) -> VM:
+    """A busybox Linux guest on ``network`` that runs ``script`` (its user-data) at boot."""
+    body = c.users[user].creds(
+        vm_name=name,
+        specs=GUEST_SPECS,
+        image=c.linux_image,
+        networks=[network["uuid"]],
+        user_data=script,
+    )
+    r = c.client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return VM.model_validate(r.json["vm"])

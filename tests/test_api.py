@@ -8,19 +8,10 @@ import time
 import pyotp
 import pytest
 
-from tests.conftest import Account, make_account, make_image
+from tests.conftest import SPECS, Account, create_vm, make_account, make_image
 from tests.servers import Etcd, wait_for
 from ucloud.models import VM, Action, Desired, Image, Migration, MigrationPhase, Specs, Status
 from ucloud.store import Store, Unavailable
-
-SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
-
-
-def create_vm(client, account: Account, image: Image, **extra) -> str:
-    body = account.creds(vm_name="web", specs=SPECS, image=image.uuid, **extra)
-    r = client.post("/vm/create", json=body)
-    assert r.status_code == 202, r.json
-    return r.json["uuid"]
 
 
 def all_vms(store: Store) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost, StandIns, bed_host, ip_json, link
+from tests.bed import Bed, BedCluster, BedHost, StandIns, bed_host, ip_json, link, make_network
 from tests.servers import wait_for
 from ucloud.models import VM, Host, HostStatus, Status
 
@@ -27,12 +27,6 @@ def stand_ins() -> Iterator[StandIns]:
     s = StandIns()
     yield s
     s.remove_all()
-
-
-def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
-    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
-    assert r.status_code == 201, r.json
-    return r.json["network"]
 
 
 def make_vm(c: BedCluster, user: str, name: str, *networks: str) -> str:
