@@ -7,12 +7,9 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
+from tests.unit.agentbed import Storage
 from tests.unit.memstore import MemStore
-from tests.unit.test_agent import Storage
+from tests.unit.scrape import scrape
 from ucloud.config import load_settings
 from ucloud.host.hypervisor import DomainStats, stats_from_record
 from ucloud.host.metrics import UsageMeter
@@ -22,17 +19,6 @@ from ucloud.scheduler.daemon import Scheduler
 from ucloud.scheduler.metrics import SchedulerCollector
 
 GIB = 1 << 30
-
-
-def scrape(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_scheduler_exports_vms_hosts_and_capacity_from_its_mirrors():
