@@ -240,6 +240,7 @@ def measure(
         host.libvirtd,
         host.name,
         work / "host",
+        network_dataplane="linux",
         network_underlay=host.underlay,
         network_router=True,
         host_ram=4,

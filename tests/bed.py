@@ -280,10 +280,15 @@ def cluster_on(
 
 
 def host_network_settings(host: BedHost) -> dict[str, object]:
-    """The settings that give a bed host's agent its underlay address, and the URI its peers'
-    libvirtds reach its libvirtd at for live migrations (its socket: the namespaces share the
-    file system; QEMU's migration stream crosses the switch to the underlay address)."""
-    return {"network_underlay": host.underlay, "migration_peer_uri": host.libvirtd.uri}
+    """The settings that give a bed host's agent its data plane and underlay address, and the
+    URI its peers' libvirtds reach its libvirtd at for live migrations (its socket: the
+    namespaces share the file system; QEMU's migration stream crosses the switch to the
+    underlay address)."""
+    return {
+        "network_dataplane": "linux",
+        "network_underlay": host.underlay,
+        "migration_peer_uri": host.libvirtd.uri,
+    }
 
 
 def stop_routers(state_dir: Path) -> None:

@@ -195,6 +195,11 @@ def host_settings(
             "host_ram": 8,
             "shutdown_timeout": 3.0,
             "host_resync": 5.0,
+            # An agent in the machine's own network namespace must not build or sweep bridges
+            # there: it would remove those of a ucloud running beside the tests (up.sh's) or of
+            # a test in another process. Only the bed's hosts, each in its own namespace, have
+            # networks (tests.bed.host_network_settings).
+            "network_dataplane": "none",
             **more,
         }
     )

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import Account, make_account, make_image, register_image
 from tests.onehost import Cluster
 from tests.servers import Daemon, wait_for
-from tests.stack import Ceph, daemon
+from tests.stack import Ceph, Libvirtd, daemon
 from ucloud.config import Settings
 from ucloud.models import (
     VM,
@@ -208,6 +208,7 @@ def test_deleting_a_user_and_all_they_own_leaves_nothing(
     store: Store,
     admin: Account,
     ceph: Ceph,
+    libvirtd: Libvirtd,
     guests,
     tmp_path: Path,
 ):
@@ -216,9 +217,11 @@ def test_deleting_a_user_and_all_they_own_leaves_nothing(
     mine = register_image(store, storage, str(guests.bootsector), "mine", "alice", "users", False)
     scanner: Daemon = daemon("ucloud.imagescanner.main", cluster.host, tmp_path / "images.log")
     try:
-        body = alice.creds(vm_name="a", specs=SPECS, image=mine.uuid)
+        # With an HDD disk: both of its disks must go.
+        body = alice.creds(vm_name="a", specs={**SPECS, "hdd": 1}, image=mine.uuid)
         vmid = client.post("/vm/create", json=body).json["uuid"]
         vm = cluster.wait(vmid, "RUNNING")
+        assert vm.hdd_disk
         home = Path(settings.upload_root) / "alice"
         home.mkdir()
         (home / "disk.img").write_bytes(b"x" * 4096)
@@ -246,7 +249,8 @@ def test_deleting_a_user_and_all_they_own_leaves_nothing(
         # The image goes once no disk is cloned from it (the scanner retries until then).
         wait_for(lambda: store.get(Image, mine.uuid) is None, 90, "the image to be deleted")
         rbd = ceph.rbd("ls", ceph.pool).split()
-        assert vm.disk not in rbd and mine.uuid not in rbd
+        assert vm.disk not in rbd and vm.hdd_disk not in rbd and mine.uuid not in rbd
+        assert f"ucloud-{vmid}" not in libvirtd.virsh("list", "--all", "--name")
         assert not home.exists()
         assert [f for f in store.list(File)[0].values() if f.value.owner == "alice"] == []
         for kind in (User, Usage, Quota):

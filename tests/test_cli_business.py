@@ -3,15 +3,22 @@ in-process against the real API on a loopback port and a real etcd."""
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import CLIENT_KEYS
 from ucloud import websessions
 from ucloud.cli.errors import ExitCode
 from ucloud.config import Settings
 from ucloud.models import VM, Desired, Host, Image, Specs, Status, User
 from ucloud.store import Store
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @pytest.fixture
@@ -124,3 +131,48 @@ def test_host_delete_from_the_cli(admin_cli, store: Store):
 def test_alice_is_no_admin(alice_cli):
     code, _, err = alice_cli("user", "list")
     assert code == ExitCode.REFUSED and "administrator's account" in err
+
+
+def test_upload_shows_a_progress_bar_on_a_terminal(api_url, alice, home, settings):
+    """What a user sees on their terminal: the CLI in its own process, its stderr a pty."""
+    source = home / "disk.img"
+    source.write_bytes(os.urandom(3 << 20))
+    env = {
+        **os.environ,
+        **dict(zip(CLIENT_KEYS, (api_url, alice.name, alice.realm, alice.secret), strict=True)),
+        # This checkout's ucloud, whatever the venv has installed.
+        "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p),
+    }
+    leader, follower = pty.openpty()
+    try:
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from ucloud.cli.main import main; sys.exit(main())",
+        ]
+        run = subprocess.Popen(
+            [*argv, "file", "upload", str(source)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the CLI has exited and closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out, _ = run.communicate(timeout=60)
+    finally:
+        os.close(leader)
+    assert run.returncode == 0, shown
+    assert out.startswith("uploaded disk.img (3.0M)")
+    text = shown.decode()
+    assert f"hashing   disk.img [{'#' * 30}] 100% 3.0M/3.0M" in text, text
+    assert f"uploading disk.img [{'#' * 30}] 100% 3.0M/3.0M" in text, text
+    assert (Path(settings.upload_root) / "alice" / "disk.img").read_bytes() == source.read_bytes()

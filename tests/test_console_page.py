@@ -113,6 +113,11 @@ def test_the_vms_screen_in_the_browser(web, stack: ConsoleStack):
     stack.booted()
     page = log_in(web, stack, stack.alice)
     page.goto(f"{stack.api_url}/console/vm/{vmid}")
+    # The VM's page: its details and its events, newest first, as the API has them.
+    assert page.text_content("#status") == "RUNNING"
+    assert page.text_content("#host") == vm.hostname
+    newest = page.locator("#events tbody tr").first.locator("td").nth(2)
+    newest.filter(has_text=stack.vm(vmid).log[-1].message).wait_for()
     page.click("#open-vnc")
     page.locator("#console[data-state=connected]").wait_for()
 
@@ -154,6 +159,31 @@ def test_the_serial_console_in_the_browser(web, stack: ConsoleStack):
     page.keyboard.type("echo web-$((6*7))\n")
     page.locator("#console .xterm-rows", has_text="web-42").wait_for()
     assert "web-42" in stack.console_log(vmid)
+
+
+def test_switching_consoles_on_a_vms_page_shows_no_error(web, stack: ConsoleStack):
+    """Opening the display closes the serial console the page had open, and the other way
+    round: the one closed on purpose must neither say it closed nor mark the new one closed."""
+    vmid = stack.vms["boot"]
+    host = stack.wait(vmid, Status.RUNNING).hostname
+    page = log_in(web, stack, stack.alice)
+    page.goto(f"{stack.api_url}/console/vm/{vmid}")
+    state = page.locator("#console")
+
+    def switch(button: str, closing: str, opening: str) -> None:
+        closed = f"console {closing} of VM {vmid} closed"
+        before = stack.relay_log(host).count(closed)
+        page.click(button)
+        page.locator(f"#console[data-state=connected][data-kind={opening}]").wait_for()
+        wait_for(lambda: stack.relay_log(host).count(closed) > before, 30, f"{closing} closed")
+        page.wait_for_timeout(1000)  # the browser's side of that close, if it shows
+        assert state.get_attribute("data-state") == "connected"
+        assert page.text_content("#message") == ""
+
+    page.click("#open-serial")
+    page.locator("#console[data-state=connected][data-kind=serial]").wait_for()
+    switch("#open-vnc", "serial", "vnc")
+    switch("#open-serial", "vnc", "serial")
 
 
 def session_of(stack: ConsoleStack, account: Account) -> tuple[requests.Session, str]:

@@ -5,7 +5,10 @@ documented status codes, bodies and headers (a 405 names the allowed methods in 
 invalid input refused.
 
 Requests are signed by a hook (tests/schemathesis_hooks.py) that fills a current
-administrator's credentials into what was generated: administrators may call every operation.
+administrator's credentials into what was generated (administrators may call every operation;
+uploads are signed by a user of the upload realm), and points half of the valid ids at objects
+that exist. The test then checks from the answers that every operation did its work at least
+once (a success, or a 409 about the state of what it was pointed at), not only refused.
 Not checked: positive data acceptance (a valid request may name a VM or an image that does not
 exist, which no schema can say) and the object-level authorization probe (it needs a second
 identity in headers; ownership is tested in tests/test_api.py).
@@ -22,12 +25,13 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import make_account, make_image
+from tests.conftest import Account, make_account, make_image
 from tests.servers import Etcd, free_port, wait_for
 from tests.stack import daemon
+from ucloud.api.imports import URL_PATTERN
 from ucloud.api.schemas import SIZE_PATTERN
 from ucloud.config import load_settings
-from ucloud.models import NAME_PATTERN, VM, File, Host, Specs
+from ucloud.models import NAME_PATTERN, VM, File, Image, Specs
 from ucloud.store import Store
 
 # Per operation and phase: the run takes about 10 s here. A deeper run, with another seed:
@@ -39,34 +43,20 @@ SEED = int(os.environ.get("UCLOUD_ST_SEED", "16"))  # the same requests in every
 
 def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> None:
     port = free_port()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
     settings = load_settings(
         etcd_endpoints=f"127.0.0.1:{etcd.port}",
         etcd_prefix=f"/test-{uuid.uuid4().hex[:8]}/v1",
         api_bind=f"127.0.0.1:{port}",
         api_workers=1,
         default_image="debian",  # so VMs can be made from requests that name no image
+        upload_root=str(uploads),
     )
     store = Store(settings)
     admin = make_account(store, "root", settings.admin_realm)
+    uploader = make_account(store, "uploader", settings.upload_realm)
     debian = make_image(store, "debian")
-    # Objects for the hook to point ids at (see tests/schemathesis_hooks.py).
-    vm = VM(
-        name="web", owner="alice", owner_realm="users", specs=Specs(cpu=1, ram=1), image=debian.uuid
-    )
-    store.create(vm)
-    store.create(Host(name="h1", capacity=Specs(cpu=4, ram=8)))
-    upload = File(
-        owner=admin.name, owner_realm=admin.realm, name="disk.img", size=1, sha512="0", mtime=0
-    )
-    store.create(upload)
-    scratch = make_image(store, "scratch")
-    ids = {
-        "vmid": vm.uuid,
-        "hostname": "h1",
-        "file_uuid": upload.uuid,
-        "uuid": scratch.uuid,
-        "image": debian.uuid,
-    }
     api = daemon("ucloud.api.main", settings, tmp_path / "api.log")
     url = f"http://127.0.0.1:{port}"
 
@@ -78,6 +68,8 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
 
     try:
         wait_for(answers, 30, f"the API on {url} (log: {tmp_path / 'api.log'})")
+        ids = _objects(store, url, admin, debian, tmp_path)
+        log = tmp_path / "answers.txt"
         env = {
             **os.environ,
             "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
@@ -87,7 +79,11 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
             "UCLOUD_ST_NAME": admin.name,
             "UCLOUD_ST_REALM": admin.realm,
             "UCLOUD_ST_SECRET": admin.secret,
+            "UCLOUD_ST_UPLOADER": json.dumps(
+                {"name": uploader.name, "realm": uploader.realm, "secret": uploader.secret}
+            ),
             "UCLOUD_ST_IDS": json.dumps(ids),
+            "UCLOUD_ST_ANSWERS": str(log),
         }
         argv = [
             sys.executable,
@@ -111,9 +107,74 @@ def test_every_operation_answers_as_documented(etcd: Etcd, tmp_path: Path) -> No
         print(run.stdout[-3000:])  # the summary, shown with pytest -s
         assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
         assert api.alive()
+        # Every operation did its work at least once (a success, or a 409 about the state of
+        # what it was pointed at), signed and past its checks: not only refused or not found.
+        reached: dict[str, set[int]] = {}
+        for line in log.read_text().splitlines():
+            method, path, status = line.split()
+            reached.setdefault(f"{method} {path}", set()).add(int(status))
+        operations = requests.get(url + "/openapi.json", timeout=10).json()["paths"]
+        unreached = {
+            f"{method.upper()} {path}": sorted(reached.get(f"{method.upper()} {path}", ()))
+            for path, methods in operations.items()
+            for method in methods
+            if not any(s < 300 or s == 409 for s in reached.get(f"{method.upper()} {path}", ()))
+        }
+        assert unreached == {}
+        assert any(p.is_file() for p in (uploads / uploader.name).iterdir())
     finally:
         api.stop()
         store.close()
+
+
+def _objects(store: Store, url: str, admin: Account, image: Image, folder: Path) -> dict:
+    """Objects for the hook to point the generated ids at (see tests/schemathesis_hooks.py):
+    one of each kind that every operation may use, and one more for each deleting operation.
+    Made through the API where it makes them, as a user would."""
+
+    def call(path: str, **fields: object) -> dict:
+        r = requests.post(url + path, json=admin.creds(**fields), timeout=10)
+        assert r.status_code < 300, (path, r.text)
+        return r.json()
+
+    def vm(name: str) -> str:
+        specs = Specs(cpu=1, ram=1)
+        made = VM(name=name, owner="alice", owner_realm="users", specs=specs, image=image.uuid)
+        store.create(made)
+        return made.uuid
+
+    for user in ("bob", "carol"):
+        call("/user/create", user=user, user_realm="users")
+    for host in ("h1", "h2"):
+        call("/host/create", hostname=host, specs={"cpu": 4, "ram": 8})
+    lan = call("/network/create", network_name="lan")["network"]["uuid"]
+    doomed_lan = call("/network/create", network_name="doomed")["network"]["uuid"]
+    key = folder / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    public_key = key.with_suffix(".pub").read_text().strip()
+    call("/key/add", key_name="laptop", public_key=public_key)
+    upload = File(
+        owner=admin.name, owner_realm=admin.realm, name="disk.img", size=1, sha512="0", mtime=0
+    )
+    store.create(upload)
+    return {
+        "vmid": {"vmid": vm("web"), "network": lan},
+        "hostname": {"hostname": "h1"},
+        "router": {"router": "h1"},
+        "user": {"user": "bob", "user_realm": "users"},
+        "network": {"network": lan, "router": "h1"},
+        "key_name": {"key_name": "laptop"},
+        "public_key": {"public_key": public_key},
+        "url": {"url": "https://images.example.org/debian.qcow2"},
+        "file_uuid": {"file_uuid": upload.uuid},
+        "uuid": {"uuid": make_image(store, "scratch").uuid},
+        "image": {"image": image.uuid},
+        "POST /vm/delete": {"vmid": {"vmid": vm("doomed")}},
+        "POST /host/delete": {"hostname": {"hostname": "h2"}},
+        "POST /user/delete": {"user": {"user": "carol", "user_realm": "users"}},
+        "POST /network/delete": {"network": {"network": doomed_lan}},
+        "POST /image/delete": {"uuid": {"uuid": make_image(store, "doomed").uuid}},
+    }
 
 
 def test_the_document_names_every_answer_and_the_rules_the_server_enforces(client, app):
@@ -138,6 +199,13 @@ def test_the_document_names_every_answer_and_the_rules_the_server_enforces(clien
     reply = vm_ops["/vm/status"]["get"]["responses"]["200"]["content"]["application/json"]
     assert reply["schema"] == {"$ref": "#/components/schemas/VM"}
     assert "hdd_disk" in schemas["VM"]["properties"]
+    # A resize names at least one size; an upload's sha512 is 128 hex digits.
+    resize = schemas["VMResize"]["anyOf"]
+    assert [one["required"] for one in resize] == [["cpu"], ["ram"], ["ssd"], ["hdd"]]
+    upload = vm_ops["/file/upload/{name}"]["put"]["parameters"]
+    sha512 = next(p for p in upload if p["name"] == "X-UCloud-SHA512")
+    assert sha512["schema"]["pattern"] == "^[0-9a-fA-F]{128}$"
+    assert schemas["ImageImport"]["properties"]["url"]["pattern"] == URL_PATTERN
 
 
 def test_a_wrong_method_is_405_with_the_methods_allowed(client):

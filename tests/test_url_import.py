@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -189,7 +191,57 @@ def test_the_api_refuses_what_is_not_an_http_url(client, alice, store):
         ("http://", "must be an http:// or https:// URL with a host"),
         ("http://user:pw@example.org/x", "must not carry a user name or password"),
         ("http://example.org:99999/x", "not a valid URL"),
+        # What urlsplit would read as http://example.org/x, but is no such URL.
+        ("ht\ttp://example.org/x", "without spaces or control characters"),
+        (" http://example.org/x", "without spaces or control characters"),
+        ("http://exa\nmple.org/x", "without spaces or control characters"),
     ):
         r = client.post("/image/import", json=alice.creds(image_name="x", url=url))
         assert r.status_code == 400 and why in r.json["error"], (url, r.json)
     assert store.list(Image)[0] == {}
+
+
+def test_a_name_that_resolves_to_the_metadata_address_is_refused(tmp_path):
+    """A DNS name is checked by the addresses it resolves to, not by how it looks: a name that
+    resolves to 169.254.169.254 (here through an /etc/hosts of the test's own mount namespace,
+    read by the system's resolver) is refused before any connection."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("169.254.169.254 metadata.example.org\n10.9.8.7 mirror.example.org\n")
+    probe = (
+        "from ucloud.imagescanner.fetch import Policy, check\n"
+        "from ucloud.imagescanner.inspect import Refused\n"
+        "for url in ('http://metadata.example.org/latest/', 'https://mirror.example.org/x'):\n"
+        "    try:\n"
+        "        check(url, Policy.networks(''))\n"
+        "        print('allowed', url)\n"
+        "    except Refused as e:\n"
+        "        print('refused', e)\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/hosts && exec "$1" -c "$2"',
+            str(hosts),
+            sys.executable,
+            probe,
+        ],
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "refused metadata.example.org resolves to 169.254.169.254, which images are not fetched "
+        "from: 169.254.169.254 is a link-local address (an administrator may allow its network: "
+        "import_allow_networks)",
+        "refused mirror.example.org resolves to 10.9.8.7, which images are not fetched from: "
+        "10.9.8.7 is a private address (an administrator may allow its network: "
+        "import_allow_networks)",
+    ]

@@ -289,3 +289,37 @@ def test_a_wrong_totp_token_makes_no_session_and_a_good_one_then_works(web_app, 
     assert token
     form.update(token=auth.current_token(user.secret), csrf=token.group(1))
     assert client.post("/console/login", data=form).status_code == 302
+
+
+def test_behind_tls_the_cookies_are_secure_httponly_strict_and_last_the_lifetime(
+    web_settings: Settings, store: Store, user
+):
+    """The default (web_cookie_secure on): a browser sends the session's cookie over HTTPS
+    only, never to scripts or other sites' requests, and forgets it with the session."""
+    from ucloud.api import create_app
+
+    app = create_app(web_settings.model_copy(update={"web_cookie_secure": True}), store)
+    try:
+        wait_for(lambda: app.extensions["ucloud"].catalog.user("users/carol"), 30, "carol")
+        client = app.test_client()
+        https = {"base_url": "https://localhost"}
+        page = client.get("/console/login", **https)
+        form = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert form, page.text
+        data = {
+            "name": user.name,
+            "realm": user.realm,
+            "token": auth.current_token(user.secret),
+            "csrf": form.group(1),
+        }
+        r = client.post("/console/login", data=data, **https)
+        assert r.status_code == 302, r.text
+        cookies = {c.split("=", 1)[0]: c for c in r.headers.getlist("Set-Cookie")}
+        session = [a.strip() for a in cookies[SESSION_COOKIE].split(";")]
+        for attribute in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/console"):
+            assert attribute in session, session
+        assert f"Max-Age={LIFETIME}" in session, session
+        for attribute in ("Secure", "HttpOnly", "SameSite=Strict"):
+            assert attribute in page.headers["Set-Cookie"], page.headers["Set-Cookie"]
+    finally:
+        app.extensions["ucloud"].catalog.stop()

@@ -27,6 +27,7 @@ import json
 import re
 import threading
 import time as _time
+import unicodedata
 from time import gmtime, strftime, struct_time
 from typing import Any
 
@@ -52,9 +53,11 @@ def check_hostname(value: str) -> str:
 
 
 def hostname_for(vm_name: str, vm_uuid: str) -> str:
-    """The default guest hostname: the VM's name made DNS-safe (``My_VM.2`` -> ``my-vm-2``);
-    ``vm-<uuid prefix>`` if nothing of it is left."""
-    name = re.sub(r"[^a-z0-9]+", "-", vm_name.lower()).strip("-")[:MAX_HOSTNAME].strip("-")
+    """The default guest hostname: the VM's name made DNS-safe (``My_VM.2`` -> ``my-vm-2``,
+    ``Café`` -> ``cafe``: accents folded away rather than the letter lost); ``vm-<uuid
+    prefix>`` if nothing of it is left."""
+    ascii_name = unicodedata.normalize("NFKD", vm_name).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:MAX_HOSTNAME].strip("-")
     return name or f"vm-{vm_uuid[:8]}"
 
 

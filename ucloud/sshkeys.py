@@ -32,6 +32,8 @@ TYPES = (
     SK_ED25519,
     SK_ECDSA,
 )
+# How options that precede an unknown type start (the common ones: a clearer refusal).
+_OPTIONS = ("command=", "from=", "no-", "restrict", "cert-")
 
 
 class InvalidKey(ValueError):
@@ -74,7 +76,9 @@ def parse(text: str) -> PublicKey:
     parts = line.split(None, 2)
     key_type = parts[0]
     if key_type not in TYPES:
-        if any(key_type.startswith(p) for p in ("command=", "from=", "no-", "restrict", "cert-")):
+        # authorized_keys options come before the key: a known type further on gives them
+        # away whichever options they are (environment=, permitopen=, pty...).
+        if any(word in TYPES for word in line.split()[1:]) or key_type.startswith(_OPTIONS):
             raise InvalidKey("options before the key are not allowed: give the bare key")
         if key_type == "ssh-dss":
             raise InvalidKey("DSA keys are no longer accepted by OpenSSH: use ssh-ed25519")

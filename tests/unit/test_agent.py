@@ -17,7 +17,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
+import ucloud.host.metrics
 from tests.unit.agentbed import (  # noqa: F401  (fixtures)
     HERE,
     IMAGE,
@@ -36,7 +38,9 @@ from tests.unit.agentbed import (  # noqa: F401  (fixtures)
     store,
     vm_in,
 )
+from ucloud.host.agent import HostAgent
 from ucloud.host.hypervisor import Power
+from ucloud.host.metrics import HostMetrics
 from ucloud.models import VM, Action, Specs, Status
 from ucloud.retry import Retry
 
@@ -313,9 +317,14 @@ def test_delete_removes_the_domain_the_disk_then_the_record(store, hv, storage, 
 # --- crashes -------------------------------------------------------------------------------------
 
 
+def counted(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 def test_a_crashed_vm_is_restarted_with_back_off_then_put_in_error(
     store, hv, agent, clock, running
 ):
+    crashes, restarts = counted("ucloud_vm_crashes_total"), counted("ucloud_vm_restarts_total")
     for delay in (1, 2, 4):
         hv.crash(running)
         agent.reconcile(running)
@@ -333,6 +342,41 @@ def test_a_crashed_vm_is_restarted_with_back_off_then_put_in_error(
     assert (vm.status, vm.hostname) == (Status.ERROR, "")
     assert vm.reason == "its QEMU died 4 times within 600 s"
     assert hv.power(running) is None
+    # Each death counted once, the last one too; three restarts.
+    assert counted("ucloud_vm_crashes_total") - crashes == 4
+    assert counted("ucloud_vm_restarts_total") - restarts == 3
+
+
+def recent_crashes(agent: HostAgent) -> dict[str, float]:
+    """``ucloud_vm_recent_crashes`` as the agent's /metrics would give it now."""
+    families = HostMetrics(agent, agent.settings).families()
+    return {
+        s.labels["vm"]: s.value
+        for f in families
+        if f.name == "ucloud_vm_recent_crashes"
+        for s in f.samples
+    }
+
+
+def test_recent_crashes_are_exported_while_the_vm_is_placed_here(
+    store, hv, agent, clock, running, monkeypatch
+):
+    monkeypatch.setattr(ucloud.host.metrics, "time", clock)
+    for delay in (1, 2):
+        hv.crash(running)
+        agent.reconcile(running)
+        clock.advance(delay)
+        agent.reconcile(running)
+    assert recent_crashes(agent) == {running: 2}
+    # Its user stops it: it leaves the host, and so does its series (no crash-loop alert for
+    # a stopped VM while the agent still remembers its deaths).
+    ask(store, running, Action.STOP)
+    agent.reconcile(running)
+    agent.reconcile(running)
+    store.flush()
+    assert vm_in(store, running).hostname == ""
+    assert running in agent.crashes
+    assert recent_crashes(agent) == {}
 
 
 def test_deaths_older_than_the_crash_window_are_forgotten(store, hv, agent, clock, running):
@@ -349,6 +393,7 @@ def test_deaths_older_than_the_crash_window_are_forgotten(store, hv, agent, cloc
 
 
 def test_a_death_whose_write_loses_a_race_counts_once(store, hv, agent, running):
+    crashes = counted("ucloud_vm_crashes_total")
     hv.crash(running)
     change(store, running, lambda vm: vm.record("api", "a user looked"), deliver=False)
     agent.reconcile(running)  # its KILLED loses to that write: nothing counted
@@ -356,9 +401,11 @@ def test_a_death_whose_write_loses_a_race_counts_once(store, hv, agent, running)
     agent.reconcile(running)
     vm = vm_in(store, running)
     assert (vm.status, vm.reason) == (Status.KILLED, "QEMU died; restarting in 1 s")
+    assert counted("ucloud_vm_crashes_total") - crashes == 1
 
 
 def test_vms_stopped_for_a_lost_lease_are_restarted_and_no_crash(store, hv, agent, lease, running):
+    crashes = counted("ucloud_vm_crashes_total")
     for _ in range(5):  # etcd flapping: more losses than crash_limit
         store.leases[-1].left = 0.0
         agent.reconcile(running)
@@ -372,3 +419,4 @@ def test_vms_stopped_for_a_lost_lease_are_restarted_and_no_crash(store, hv, agen
             "CREATING -> RUNNING",
         ]
     assert agent.crashes.get(running, []) == []
+    assert counted("ucloud_vm_crashes_total") == crashes

@@ -7,6 +7,7 @@ moves is tests/test_migration.py's, on the bed."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.unit.agentbed import (  # noqa: F401  (fixtures)
     HERE,
@@ -97,7 +98,12 @@ def test_the_target_prepares_then_keeps_its_incoming_domain(store, hv, agent, pe
     assert vm_in(store, id).hostname == PEER
 
 
+def migrations(result: str) -> float:
+    return REGISTRY.get_sample_value("ucloud_migrations_total", {"result": result}) or 0.0
+
+
 def test_the_target_ends_it_once_it_runs_the_vm_and_the_source_does_not(store, hv, agent, peer):
+    done = migrations("done")
     id = place(
         store,
         status="RUNNING",
@@ -114,9 +120,11 @@ def test_the_target_ends_it_once_it_runs_the_vm_and_the_source_does_not(store, h
     vm = vm_in(store, id)
     assert (vm.hostname, vm.migration) == (HERE, None)
     assert vm.log[-1].message == f"migrated from {PEER} to {HERE}"
+    assert migrations("done") == done + 1  # once, though its first try was put off
 
 
 def test_the_target_lets_go_when_the_source_died_before_it_ran_the_vm(store, hv, agent, peer):
+    failed = migrations("failed")
     id = place(
         store,
         status="RUNNING",
@@ -137,6 +145,7 @@ def test_the_target_lets_go_when_the_source_died_before_it_ran_the_vm(store, hv,
     assert vm.migration is None and vm.hostname == PEER  # the scheduler evacuates it, fenced
     assert hv.power(id) is None
     assert "died" in vm.log[-1].message
+    assert migrations("failed") == failed + 1
 
 
 def test_a_restarted_source_keeps_the_vm_it_still_runs(store, hv, agent, peer):

@@ -7,9 +7,15 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+from flask import Flask
+from prometheus_client import REGISTRY
+
+from tests.servers import free_port
 from tests.unit.agentbed import Storage
 from tests.unit.memstore import MemStore
 from tests.unit.scrape import scrape
+from ucloud.api import metrics as api_metrics
 from ucloud.config import load_settings
 from ucloud.host.hypervisor import DomainStats, stats_from_record
 from ucloud.host.metrics import UsageMeter
@@ -17,6 +23,7 @@ from ucloud.metrics import Sampler
 from ucloud.models import VM, Alive, Host, HostStatus, Specs
 from ucloud.scheduler.daemon import Scheduler
 from ucloud.scheduler.metrics import SchedulerCollector
+from ucloud.store import Store, Unavailable
 
 GIB = 1 << 30
 
@@ -140,3 +147,53 @@ def test_a_slow_source_does_not_hold_a_scrape_past_the_deadline():
     assert len(calls) == 2
     release.set()
     assert sampler.get() in (2, 3)
+
+
+def test_api_request_labels_are_routes_never_what_a_client_sent():
+    app = Flask(__name__)
+    api_metrics.install(app)
+
+    @app.get("/vm/<vmid>")
+    def vm(vmid: str) -> str:
+        return "ok"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("a bug")
+
+    client = app.test_client()
+    secret = "s3cret-of-alice"
+    assert client.get(f"/vm/{secret}?token={secret}").status_code == 200
+    assert client.get(f"/{secret}/x").status_code == 404
+    assert client.get("/boom").status_code == 500  # a failure is counted too
+
+    samples = [
+        s
+        for family in REGISTRY.collect()
+        if family.name.startswith("ucloud_api_")
+        for s in family.samples
+    ]
+    assert not [s for s in samples if any(secret in v for v in s.labels.values())]
+    endpoints = {
+        (s.labels["endpoint"], s.labels["status"])
+        for s in samples
+        if s.name == "ucloud_api_requests_total"
+    }
+    assert {("/vm/<vmid>", "200"), ("unmatched", "404"), ("/boom", "500")} <= endpoints
+
+
+def test_etcd_requests_that_fail_are_counted_and_timed_by_operation():
+    # Nothing listens there: every request fails at once (UcloudEtcdUnreachable compares
+    # these failures with all requests).
+    store = Store(load_settings(etcd_endpoints=f"127.0.0.1:{free_port()}", etcd_timeout=1))
+
+    def counted(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"operation": "get"}) or 0.0
+
+    errors = counted("ucloud_etcd_request_errors_total")
+    requests = counted("ucloud_etcd_request_duration_seconds_count")
+    with pytest.raises(Unavailable):
+        store.get(VM, "any")
+    store.close()
+    assert counted("ucloud_etcd_request_errors_total") == errors + 1
+    assert counted("ucloud_etcd_request_duration_seconds_count") == requests + 1

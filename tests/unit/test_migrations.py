@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.unit.memstore import MemStore
 from ucloud.config import Settings
@@ -79,6 +80,10 @@ def settle(store: MemStore, s: Scheduler, passes: int = 3) -> None:
     s.drain(0)
 
 
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def vm_of(store: MemStore, id: str) -> VM:
     found = store.get(VM, id)
     assert found is not None
@@ -92,8 +97,10 @@ def test_a_requested_migration_gets_the_roomiest_other_host_and_holds_it(store):
     add_host(store, "d", ram=64, admin_state=AdminState.MAINTENANCE)
     add_host(store, "e", ram=64, uri=False)  # takes no migrations
     id = running_vm(store, "a", migration={})
+    scheduled = counted("ucloud_scheduler_migrations_total", result="scheduled")
     s = scheduler(store)
     settle(store, s)
+    assert counted("ucloud_scheduler_migrations_total", result="scheduled") == scheduled + 1
     m = vm_of(store, id).migration
     assert m is not None and (m.phase, m.target) == (MigrationPhase.SCHEDULED, "c")
     assert "migration scheduled: a -> c" in vm_of(store, id).log[-1].message
@@ -115,8 +122,10 @@ def test_a_named_target_is_checked_like_any_placement(store):
     add_host(store, "a")
     add_host(store, "b", ram=1)
     id = running_vm(store, "a", target="b")
+    failed = counted("ucloud_scheduler_migrations_total", result="failed")
     s = scheduler(store)
     settle(store, s)
+    assert counted("ucloud_scheduler_migrations_total", result="failed") == failed + 1
     vm = vm_of(store, id)
     assert vm.migration is None and vm.hostname == "a"
     assert "migration given up: no host fits" in vm.log[-1].message
@@ -202,11 +211,13 @@ def test_a_dead_source_of_a_migration_not_begun_is_evacuated_and_the_migration_c
     id = running_vm(store, "a", target="b", phase=MigrationPhase.PREPARED)
     s = scheduler(store)
     settle(store, s)
+    fenced = counted("ucloud_fencing_total", result="done")
     store.delete(store.get(Alive, "a"))
     settle(store, s)
     vm = vm_of(store, id)
     assert vm.migration is None
     assert vm.hostname != "a"
+    assert counted("ucloud_fencing_total", result="done") == fenced + 1  # its disk
     assert any("host a died" in e.message for e in vm.log)
     assert not [k for k in vm.index_keys() if k.startswith("placement/a/")]
 

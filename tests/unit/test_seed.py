@@ -93,7 +93,15 @@ def test_same_vm_same_bytes_later_and_in_another_time_zone():
 
 @pytest.mark.parametrize(
     ("name", "hostname"),
-    [("web", "web"), ("My_VM.2", "my-vm-2"), ("--x--", "x"), ("a" * 80, "a" * 63), ("ü", None)],
+    [
+        ("web", "web"),
+        ("My_VM.2", "my-vm-2"),
+        ("--x--", "x"),
+        ("a" * 80, "a" * 63),
+        ("ü", "u"),
+        ("Ünïcode-Ö", "unicode-o"),
+        ("日本", None),
+    ],
 )
 def test_default_hostnames_are_dns_labels(name, hostname):
     made = seed.hostname_for(name, "0123abcd-0000-0000-0000-000000000000")

@@ -78,6 +78,8 @@ def test_options_another_type_and_garbage_are_refused(keys):
     kind, data, comment = good.split()
     assert "options" in refused(f'command="/bin/sh" {good}')
     assert "options" in refused(f"restrict {good}")
+    for options in ('environment="A=1"', 'permitopen="host:22"', "pty", 'principals="a,b"'):
+        assert "options before the key are not allowed" in refused(f"{options} {good}")
     assert "unknown key type" in refused(f"ssh-foo {data}")
     assert "DSA" in refused(f"ssh-dss {data}")
     assert "not valid base64" in refused(f"{kind} AAAA*** {comment}")

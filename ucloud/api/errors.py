@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ucloud.quota import QuotaExceeded
 from ucloud.store import Unavailable
@@ -70,7 +70,14 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Any:
-        response = jsonify(error=e.description or e.name)
+        message = e.description or e.name
+        if isinstance(e, RequestEntityTooLarge) and request.max_content_length:
+            # Werkzeug's text names no limit; JSON's escapes count (a user-data's control
+            # characters take six bytes each), so the sender needs the number.
+            message = (
+                f"the request body is over the API's limit of {request.max_content_length} bytes"
+            )
+        response = jsonify(error=message)
         response.status_code = e.code or 500
         # Keep what the exception says beyond its body: a 405's Allow header.
         for name, value in e.get_headers():

@@ -6,6 +6,7 @@ may be reached (ucloud/imagescanner/fetch.py): a refusal is the image's ERROR wi
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -18,9 +19,21 @@ from ucloud.api.schemas import Credentials, Name
 bp = Blueprint("import", __name__)
 
 
+# The URL's form, for the OpenAPI document and checked as it says (after the clearer checks
+# below): urlsplit alone drops leading spaces and any tab or newline, so "ht\ttp://..." would
+# pass as http.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f/?#@]+([/?#][^\x00-\x20\x7f]*)?$"
+_URL = re.compile(URL_PATTERN)
+
+
 class ImageImport(Credentials):
     image_name: Name = Field(description="a name for the image")
-    url: str = Field(min_length=1, max_length=2048, description="an http(s) URL of the image")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="an http(s) URL of the image (no user name or password)",
+        json_schema_extra={"pattern": URL_PATTERN},
+    )
     image_store: Name | None = Field(
         None, description="the image store to keep it in; default: the cluster's default store"
     )
@@ -38,6 +51,10 @@ class ImageImport(Credentials):
             raise ValueError("must be an http:// or https:// URL with a host")
         if parts.username or parts.password:
             raise ValueError("must not carry a user name or password")
+        if not _URL.fullmatch(url):
+            raise ValueError(
+                "must be an http:// or https:// URL without spaces or control characters"
+            )
         return url
 
 

@@ -9,7 +9,7 @@ CPUs and memory take effect at the same start, on whatever host the scheduler pl
 from __future__ import annotations
 
 from flask import Blueprint
-from pydantic import Field, StrictInt
+from pydantic import ConfigDict, Field, StrictInt
 
 from ucloud.api import errors
 from ucloud.api.endpoint import Principal, Reply, context, endpoint
@@ -26,7 +26,17 @@ GROWABLE_DISKS = ("ssd", "hdd")
 
 
 class VMResize(VMRef):
-    """Fields left out keep their value."""
+    """Fields left out keep their value; at least one is given (the OpenAPI document says so
+    too: one of them present and not null)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [k], "properties": {k: {"not": {"type": "null"}}}}
+                for k in ("cpu", "ram", *GROWABLE_DISKS)
+            ]
+        }
+    )
 
     cpu: StrictInt | None = Field(None, ge=1, le=256, description="virtual CPUs")
     ram: Size | None = Field(None, gt=0, le=4096, description="memory in GiB")

@@ -49,12 +49,12 @@ class UploadHeaders(Credentials):
     sha512: str = Field(pattern=r"^[0-9a-f]{128}$", description="the file's sha512, hex")
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
+def _header(name: str, description: str, **schema: object) -> dict[str, Any]:
     return {
         "name": name,
         "in": "header",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", **schema},
         "description": description,
     }
 
@@ -100,7 +100,8 @@ ROUTES.append(
                 _header("X-UCloud-User", "your user name"),
                 _header("X-UCloud-Realm", "your realm"),
                 _header("X-UCloud-Token", "a current TOTP token"),
-                _header("X-UCloud-SHA512", "the file's sha512, hex"),
+                # Read in either case (lowered before it is checked).
+                _header("X-UCloud-SHA512", "the file's sha512, hex", pattern="^[0-9a-fA-F]{128}$"),
             ],
             "requestBody": {
                 "required": True,

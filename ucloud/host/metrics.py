@@ -131,14 +131,19 @@ class HostMetrics:
 
         crashes = gauge(
             "ucloud_vm_recent_crashes",
-            "QEMU deaths of each VM on this host within crash_window (crash_limit more: ERROR)",
+            "QEMU deaths within crash_window of each VM placed on this host "
+            "(past crash_limit: ERROR)",
             ["vm", "host"],
         )
         window = self.settings.crash_window
         now = time.monotonic()
+        # The agent remembers deaths for crash_window whatever became of the VM; a VM stopped
+        # or moved since is no longer this host's to report (nor to alert on as crash-looping).
+        with self.agent.lock:
+            placed = {id for id, v in self.agent.vms.items.items() if v.value.hostname == host}
         for vm, times in dict(self.agent.crashes).items():
             recent = sum(1 for t in list(times) if now - t < window)
-            if recent:
+            if recent and vm in placed:
                 crashes.add_metric([vm, host], float(recent))
         out.append(crashes)
 

@@ -29,22 +29,33 @@ export function say(text, ok = false) {
   p.className = ok ? 'ok' : '';
 }
 
-// The display of a VM in `element`, through ucloud-console (noVNC).
+// A console the page closes on purpose (another one opens in its element) says nothing: its
+// close event comes after the next console has started, and would mark that one closed.
+function closer(close) {
+  const handle = { closed: false };
+  handle.close = () => { handle.closed = true; close(); };
+  return handle;
+}
+
+// The display of a VM in `element`, through ucloud-console (noVNC). Returns what closes it.
 export async function openVnc(element, url) {
   const { default: RFB } = await import('/console/assets/novnc/core/rfb.js');
   element.replaceChildren();
   element.dataset.state = 'connecting';
   element.dataset.kind = 'vnc';
   const rfb = new RFB(element, url, { shared: true });
+  const handle = closer(() => rfb.disconnect());
   rfb.addEventListener('connect', () => { element.dataset.state = 'connected'; });
   rfb.addEventListener('disconnect', (e) => {
+    if (handle.closed) return;
     element.dataset.state = 'disconnected';
     say(e.detail.clean ? 'The console closed.' : 'The console was refused or lost: open it again.');
   });
-  return rfb;
+  return handle;
 }
 
-// The serial port of a VM in `element`, through ucloud-console (xterm.js).
+// The serial port of a VM in `element`, through ucloud-console (xterm.js). Returns what
+// closes it.
 export function openSerial(element, url) {
   element.replaceChildren();
   element.dataset.state = 'connecting';
@@ -55,11 +66,13 @@ export function openSerial(element, url) {
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => { element.dataset.state = 'connected'; term.focus(); };
   ws.onmessage = (e) => term.write(new Uint8Array(e.data));
+  const handle = closer(() => ws.close());
   ws.onclose = (e) => {
+    if (handle.closed) return;
     element.dataset.state = 'disconnected';
     say(e.wasClean ? 'The serial console closed.' : 'The serial console was refused or lost: open it again.');
   };
   const encoder = new TextEncoder();
   term.onData((data) => { if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
-  return { term, ws };
+  return handle;
 }

@@ -34,7 +34,7 @@ async function refresh() {
 
 function close() {
   if (!opened) return;
-  if (opened.disconnect) opened.disconnect(); else opened.ws.close();
+  opened.close();
   opened = null;
 }
 
