@@ -218,6 +218,14 @@ class FirstBoot(BaseModel):
     user_data_sha256: str = ""
 
 
+# What a VM must be to be live-migrated: settled, running or suspended. A suspended VM
+# migrates paused and arrives paused (its memory with it); one on its way to another state
+# is not moved.
+MIGRATABLE: frozenset[tuple[Status, Desired]] = frozenset(
+    {(Status.RUNNING, Desired.RUNNING), (Status.SUSPENDED, Desired.SUSPENDED)}
+)
+
+
 # What API answers leave out of a VM: the user-data is shown by size and hash, not echoed.
 PUBLIC_EXCLUDE: dict[str, Any] = {"first_boot": {"user_data"}}
 
@@ -287,6 +295,11 @@ class VM(Stored):
     fencing: str = ""
     # A live migration in flight (see Migration); None when there is none.
     migration: Migration | None = None
+    # It arrived on its host paused, by a live migration, and has not run since: written by
+    # the agent that ended the migration, cleared by any status but SUSPENDED. On QEMU 7.2 a
+    # second migration of such a domain fails and takes its QEMU with it (a reboot; see
+    # docs/design-decisions.md, "Live migration and drains"): it moves again once resumed.
+    arrived_paused: bool = False
     log: list[Event] = Field(default_factory=list)
 
     @property
@@ -331,6 +344,8 @@ class VM(Stored):
             message = f"still {status}" + (f": {reason}" if reason else "")
         self.status = status
         self.reason = reason
+        if status != Status.SUSPENDED:
+            self.arrived_paused = False  # it ran since (or will start afresh)
         self.record(by, message)
 
     @property
@@ -360,10 +375,27 @@ class VM(Stored):
             return self.generation > self.observed_generation  # the user asked for a retry
         return self.status in (Status.PENDING, Status.STOPPED, Status.KILLED)
 
+    def unmigratable(self) -> str:
+        """Why the VM cannot be live-migrated as it is now (see MIGRATABLE), or ''."""
+        if not self.hostname or (self.status, self.desired) not in MIGRATABLE:
+            settled = self.desired == _settled(self.status)
+            doing = "" if settled else f", being {self.desired}"
+            return f"it is {self.status}{doing}; only a RUNNING or SUSPENDED VM migrates"
+        if self.arrived_paused:
+            return (
+                f"it arrived on {self.hostname} suspended, by a live migration, and has not "
+                "run since; this QEMU moves it again only once it has run (resume it first)"
+            )
+        return ""
+
+    def migratable(self) -> bool:
+        return not self.unmigratable()
+
     def apply(self, action: Action, by: str) -> None:
         """Apply a user's action to ``desired``, or raise TransitionError saying why not."""
         if self.status not in ACTION_ALLOWED[action] or self.desired in ACTION_CONFLICTS[action]:
-            doing = "" if self.desired == _settled(self.status) else f", being {self.desired}"
+            settled = self.desired == _settled(self.status)
+            doing = "" if settled else f", being {self.desired}"
             raise TransitionError(f"cannot {action} VM {self.uuid}: it is {self.status}{doing}")
         if action == Action.REBOOT:
             self.reboot_seq += 1
@@ -374,6 +406,7 @@ class VM(Stored):
 
 
 def _settled(status: Status) -> Desired | None:
+    """What a VM in ``status`` wants when nothing is being done to it (None: no such wish)."""
     return {
         Status.RUNNING: Desired.RUNNING,
         Status.SUSPENDED: Desired.SUSPENDED,
@@ -409,7 +442,9 @@ class Drain(BaseModel):
     migrating: int = 0  # migrations out of it in flight
     blocked: int = 0  # VMs that wait because no host has room for them
     failing: int = 0  # VMs whose last migration failed, waiting to be tried again
-    suspended: int = 0  # suspended VMs: not migrated (moved once resumed)
+    # Suspended VMs that arrived by a migration and have not run since (VM.arrived_paused):
+    # moved once resumed.
+    suspended: int = 0
     reason: str = ""  # why the first of them waits
 
     def describe(self) -> str:
@@ -427,7 +462,7 @@ class Drain(BaseModel):
         if self.failing:
             parts.append(f"{self.failing} failed to migrate, retrying")
         if self.suspended:
-            parts.append(f"{self.suspended} suspended")
+            parts.append(f"{self.suspended} suspended, moved once resumed")
         return ", ".join(parts)
 
 

@@ -239,32 +239,62 @@ def test_a_failed_migration_is_asked_again_after_a_back_off():
     assert bed.drain_of("a").failing == 0
 
 
-def test_what_is_not_running_waits_and_suspended_vms_are_reported():
+def test_suspended_vms_are_moved_and_vms_on_their_way_elsewhere_wait():
     bed = Bed(drain_parallel=8)
     bed.host("a", maintenance=True)
     bed.host("b")
     suspended = bed.vm("a", status=Status.SUSPENDED, desired=Desired.SUSPENDED)
+    resuming = bed.vm("a", status=Status.SUSPENDED, desired=Desired.RUNNING)
     creating = bed.vm("a", status=Status.CREATING)
     stopping = bed.vm("a", desired=Desired.STOPPED)  # being stopped: it leaves by itself
     bed.start()
     bed.step()
-    assert bed.asked() == set()
+    assert bed.asked() == {suspended}  # moved paused, as it is
     drain = bed.drain_of("a")
-    assert (drain.remaining, drain.suspended) == (3, 1)
-    assert drain.describe() == "draining 0/3, 1 suspended"
+    assert drain is not None and drain.remaining == 4
+    assert drain.describe() == "draining 0/4"
     assert drain_events(bed.get(suspended)) == [
-        "drain: a suspended VM is not migrated; it is moved once resumed, or leaves the host "
-        "once stopped"
+        "drain: live migration requested (host a is in maintenance)"
     ]
 
     bed.edit_vm(creating, lambda vm: setattr(vm, "status", Status.RUNNING))
+    bed.edit_vm(resuming, lambda vm: setattr(vm, "status", Status.RUNNING))
+    bed.step()
+    assert bed.asked() == {suspended, resuming, creating}  # settled now: moved
+    assert stopping not in bed.asked()
+    m = bed.get(suspended).migration
+    assert m is not None and m.target == "b"  # the core gave it its target
+    bed.migrated(suspended, "b")
+    bed.step()
+    assert bed.drain_of("a").remaining == 3
+
+
+def test_a_suspended_vm_that_arrived_paused_waits_until_it_has_run():
+    bed = Bed()
+    bed.host("a", maintenance=True)
+    bed.host("b")
+    held = bed.vm("a", status=Status.SUSPENDED, desired=Desired.SUSPENDED, arrived_paused=True)
+    bed.start()
+    bed.step()
+    assert bed.asked() == set()
+    drain = bed.drain_of("a")
+    assert drain is not None and (drain.remaining, drain.suspended) == (1, 1)
+    assert drain.describe() == "draining 0/1, 1 suspended, moved once resumed"
+    assert "have not run since" in drain.reason
+    (event,) = drain_events(bed.get(held))
+    assert event.startswith("drain: not migrated: it arrived suspended, by a live migration")
+
+    # Resumed (its agent writes RUNNING, which clears the mark): moved.
     bed.edit_vm(
-        suspended,
-        lambda vm: (setattr(vm, "status", Status.RUNNING), setattr(vm, "desired", Desired.RUNNING)),
+        held,
+        lambda vm: (
+            setattr(vm, "desired", Desired.RUNNING),
+            vm.set_status(Status.RUNNING, "host"),
+        ),
     )
     bed.step()
-    assert bed.asked() == {suspended, creating}  # running now: moved
-    assert stopping not in bed.asked()
+    assert bed.asked() == {held}
+    assert bed.drain_of("a").suspended == 0
 
 
 def test_leaving_maintenance_takes_nothing_back_and_asks_no_more():

@@ -14,6 +14,7 @@ from ucloud.models import (
     VM,
     AdminState,
     Alive,
+    Desired,
     Host,
     HostStatus,
     Migration,
@@ -130,6 +131,62 @@ def test_a_named_target_is_checked_like_any_placement(store):
     assert vm.migration is None and vm.hostname == "a"
     assert "migration given up: no host fits" in vm.log[-1].message
     assert "short of RAM" in vm.log[-1].message
+
+
+def suspended(vm: VM) -> None:
+    vm.status, vm.desired = Status.SUSPENDED, Desired.SUSPENDED
+
+
+def test_a_suspended_vm_is_migrated_like_a_running_one(store):
+    add_host(store, "a")
+    add_host(store, "b")
+    id = running_vm(store, "a", migration={})
+    store.update(VM, id, suspended)
+    s = scheduler(store)
+    settle(store, s)
+    m = vm_of(store, id).migration
+    assert m is not None and (m.phase, m.target) == (MigrationPhase.SCHEDULED, "b")
+
+
+@pytest.mark.parametrize(
+    "status, desired",
+    [
+        (Status.SUSPENDED, Desired.RUNNING),  # resumed before the move began
+        (Status.RUNNING, Desired.SUSPENDED),  # suspended before the move began
+        (Status.SUSPENDED, Desired.STOPPED),
+    ],
+)
+def test_a_users_action_before_it_begins_gives_the_migration_up(store, status, desired):
+    add_host(store, "a")
+    add_host(store, "b")
+    id = running_vm(store, "a", target="b", phase=MigrationPhase.SCHEDULED)
+
+    def acted(vm: VM) -> None:
+        vm.status, vm.desired = status, desired
+
+    store.update(VM, id, acted)
+    s = scheduler(store)
+    settle(store, s)
+    vm = vm_of(store, id)
+    assert vm.migration is None and vm.hostname == "a"
+    assert f"migration given up: the VM is {status}, wanted {desired}" in vm.log[-1].message
+
+
+def test_a_suspended_vm_that_arrived_paused_is_not_migrated_again(store):
+    add_host(store, "a")
+    add_host(store, "b")
+    id = running_vm(store, "a", migration={})
+
+    def arrived(vm: VM) -> None:
+        suspended(vm)
+        vm.arrived_paused = True
+
+    store.update(VM, id, arrived)
+    s = scheduler(store)
+    settle(store, s)
+    vm = vm_of(store, id)
+    assert vm.migration is None and vm.hostname == "a"
+    assert "arrived on a suspended, by a live migration" in vm.log[-1].message
 
 
 def test_no_other_host_at_all_gives_up_with_the_reason(store):

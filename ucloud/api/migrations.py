@@ -16,19 +16,13 @@ from ucloud.models import (
     VM,
     AdminState,
     Alive,
-    Desired,
     Host,
     HostStatus,
     Migration,
     MigrationPhase,
-    Status,
 )
 
 bp = Blueprint("migrate", __name__)
-
-# What a VM must be to be migrated: running (a suspended VM would arrive paused, and the end of
-# a migration is seen by the target running it unpaused).
-MIGRATABLE = frozenset({Status.RUNNING})
 
 
 class VMMigrate(VMRef):
@@ -40,12 +34,13 @@ class VMMigrate(VMRef):
 @endpoint(
     bp,
     "/vm/migrate",
-    summary="Live-migrate a running VM to another host (administrators)",
+    summary="Live-migrate a running or suspended VM to another host (administrators)",
     admin=True,
     responses={
         202: "queued",
         404: "no such VM, or no such host",
-        409: "the VM is not running, or migrates already; or the host cannot take it",
+        409: "the VM is neither running nor suspended, or migrates already; or the host "
+        "cannot take it",
     },
     reply=replies.VMQueued,
 )
@@ -61,11 +56,9 @@ def migrate(body: VMMigrate, user: Principal) -> Reply:
                 f"VM {vm.uuid} is migrating already ({m.phase}, {m.source} -> "
                 f"{m.target or 'a host the scheduler picks'})"
             )
-        if vm.status not in MIGRATABLE or vm.desired != Desired.RUNNING or not vm.hostname:
-            doing = "" if vm.desired == Desired.RUNNING else f", being {vm.desired}"
-            raise errors.Conflict(
-                f"cannot migrate VM {vm.uuid}: it is {vm.status}{doing}; only a RUNNING VM migrates"
-            )
+        why = vm.unmigratable()
+        if why:
+            raise errors.Conflict(f"cannot migrate VM {vm.uuid}: {why}")
         if body.to == vm.hostname:
             raise errors.Conflict(f"VM {vm.uuid} runs on {body.to} already")
         vm.migration = Migration(source=vm.hostname, target=body.to or "", by=by)

@@ -173,8 +173,8 @@ class HostRef(Credentials):
 class HostMaintenance(Credentials):
     hostname: Name
     maintenance: StrictBool = Field(
-        description="true: place no new VMs on the host, and live-migrate its running VMs "
-        "away (its drain); false: take new VMs again (nothing is moved back)"
+        description="true: place no new VMs on the host, and live-migrate its running and "
+        "suspended VMs away (its drain); false: take new VMs again (nothing is moved back)"
     )
 
 

@@ -76,7 +76,7 @@ def maintenance(s: Session, args: argparse.Namespace) -> int:
     if host["admin_state"] == "MAINTENANCE":
         s.out.text(
             f"host {host['name']} is in maintenance: no new VMs are placed on it, and its "
-            "running VMs are live-migrated away (ucloud host list shows the drain)"
+            "running and suspended VMs are live-migrated away (ucloud host list shows the drain)"
         )
     else:
         s.out.text(

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         vm,
         "migrate",
-        "live-migrate a running VM to another host (administrators)",
+        "live-migrate a running or suspended VM to another host (administrators)",
         migrate.migrate,
         waiting,
     )

@@ -1,4 +1,5 @@
-"""``ucloud vm migrate``: live-migrate a running VM (administrators), follow it, or abort it."""
+"""``ucloud vm migrate``: live-migrate a running or suspended VM (administrators), follow it,
+or abort it."""
 
 from __future__ import annotations
 

@@ -29,6 +29,10 @@ class Power(StrEnum):
 class Domain:
     vm: str  # the VM's uuid
     power: Power
+    # Paused by a live migration under way (libvirt's reason "migration"): an incoming domain
+    # not yet handed over, or a source in its last copy. A suspended VM's domain that arrived
+    # is paused too, but not for this reason.
+    migrating: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,9 +153,10 @@ class Hypervisor(Protocol):
         ...
 
     def migrate(self, vm: str, target: MigrationTarget, limits: MigrationLimits) -> None:
-        """Live-migrate the running domain to ``target`` (peer to peer, persistent there,
-        undefined here), blocking until it is over; HypervisorError if it failed or was
-        aborted (the domain then runs here still, unless the error says otherwise)."""
+        """Live-migrate the domain to ``target`` (peer to peer, persistent there, undefined
+        here; a paused domain stays paused there), blocking until it is over; HypervisorError
+        if it failed or was aborted (the domain then is here still, as it was, unless the
+        error says otherwise)."""
         ...
 
     def migration_progress(self, vm: str) -> float | None:

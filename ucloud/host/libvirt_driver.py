@@ -50,6 +50,24 @@ _POWER = {
 }
 
 
+def _domain(vm: str, state: list[int]) -> Domain:
+    """A domain from libvirt's [state, reason]."""
+    power = _POWER.get(state[0], Power.SHUTOFF)
+    migrating = state[0] == libvirt.VIR_DOMAIN_PAUSED and state[1] in _MIGRATION_PAUSES
+    return Domain(vm, power, migrating)
+
+
+# Why libvirt pauses a domain for a migration under way: an incoming one until it is handed
+# over, a source for its last copy (or its post-copy phase, which ucloud never uses).
+_MIGRATION_PAUSES = frozenset(
+    {
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED,
+    }
+)
+
+
 def detect_accel() -> str:
     """'kvm' if /dev/kvm answers KVM_GET_API_VERSION, else 'qemu' (TCG)."""
     try:
@@ -185,13 +203,13 @@ class LibvirtHypervisor:
                 if not name.startswith(PREFIX):
                     continue
                 try:
-                    state = dom.state()[0]
+                    state = dom.state()
                 except libvirt.libvirtError as e:
                     if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         continue  # undefined while we listed
                     raise
                 vm = name[len(PREFIX) :]
-                found[vm] = Domain(vm, _POWER.get(state, Power.SHUTOFF))
+                found[vm] = _domain(vm, state)
             return found
 
         return self._call("list domains", list_all)
@@ -202,7 +220,7 @@ class LibvirtHypervisor:
             if dom is None:
                 return None
             try:
-                return Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+                return _domain(vm, dom.state())
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return None  # undefined since the lookup (migrated away, deleted)
@@ -343,6 +361,10 @@ class LibvirtHypervisor:
             if dom is None:
                 raise HypervisorError(f"VM {vm} has no domain here")
             xml = retarget(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), target)
+            # A suspended VM's domain is paused: it must stay paused on the target (said
+            # outright, not left to libvirt's default), its memory as it was.
+            paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+            how = flags | libvirt.VIR_MIGRATE_PAUSED if paused else flags
             params: dict[str, Any] = {
                 libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
                 libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
@@ -353,7 +375,7 @@ class LibvirtHypervisor:
                 params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_host_part(target.address)}"
             with contextlib.suppress(libvirt.libvirtError):
                 dom.migrateSetMaxDowntime(limits.max_downtime_ms, 0)
-            dom.migrateToURI3(target.uri, params, flags)
+            dom.migrateToURI3(target.uri, params, how)
 
         self._call(f"migrate VM {vm} to {target.uri}", run)
 
@@ -412,7 +434,7 @@ class LibvirtHypervisor:
             raise Unreachable(f"libvirtd at {uri}: {e.get_error_message()}") from e
         try:
             dom = self._lookup(conn, vm)
-            return None if dom is None else Domain(vm, _POWER.get(dom.state()[0], Power.SHUTOFF))
+            return None if dom is None else _domain(vm, dom.state())
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None  # undefined since the lookup

@@ -8,13 +8,15 @@ peer-to-peer live migration on a thread of its own, its progress written into th
 abort when asked or past the timeout.
 
 The end is one compare-and-swap, ``hostname = target`` and no migration, written by whichever
-agent first sees the target run the VM unpaused and the source not (libvirt resumes the
-target only once the source is paused for good, and undefines the source once the target
-runs). Anything else clears the migration: the VM stays placed on its source, whose agent
-restarts it there if its domain is gone (fencing first, as for every start), and the target
-agent destroys what it holds of it as it does for any VM placed elsewhere. An agent that
-finds a migration MIGRATING with no thread of its own driving it (it restarted, or the
-other host died) settles it the same way, by asking both libvirtds.
+agent first sees the target hold the VM and the source not: run it unpaused (libvirt resumes
+the target only once the source is paused for good, and undefines the source once the target
+runs), or, for a suspended VM (it migrates paused, and libvirt leaves it paused on the
+target), have it paused but no longer for the migration. Anything else clears the migration:
+the VM stays placed on its source, whose agent restarts it there if its domain is gone
+(fencing first, as for every start), and the target agent destroys what it holds of it as it
+does for any VM placed elsewhere. An agent that finds a migration MIGRATING with no thread of
+its own driving it (it restarted, or the other host died) settles it the same way, by asking
+both libvirtds.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ucloud.host.hypervisor import (
     Unreachable,
 )
 from ucloud.host.netplane import NetPlaneError
-from ucloud.models import VM, Desired, Host, HostStatus, Migration, MigrationPhase
+from ucloud.models import VM, Host, HostStatus, Migration, MigrationPhase, Status
 from ucloud.retry import Retry
 from ucloud.store import StoreError, Versioned
 
@@ -101,8 +103,8 @@ class Migrations:
         if m.abort:
             self.end(found, None, "migration aborted before it began")
             return True
-        if dom is None or dom.power != Power.RUNNING or vm.desired != Desired.RUNNING:
-            return False  # the scheduler gives it up; the agent looks after the VM
+        if not vm.migratable() or dom is None or dom.power != POWER_OF[vm.status]:
+            return False  # the scheduler gives it up, or the agent settles the VM first
         with self.lock:
             thread = self.threads.get(vm.uuid)
         if thread is not None and thread.is_alive():
@@ -318,7 +320,10 @@ class Migrations:
             there = UNKNOWN
         src, tgt = (here, there) if source_side else (there, here)
         why = f": {failure}" if failure else ""
-        if running(tgt) or (done and tgt == UNKNOWN):
+        # Whether it left paused: the agents write no status while it migrates, so SUSPENDED
+        # now is SUSPENDED when it began (a resume asked meanwhile is done on arrival).
+        paused = vm.status == Status.SUSPENDED
+        if arrived(tgt, paused) or (done and tgt == UNKNOWN):
             if running(src):
                 log.error("VM %s runs on %s and %s: keeping the source", uuid, m.source, m.target)
                 self.end(found, None, f"migration failed: it ran on both hosts{why}")
@@ -337,28 +342,39 @@ class Migrations:
                     if done_stats
                     else ""
                 )
-                self.end(found, m.target, f"migrated from {m.source} to {m.target}{took}")
+                self.end(found, m.target, f"migrated from {m.source} to {m.target}{took}", paused)
             return
         if source_side:
             if tgt == UNKNOWN and not running(src) and not peer_dead:
                 raise Retry(f"VM {uuid}: cannot tell whether {m.target} runs it")
-            where = "it runs here" if running(src) else "it is restarted here"
+            where = (
+                "it runs here"
+                if running(src)
+                else "it stays here, paused"
+                if present(src)
+                else "it is restarted here"
+            )
             self.end(found, None, f"migration to {m.target} failed{why}; {where}")
             return
-        # The target, the VM not running here: only a dead source is this agent's to settle.
+        # The target, the VM not (yet) handed over here: only a dead source is this agent's to
+        # settle.
         if not peer_dead:
             self.agent.queue.add_after(uuid, 2.0)
             return
         hv.undefine(uuid)
         self.end(found, None, f"migration failed: {m.source} died before it was over")
 
-    def end(self, found: Versioned[VM], target: str | None, message: str) -> None:
+    def end(
+        self, found: Versioned[VM], target: str | None, message: str, paused: bool = False
+    ) -> None:
         """The one write that ends a migration: placed on ``target`` (it runs there, and no
-        longer on the source), or left where it was (None)."""
+        longer on the source; ``paused``: it is there paused), or left where it was (None)."""
 
         def change(vm: VM) -> None:
             if target:
                 vm.hostname = target
+                # It has not run there: not to be moved again before it has (VM.arrived_paused).
+                vm.arrived_paused = paused
             vm.migration = None
             vm.record(self.me, message)
 
@@ -390,6 +406,19 @@ def same(m: Migration | None, other: Migration) -> bool:
 
 def running(d: Domain | str | None) -> bool:
     return isinstance(d, Domain) and d.power == Power.RUNNING
+
+
+def arrived(d: Domain | str | None, paused: bool) -> bool:
+    """Whether the target's domain ``d`` holds the VM handed over: running, or, for a VM that
+    migrated paused, paused but no longer for the migration (libvirt's incoming domain is
+    paused until the last byte is in: that one has not arrived)."""
+    if running(d):
+        return True
+    return paused and isinstance(d, Domain) and d.power == Power.PAUSED and not d.migrating
+
+
+# What a VM's domain is before it migrates (models.MIGRATABLE): a suspended one paused.
+POWER_OF = {Status.RUNNING: Power.RUNNING, Status.SUSPENDED: Power.PAUSED}
 
 
 def present(d: Domain | str | None) -> bool:

@@ -1,6 +1,7 @@
 """Drains: a host an administrator put in maintenance is emptied by live migration.
 
-For each host in maintenance the scheduler requests migrations of its RUNNING VMs
+For each host in maintenance the scheduler requests migrations of its RUNNING and SUSPENDED
+VMs (a suspended one moves paused, memory and all: models.MIGRATABLE)
 (``VM.migration = Migration(source, by="drain")``, phase REQUESTED, by compare-and-swap), at
 most ``drain_parallel`` out of the host at once; the migration core (migrations.py and the
 agents) chooses each target and moves the VM (see models.Migration). A VM is asked to move
@@ -13,9 +14,9 @@ back-off.
 
 Leaving maintenance takes nothing back: the drain record goes and no new migration is asked;
 those in flight finish. VMs in other statuses on the host (SCHEDULED, CREATING, a crashed one
-restarting, one being stopped) are counted and moved once they run (stopped VMs hold no
-host). A SUSPENDED VM is not moved (the migration core moves running VMs): it is reported,
-and moved once its owner resumes it; stopped, it leaves the host.
+restarting, one being stopped, suspended or resumed) are counted and moved once settled
+(stopped VMs hold no host). A suspended VM that arrived by a migration and has not run since
+(VM.arrived_paused) is reported and moved once resumed: QEMU 7.2 cannot migrate it again.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from ucloud.mirror import Mirror
 from ucloud.models import (
     VM,
     AdminState,
-    Desired,
     Drain,
     Host,
     HostStatus,
     Migration,
     MigrationPhase,
-    Status,
 )
 from ucloud.retry import Backoff
 from ucloud.scheduler import placement
@@ -49,9 +48,10 @@ log = logging.getLogger(__name__)
 
 ME = "scheduler"
 BY = "drain"  # Migration.by of the migrations a drain asks for
-SUSPENDED = (
-    "drain: a suspended VM is not migrated; it is moved once resumed, or leaves the host "
-    "once stopped"
+HELD = (
+    "drain: not migrated: it arrived suspended, by a live migration, and has not run since "
+    "(this QEMU cannot move it again before it runs); it is moved once resumed, or leaves "
+    "the host once stopped"
 )
 
 
@@ -138,12 +138,9 @@ class Drains:
         on = self.vms_on(host.name)
         migrating = [v for v in on if v.value.migration is not None]
         idle = [v for v in on if v.value.migration is None]
-        movable = [
-            v
-            for v in idle
-            if v.value.status == Status.RUNNING and v.value.desired == Desired.RUNNING
-        ]
-        suspended = [v for v in idle if v.value.status == Status.SUSPENDED]
+        movable = [v for v in idle if v.value.migratable()]
+        # Suspended and moved here paused: its QEMU cannot move it again before it runs.
+        held = [v for v in idle if v.value.arrived_paused]
         # Biggest first (first fit decreasing): small ones fill the gaps big ones leave.
         movable.sort(key=lambda v: (-v.value.specs.ram, -v.value.specs.cpu, v.value.uuid))
         up = host.status == HostStatus.UP and host.name in self.ledger.alive.items
@@ -172,16 +169,19 @@ class Drains:
                 log.info("drain of %s: asked to migrate VM %s", host.name, v.value.uuid)
         for v, why in blocked:
             self.report(v, f"drain: no host has room: {why}")
-        for v in suspended:
-            self.report(v, SUSPENDED)
+        for v in held:
+            self.report(v, HELD)
         reason = ""
         if blocked:
             v, why = blocked[0]
             reason = f"VM {v.value.uuid} ({v.value.name}) has nowhere to go: {why}"
         elif failing:
             reason = f"{failing} VM(s) failed to migrate; tried again after a back-off"
-        elif suspended:
-            reason = f"{len(suspended)} VM(s) suspended: moved once resumed, gone once stopped"
+        elif held:
+            reason = (
+                f"{len(held)} VM(s) arrived suspended by a migration and have not run since: "
+                "moved once resumed, gone once stopped"
+            )
         self.write_progress(
             found,
             Drain(
@@ -189,7 +189,7 @@ class Drains:
                 migrating=len(migrating) + len(asked),
                 blocked=len(blocked),
                 failing=failing,
-                suspended=len(suspended),
+                suspended=len(held),
                 reason=reason,
             ),
         )

@@ -1,7 +1,8 @@
 """Live migrations, the scheduler's part: choose each requested migration's target (REQUESTED
 → SCHEDULED) with the placement filters and weighers, the source excluded, its capacity then
 held on both hosts by the Ledger; and give up migrations that cannot go on: no host fits, the
-VM no longer runs where it did, a host left, the target did not prepare in time.
+VM is no longer running (or suspended) where it was, a host left, the target did not prepare
+in time.
 
 The agents do the rest (see docs/design-decisions.md, "Live migration and drains"). Once the
 source agent has begun (MIGRATING) the VM may be on either host: only the agents, which ask
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Desired, Host, HostStatus, MigrationPhase, Status
+from ucloud.models import VM, Host, HostStatus, MigrationPhase
 from ucloud.scheduler import metrics, placement
 from ucloud.scheduler.ledger import Ledger
 from ucloud.scheduler.writes import Writes
@@ -93,7 +94,9 @@ class Migrations:
         assert m is not None
         if vm.hostname != m.source:
             return f"the VM is no longer on {m.source}"
-        if vm.status != Status.RUNNING or vm.desired != Desired.RUNNING:
+        if vm.arrived_paused:
+            return "the VM " + vm.unmigratable()
+        if not vm.migratable():  # a user's action came first: it is carried out where it is
             return f"the VM is {vm.status}, wanted {vm.desired}"
         if m.abort:
             return "aborted"
