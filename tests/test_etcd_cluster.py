@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.scheduling import FakeAgent
 from tests.servers import EtcdCluster, wait_for
-from tests.test_scheduler import FakeAgent
 from ucloud.config import Settings, load_settings
 from ucloud.models import VM, Alive, Host, HostStatus, Specs, Status, Stored
 from ucloud.scheduler.daemon import Scheduler
