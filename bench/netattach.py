@@ -29,10 +29,19 @@ import time
 
 from bench.common import log, machine, record, table, workdir
 from bench.netplane import hand_times
-from tests.bed import BedCluster, BedHost, bed_up, ceph_on, cluster_on, etcd_on
+from tests.bed import (
+    BedCluster,
+    BedHost,
+    StandIn,
+    StandIns,
+    bed_up,
+    ceph_on,
+    cluster_on,
+    etcd_on,
+    link,
+)
 from tests.servers import wait_for
 from tests.stack import GUEST_DIR, SCRIPTS, Guests, run_script
-from tests.test_network_dataplane import StandIn, StandIns, link
 from ucloud.models import VM, Status
 
 # Configures every NIC that appears (IPv6 from its MAC, EUI-64 as the port's) and says so.

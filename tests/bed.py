@@ -10,7 +10,10 @@ reaches; the scheduler and the API run in the root namespace as usual.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -299,3 +302,115 @@ def stop_routers(state_dir: Path) -> None:
             continue
         if str(pidfile.parent / "dnsmasq.conf").encode() in cmdline:
             os.kill(pid, signal.SIGTERM)
+
+
+# --- what tests and benchmarks on the bed share ----------------------------------------------
+
+BOOTED = "UCLOUD-LINUX-BOOT-OK"
+HEARTBEAT = re.compile(r"UCLOUD-HEARTBEAT (\d+)")
+
+
+def vm_now(c: BedCluster, id: str) -> VM:
+    found = c.store.get(VM, id)
+    assert found is not None
+    return found.value
+
+
+def console_all(c: BedCluster, id: str) -> str:
+    """The serial console as every host wrote it (a migrated VM's goes on on its target)."""
+    paths = [Path(s.state_dir) / "console" / f"{id}.log" for s in c.hosts.values()]
+    return "".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+
+def heartbeats(text: str) -> list[int]:
+    return [int(x) for x in HEARTBEAT.findall(text)]
+
+
+def maintenance(c: BedCluster, host: str, on: bool) -> None:
+    body = c.users["root"].creds(hostname=host, maintenance=on)
+    r = c.client.post("/host/maintenance", json=body)
+    assert r.status_code == 200, r.json
+
+
+def ip_json(host: BedHost, *args: str) -> list[dict]:
+    return json.loads(host.run("ip", "-j", "-d", *args) or "[]")
+
+
+def link(host: BedHost, name: str) -> dict | None:
+    found = [x for x in ip_json(host, "link", "show") if x["ifname"] == name]
+    return found[0] if found else None
+
+
+@dataclass
+class StandIn:
+    """An endpoint on a network: its own namespace, a veth into a host's bridge."""
+
+    ns: str
+    host: BedHost
+    port: str  # the veth end on the bridge, in the host's namespace
+    address: str
+
+    def ping(self, address: str, count: int = 1, size: int = 56, df: bool = False) -> bool:
+        argv = ["ip", "netns", "exec", self.ns, "ping", "-c", str(count), "-W", "2"]
+        argv += ["-s", str(size)] + (["-M", "do"] if df else [])
+        return subprocess.run([*argv, address], capture_output=True).returncode == 0
+
+
+class StandIns:
+    def __init__(self) -> None:
+        self.made: list[StandIn] = []
+        self.id = secrets.token_hex(2)
+
+    def add(self, host: BedHost, bridge: str, address: str, mtu: int) -> StandIn:
+        n = len(self.made)
+        ns, port = f"ucsi{self.id}-{n}", f"ucsi{self.id}p{n}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        s = StandIn(ns, host, port, address.split("/")[0])
+        self.made.append(s)
+        host.run("ip", "link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "eth0")
+        host.run("ip", "link", "set", "eth0", "netns", ns)
+        host.run("ip", "link", "set", port, "master", bridge, "up")
+        family = "-6" if ":" in address else "-4"
+        for argv in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", family, "addr", "add", address, "dev", "eth0"]
+            + (["nodad"] if family == "-6" else []),
+        ):
+            subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
+        return s
+
+    def remove(self, s: StandIn) -> None:
+        subprocess.run(["ip", "netns", "del", s.ns], check=False)  # its veth goes with it
+        self.made.remove(s)
+
+    def remove_all(self) -> None:
+        for s in list(self.made):
+            self.remove(s)
+
+
+def bed_host(bed: Bed, name: str) -> BedHost:
+    return next(h for h in bed.hosts if h.name == name)
+
+
+def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
+    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
+    assert r.status_code == 201, r.json
+    return r.json["network"]
+
+
+GUEST_SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+
+def make_guest(c: BedCluster, user: str, name: str, network: dict, script: str) -> VM:
+    """A busybox Linux guest on ``network`` that runs ``script`` (its user-data) at boot."""
+    body = c.users[user].creds(
+        vm_name=name,
+        specs=GUEST_SPECS,
+        image=c.linux_image,
+        networks=[network["uuid"]],
+        user_data=script,
+    )
+    r = c.client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return VM.model_validate(r.json["vm"])

@@ -9,8 +9,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.bed import bed, bed_ceph, bed_cluster, bed_etcd  # noqa: F401  (the test bed)
+from tests.clirun import admin_cli, alice_cli, api_url, cli, home  # noqa: F401  (the CLI's)
+from tests.onehost import cluster  # noqa: F401  (one host: scheduler, agent, API)
 from tests.servers import Etcd
-from tests.stack import ceph, debian_guest, guests, libvirtd  # noqa: F401  (fixtures of the real stack)
+from tests.stack import (  # noqa: F401  (fixtures of the real stack)
+    api,
+    ceph,
+    debian_guest,
+    guests,
+    libvirtd,
+)
 from ucloud import auth
 from ucloud.config import Settings, load_settings
 from ucloud.models import Image, ImageStatus
@@ -81,6 +89,17 @@ def make_image(
     )
     store.create(image)
     return image
+
+
+SPECS = {"cpu": 1, "ram": 1, "ssd": 4}  # a small VM's, as the API takes them
+
+
+def create_vm(client, account: Account, image: Image, **extra) -> str:
+    """A VM named web, created through the API (a test client); its uuid."""
+    body = account.creds(vm_name="web", specs=SPECS, image=image.uuid, **extra)
+    r = client.post("/vm/create", json=body)
+    assert r.status_code == 202, r.json
+    return r.json["uuid"]
 
 
 def register_image(

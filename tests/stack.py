@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.servers import Daemon, free_port, wait_for
 from ucloud.config import Settings, settings_env
@@ -257,3 +258,34 @@ def dots_in(state: Path, vm: str, seconds: float) -> int:
     before = console_text(state, vm).count(".")
     time.sleep(seconds)
     return console_text(state, vm).count(".") - before
+
+
+# --- the real API, served by gunicorn ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedAPI:
+    url: str
+    pid: int  # gunicorn's master
+
+
+@pytest.fixture
+def api(settings: Settings, tmp_path: Path) -> Iterator[ServedAPI]:
+    port = free_port()
+    served = settings.model_copy(
+        update={"api_bind": f"127.0.0.1:{port}", "api_workers": 2, "api_threads": 8}
+    )
+    process = daemon("ucloud.api.main", served, tmp_path / "api.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/openapi.json", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, 30, "the API")
+        yield ServedAPI(url, process.pid)
+    finally:
+        process.stop()

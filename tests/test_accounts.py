@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Account, make_account, make_image, register_image
+from tests.onehost import Cluster
 from tests.servers import Daemon, wait_for
 from tests.stack import Ceph, Libvirtd, daemon
-from tests.test_host import Cluster, cluster  # noqa: F401  (the real stack's fixture)
 from ucloud.config import Settings
 from ucloud.models import (
     VM,
@@ -203,7 +203,7 @@ def test_host_deletion_needs_an_empty_host_out_of_service(client, admin, alice, 
 
 @pytest.mark.slow
 def test_deleting_a_user_and_all_they_own_leaves_nothing(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     settings: Settings,
     store: Store,
     admin: Account,

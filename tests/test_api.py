@@ -8,19 +8,10 @@ import time
 import pyotp
 import pytest
 
-from tests.conftest import Account, make_account, make_image
+from tests.conftest import SPECS, Account, create_vm, make_account, make_image
 from tests.servers import Etcd, wait_for
-from ucloud.models import VM, Action, Desired, Image, Specs, Status
+from ucloud.models import VM, Action, Desired, Image, Migration, MigrationPhase, Specs, Status
 from ucloud.store import Store, Unavailable
-
-SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
-
-
-def create_vm(client, account: Account, image: Image, **extra) -> str:
-    body = account.creds(vm_name="web", specs=SPECS, image=image.uuid, **extra)
-    r = client.post("/vm/create", json=body)
-    assert r.status_code == 202, r.json
-    return r.json["uuid"]
 
 
 def all_vms(store: Store) -> dict:
@@ -401,6 +392,41 @@ def test_hosts_for_administrators(client, admin):
         ).status_code
         == 404
     )
+
+
+def test_host_list_allocates_a_migrating_vm_on_its_target_too(client, admin, store):
+    """While a VM migrates it is given room on both hosts (the scheduler holds its specs on
+    the target from when it chose it): `ucloud host list` shows it on both."""
+    for name in ("src", "dst"):
+        specs = {"cpu": 8, "ram": 16}
+        r = client.post("/host/create", json=admin.creds(hostname=name, specs=specs))
+        assert r.status_code == 201, r.json
+
+    def running(name: str, ram: float, migration: Migration | None) -> None:
+        vm = VM(
+            name=name,
+            owner="alice",
+            owner_realm="users",
+            specs=Specs(cpu=1, ram=ram),
+            image="i",
+            status=Status.RUNNING,
+            hostname="src",
+            migration=migration,
+        )
+        store.create(vm)
+
+    running("moving", 2, Migration(source="src", target="dst", phase=MigrationPhase.MIGRATING))
+    running("staying", 1, None)
+    # Asked for, no target held yet: counted on its source only, as the scheduler counts it.
+    running("asked", 4, Migration(source="src", target="dst"))
+
+    def allocated() -> dict[str, tuple[int, float]]:
+        hosts = client.get("/host/list", json=admin.creds()).json["hosts"]
+        return {h["name"]: (h["allocated"]["cpu"], h["allocated"]["ram"]) for h in hosts}
+
+    expected = {"src": (3, 7.0), "dst": (1, 2.0)}
+    # The API serves VMs from its watch: the records just written may take a moment to come.
+    wait_for(lambda: allocated() == expected, 10, f"allocated {expected}")
 
 
 def test_openapi_describes_every_route(client, app):

@@ -6,84 +6,15 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
+from tests.clirun import CLI
 from tests.conftest import Account
 from tests.servers import free_port
 from ucloud.cli.errors import ExitCode
-from ucloud.cli.main import main
 from ucloud.models import VM, Alive, Desired, Drain, Host, Image, Specs, Status
-
-CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
-
-
-@pytest.fixture
-def api_url(app) -> Iterator[str]:
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    thread.join(10)
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A home of its own, and no client settings from the environment running the tests."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for key in (*CLIENT_KEYS, "UCLOUD_CLIENT_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
-    return tmp_path
-
-
-class CLI:
-    """Runs ``ucloud`` in-process with its own client settings; returns (code, stdout, stderr)."""
-
-    def __init__(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.capsys, self.monkeypatch, self.env = capsys, monkeypatch, env or {}
-
-    def as_user(self, url: str, account: Account) -> CLI:
-        values = (url, account.name, account.realm, account.secret)
-        return CLI(self.capsys, self.monkeypatch, dict(zip(CLIENT_KEYS, values, strict=True)))
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        with self.monkeypatch.context() as m:
-            for key, value in self.env.items():
-                m.setenv(key, value)
-            code = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def json(self, *argv: str) -> object:
-        code, out, err = self("--json", *argv)
-        assert code == 0, err
-        return json.loads(out)
-
-
-@pytest.fixture
-def cli(home, capsys, monkeypatch) -> CLI:
-    return CLI(capsys, monkeypatch)
-
-
-@pytest.fixture
-def alice_cli(cli: CLI, api_url: str, alice: Account) -> CLI:
-    return cli.as_user(api_url, alice)
-
-
-@pytest.fixture
-def admin_cli(cli: CLI, api_url: str, admin: Account) -> CLI:
-    return cli.as_user(api_url, admin)
 
 
 def create(cli: CLI, image: Image, name: str = "web") -> dict:

@@ -1,6 +1,5 @@
 """The CLI commands of quotas, resize, accounts, host deletion, uploads and imports, run
 in-process against the real API on a loopback port and a real etcd."""
-# ruff: noqa: F811  (the fixtures imported from test_cli are redefined as parameters)
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import CLIENT_KEYS, admin_cli, alice_cli, api_url, cli, home  # noqa: F401
+from tests.clirun import CLIENT_KEYS
 from ucloud import websessions
 from ucloud.cli.errors import ExitCode
 from ucloud.config import Settings

@@ -4,40 +4,13 @@ with nowhere to go is reported and keeps running, and goes once there is room.""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
-from tests.bed import Bed, BedCluster
+from tests.bed import BOOTED, Bed, BedCluster, console_all, heartbeats, maintenance, vm_now
 from tests.servers import wait_for
 from ucloud.models import VM, Drain, Host, Specs, Status
 
-BOOTED = "UCLOUD-LINUX-BOOT-OK"
-HEARTBEAT = re.compile(r"UCLOUD-HEARTBEAT (\d+)")
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
-
-
-def vm_now(c: BedCluster, id: str) -> VM:
-    found = c.store.get(VM, id)
-    assert found is not None
-    return found.value
-
-
-def console_all(c: BedCluster, id: str) -> str:
-    """The serial console as every host wrote it (a migrated VM's goes on on its target)."""
-    paths = [Path(s.state_dir) / "console" / f"{id}.log" for s in c.hosts.values()]
-    return "".join(p.read_text(errors="replace") for p in paths if p.exists())
-
-
-def heartbeats(text: str) -> list[int]:
-    return [int(x) for x in HEARTBEAT.findall(text)]
-
-
-def maintenance(c: BedCluster, host: str, on: bool) -> None:
-    body = c.users["root"].creds(hostname=host, maintenance=on)
-    r = c.client.post("/host/maintenance", json=body)
-    assert r.status_code == 200, r.json
 
 
 def drain_shown(c: BedCluster, host: str) -> str:

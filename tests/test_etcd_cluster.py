@@ -7,20 +7,20 @@ lease renewals must fail over to another member."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
+from tests.etcdclients import Recorder, create, pin, retrying
+from tests.scheduling import FakeAgent
 from tests.servers import EtcdCluster, wait_for
-from tests.test_scheduler import FakeAgent
 from ucloud.config import Settings, load_settings
-from ucloud.models import VM, Alive, Host, HostStatus, Specs, Status, Stored
+from ucloud.models import VM, Alive, Host, HostStatus, Specs, Status
 from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import Change, Conflict, Snapshot, Store, Unavailable
+from ucloud.store import Change, Snapshot, Store, Unavailable
 
 T = TypeVar("T")
 
@@ -68,47 +68,8 @@ def pinned(settings: Settings, cluster: EtcdCluster, index: int) -> Store:
     return store
 
 
-def pin(store: Store, cluster: EtcdCluster, index: int) -> None:
-    """Make ``store``'s next call go to member ``index``, whatever python-etcd3 thought of it
-    (it forgets a failure after the endpoint's time_retry)."""
-    netloc = cluster.members[index].endpoint
-    store.client.endpoints[netloc].last_failed = 0
-    store.client._current_endpoint_label = netloc
-
-
 def other_than(cluster: EtcdCluster, index: int) -> int:
     return next(i for i in range(len(cluster.members)) if i != index)
-
-
-def retrying(call: Callable[[], T], timeout: float = 15) -> T:
-    """What a daemon does with a call that met a dead member: try again (here, for a while)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def create(store: Store, obj: Stored, timeout: float = 15) -> None:
-    """Create ``obj``, retried; a Conflict after a failed attempt is that attempt's success."""
-    deadline = time.monotonic() + timeout
-    failed = False
-    while True:
-        try:
-            store.create(obj)
-            return
-        except Conflict:
-            if failed:
-                return
-            raise
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            failed = True
-            time.sleep(0.1)
 
 
 class Writer(threading.Thread):
@@ -137,25 +98,6 @@ class Writer(threading.Thread):
         self.stopped.set()
         self.join(10)
         assert not self.is_alive()
-
-
-class Recorder:
-    """What one Follower delivered: its Snapshots and every Change as (id, revision)."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot[Any]] = []
-        self.changes: list[tuple[str, int]] = []
-        self.ids: dict[str, int] = {}
-
-    def __call__(self, item: Snapshot[Any] | Change[Any]) -> None:
-        if isinstance(item, Snapshot):
-            self.snapshots.append(item)
-        else:
-            self.changes.append((item.id, item.revision))
-            self.ids[item.id] = item.revision
-
-    def has(self, acked: dict[str, int]) -> bool:
-        return all(self.ids.get(id) == rev for id, rev in list(acked.items()))
 
 
 def test_settings_name_every_member(settings: Settings, cluster: EtcdCluster) -> None:

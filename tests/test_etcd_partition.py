@@ -23,8 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.etcdclients import Recorder, create, pin, retrying
 from tests.servers import EtcdCluster, leader_of, wait_for
-from tests.test_etcd_cluster import Recorder, create, pin, retrying
 from ucloud.config import Settings, load_settings
 from ucloud.models import Alive, Host, Specs
 from ucloud.store import Store, Unavailable

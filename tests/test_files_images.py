@@ -21,7 +21,6 @@ from tests import imagefiles
 from tests.conftest import Account, make_image
 from tests.servers import Daemon, wait_for
 from tests.stack import Ceph, Libvirtd, daemon, host_settings, wait_console
-from tests.test_cli import alice_cli, api_url, cli, home  # noqa: F401  (fixtures)
 from ucloud.cli.errors import ExitCode
 from ucloud.config import Settings, settings_env
 from ucloud.filescanner.daemon import FileScanner
@@ -379,7 +378,7 @@ def test_image_stores(client, store, alice, admin, settings):
     assert (r.json["image"]["store"], r.json["image"]["pool"]) == ("ssd", "fast")
 
 
-def test_cli_file_and_image_commands(alice_cli, store, alice):  # noqa: F811
+def test_cli_file_and_image_commands(alice_cli, store, alice):
     file = register_file(store, alice, "disk.qcow2")
     assert [f["uuid"] for f in alice_cli.json("file", "list")] == [file.uuid]
     code, out, err = alice_cli("image", "create", "mine", "--file", file.uuid)

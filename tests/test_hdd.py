@@ -11,9 +11,9 @@ import subprocess
 import pytest
 
 from tests.conftest import register_image
+from tests.onehost import Cluster
 from tests.servers import wait_for
 from tests.stack import Ceph, Libvirtd, console_text, wait_console
-from tests.test_host import Cluster, cluster  # noqa: F401  (the fixture)
 from ucloud.models import VM, Status
 from ucloud.storage.rbd import RBDStorage
 
@@ -46,7 +46,7 @@ def rbd_info(ceph: Ceph, pool: str, disk: str) -> dict:
 
 
 def test_an_hdd_disk_is_made_in_its_pool_seen_by_the_guest_kept_and_deleted(
-    cluster: Cluster,  # noqa: F811  (the fixture imported above)
+    cluster: Cluster,
     ceph: Ceph,
     libvirtd: Libvirtd,
     guests,

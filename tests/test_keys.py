@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clirun import CLI
 from tests.conftest import Account
-from tests.test_cli import CLI, api_url, cli, home  # noqa: F401  (fixtures)
 from ucloud.cli.errors import ExitCode
 from ucloud.models import VM, SSHKey
 from ucloud.store import Store
@@ -216,7 +216,7 @@ def test_user_data_that_is_not_utf8_is_refused(client, alice, image, store):
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def test_cli_keys_and_first_boot(cli: CLI, api_url, alice, image, pubs, store, tmp_path):  # noqa: F811
+def test_cli_keys_and_first_boot(cli: CLI, api_url, alice, image, pubs, store, tmp_path):
     alice_cli = cli.as_user(api_url, alice)
     code, out, err = alice_cli("key", "add", "laptop", "--file", str(pubs["ed"]))
     assert code == ExitCode.OK, err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.test_api import create_vm
+from tests.conftest import create_vm
 from ucloud.models import VM, AdminState, Alive, Host, MigrationPhase, Specs, Status
 from ucloud.store import Store
 

@@ -15,11 +15,10 @@ import time
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost
+from tests.bed import Bed, BedCluster, BedHost, make_guest, make_network
 from tests.failover_stack import disk_clients
 from tests.servers import Etcd, wait_for
 from tests.stack import FIRST_BOOT, FIRST_BOOT_BEFORE, SCRIPTS, Ceph, daemon
-from tests.test_network_guests import make_network, make_vm
 from ucloud.models import VM, Host, HostStatus, Status
 
 BOOTED = "UCLOUD-LINUX-BOOT-OK"
@@ -113,8 +112,10 @@ def test_a_running_guest_migrates_and_back_while_pinged(
 ):
     c = bed_cluster
     lan = make_network(c, "alice", "lan", ipv4="10.40.0.0/24")
-    moving = make_vm(c, "alice", "moving", lan, PINGER.format(ipv4="10.40.0.2", peer=""))
-    pinger = make_vm(c, "alice", "pinger", lan, PINGER.format(ipv4="10.40.0.3", peer="10.40.0.2"))
+    moving = make_guest(c, "alice", "moving", lan, PINGER.format(ipv4="10.40.0.2", peer=""))
+    pinger = make_guest(
+        c, "alice", "pinger", lan, PINGER.format(ipv4="10.40.0.3", peer="10.40.0.2")
+    )
 
     def running() -> list[VM] | None:
         vms = [vm_now(c, v) for v in (moving, pinger)]

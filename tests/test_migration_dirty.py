@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bed import Bed, BedCluster
+from tests.bed import BOOTED, Bed, BedCluster, console_all, heartbeats, maintenance, vm_now
 from tests.servers import wait_for
-from tests.test_drain import BOOTED, console_all, heartbeats, maintenance, vm_now
 from ucloud.models import VM, Alive, Status
 
 # Fills a file in the guest's root tmpfs with random bytes once, then copies it over another

@@ -9,76 +9,17 @@ with user-data, is in test_network_guests.py)."""
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost
+from tests.bed import Bed, BedCluster, BedHost, StandIns, bed_host, ip_json, link, make_network
 from tests.servers import wait_for
 from ucloud.models import VM, Host, HostStatus, Status
 
 SPECS = {"cpu": 1, "ram": 0.125, "ssd": 1}
-
-
-def ip_json(host: BedHost, *args: str) -> list[dict]:
-    return json.loads(host.run("ip", "-j", "-d", *args) or "[]")
-
-
-def link(host: BedHost, name: str) -> dict | None:
-    found = [x for x in ip_json(host, "link", "show") if x["ifname"] == name]
-    return found[0] if found else None
-
-
-@dataclass
-class StandIn:
-    """An endpoint on a network: its own namespace, a veth into a host's bridge."""
-
-    ns: str
-    host: BedHost
-    port: str  # the veth end on the bridge, in the host's namespace
-    address: str
-
-    def ping(self, address: str, count: int = 1, size: int = 56, df: bool = False) -> bool:
-        argv = ["ip", "netns", "exec", self.ns, "ping", "-c", str(count), "-W", "2"]
-        argv += ["-s", str(size)] + (["-M", "do"] if df else [])
-        return subprocess.run([*argv, address], capture_output=True).returncode == 0
-
-
-class StandIns:
-    def __init__(self) -> None:
-        self.made: list[StandIn] = []
-        self.id = secrets.token_hex(2)
-
-    def add(self, host: BedHost, bridge: str, address: str, mtu: int) -> StandIn:
-        n = len(self.made)
-        ns, port = f"ucsi{self.id}-{n}", f"ucsi{self.id}p{n}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        s = StandIn(ns, host, port, address.split("/")[0])
-        self.made.append(s)
-        host.run("ip", "link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "eth0")
-        host.run("ip", "link", "set", "eth0", "netns", ns)
-        host.run("ip", "link", "set", port, "master", bridge, "up")
-        family = "-6" if ":" in address else "-4"
-        for argv in (
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "link", "set", "eth0", "up"],
-            ["ip", family, "addr", "add", address, "dev", "eth0"]
-            + (["nodad"] if family == "-6" else []),
-        ):
-            subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
-        return s
-
-    def remove(self, s: StandIn) -> None:
-        subprocess.run(["ip", "netns", "del", s.ns], check=False)  # its veth goes with it
-        self.made.remove(s)
-
-    def remove_all(self) -> None:
-        for s in list(self.made):
-            self.remove(s)
 
 
 @pytest.fixture
@@ -86,12 +27,6 @@ def stand_ins() -> Iterator[StandIns]:
     s = StandIns()
     yield s
     s.remove_all()
-
-
-def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
-    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
-    assert r.status_code == 201, r.json
-    return r.json["network"]
 
 
 def make_vm(c: BedCluster, user: str, name: str, *networks: str) -> str:
@@ -108,10 +43,6 @@ def wait_running(c: BedCluster, *uuids: str) -> list[VM]:
         return vms if all(v.status == Status.RUNNING for v in vms) else None
 
     return wait_for(running, 120, f"VMs {uuids} to run")
-
-
-def bed_host(bed: Bed, name: str) -> BedHost:
-    return next(h for h in bed.hosts if h.name == name)
 
 
 def test_two_hosts_one_network_then_isolation_and_teardown(

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost
+from tests.bed import Bed, BedCluster, BedHost, bed_host, link, make_guest, make_network
 from tests.servers import wait_for
-from tests.test_network_dataplane import bed_host, link
 from ucloud.models import VM, Host, HostStatus, Network, Status
-
-SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 
 # Configure eth0 from what the guest knows: its MAC gives its IPv6 address (EUI-64, as the
 # port's), IPv4 is given; then ping each TARGET (address:tries) and say whether it answered;
@@ -104,25 +101,6 @@ def user_data(
     )
 
 
-def make_network(c: BedCluster, user: str, name: str, **more: object) -> dict:
-    r = c.client.post("/network/create", json=c.users[user].creds(network_name=name, **more))
-    assert r.status_code == 201, r.json
-    return r.json["network"]
-
-
-def make_vm(c: BedCluster, user: str, name: str, network: dict, script: str) -> VM:
-    body = c.users[user].creds(
-        vm_name=name,
-        specs=SPECS,
-        image=c.linux_image,
-        networks=[network["uuid"]],
-        user_data=script,
-    )
-    r = c.client.post("/vm/create", json=body)
-    assert r.status_code == 202, r.json
-    return VM.model_validate(r.json["vm"])
-
-
 def ping_results(text: str) -> dict[str, str]:
     return dict(re.findall(r"UCLOUD-PING (\S+) (yes|no)", text))
 
@@ -149,7 +127,7 @@ def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_clus
     bobnet = make_network(c, "bob", "bobnet", ipv4="10.30.0.0/24")
     # b answers and pings a (10.30.0.3) for ever; a (created next: the lowest free
     # addresses) pings b over IPv6 and IPv4, sends full-size packets, then pings b for ever.
-    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.30.0.2", [], watch="10.30.0.3"))
+    b = make_guest(c, "alice", "b", lan, user_data(lan, "10.30.0.2", [], watch="10.30.0.3"))
     assert b.ports[0].ipv4 == "10.30.0.2"
     b6 = b.ports[0].ipv6
     script = user_data(
@@ -160,10 +138,10 @@ def test_guests_on_two_hosts_reach_each_other_and_no_one_else(bed: Bed, bed_clus
         watch="10.30.0.2",
         every_boot=True,
     )
-    a = make_vm(c, "alice", "a", lan, script)
+    a = make_guest(c, "alice", "a", lan, script)
     assert a.ports[0].ipv4 == "10.30.0.3"
     # Bob's VM on his network, the same subnet: it pings alice's VMs, which must not answer.
-    bob_vm = make_vm(c, "bob", "c", bobnet, user_data(bobnet, "10.30.0.2", [("10.30.0.3", 8)]))
+    bob_vm = make_guest(c, "bob", "c", bobnet, user_data(bobnet, "10.30.0.2", [("10.30.0.3", 8)]))
 
     def running() -> list[VM] | None:
         vms = [c.store.get(VM, v.uuid).value for v in (a, b, bob_vm)]
@@ -283,9 +261,9 @@ def short_prefix(network: dict) -> str:
 def test_detach_and_attach_on_a_running_guest(bed: Bed, bed_cluster: BedCluster):
     c = bed_cluster
     lan = make_network(c, "alice", "lan")
-    b = make_vm(c, "alice", "b", lan, user_data(lan, "10.0.0.2", []))
+    b = make_guest(c, "alice", "b", lan, user_data(lan, "10.0.0.2", []))
     script = WATCH.format(prefix=short_prefix(lan), peer=b.ports[0].ipv6)
-    a = make_vm(c, "alice", "a", lan, script)
+    a = make_guest(c, "alice", "a", lan, script)
 
     def running() -> list[VM] | None:
         vms = [c.store.get(VM, v.uuid).value for v in (a, b)]
@@ -370,7 +348,7 @@ def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
 ):
     c = bed_cluster
     public = make_network(c, "root", "public", ipv4="10.50.0.0/24", shared=True)
-    b = make_vm(c, "bob", "b", public, user_data(public, "10.50.0.2", []))
+    b = make_guest(c, "bob", "b", public, user_data(public, "10.50.0.2", []))
     assert b.ports[0].ipv4 == "10.50.0.2"
     script = SPOOF.format(
         prefix=short_prefix(public),
@@ -379,7 +357,7 @@ def test_a_vm_on_a_shared_network_cannot_send_from_another_address(
         peer4="10.50.0.2",
         peer6=b.ports[0].ipv6,
     )
-    a = make_vm(c, "alice", "a", public, script)
+    a = make_guest(c, "alice", "a", public, script)
     assert a.ports[0].ipv4 == "10.50.0.3"
 
     def running() -> list[VM] | None:
@@ -474,7 +452,7 @@ def test_the_router_gives_addresses_by_ra_and_dhcp_and_another_takes_over_when_i
     router = wait_for(routed, 30, "the scheduler to choose the network's router")
     gw6 = str(ipaddress.IPv6Network(lan["ipv6_prefix"]).network_address + 1)
     script = AUTOCONF.format(gw6=gw6, gw4="10.60.0.1")
-    vms = [make_vm(c, "alice", name, lan, script) for name in ("a", "b")]
+    vms = [make_guest(c, "alice", name, lan, script) for name in ("a", "b")]
 
     def running() -> list[VM] | None:
         found = [c.store.get(VM, v.uuid).value for v in vms]

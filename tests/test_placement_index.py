@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scheduling import FakeAgent, new_vm, vm_of, wait_status
 from tests.servers import Etcd, wait_for
-from tests.test_scheduler import FakeAgent, new_vm, vm_of, wait_status
 from ucloud.config import Settings
 from ucloud.host.agent import HostAgent
 from ucloud.host.fake_driver import FakeHypervisor

@@ -4,16 +4,12 @@ real API (gunicorn)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import Account
-from tests.servers import free_port, wait_for
-from tests.stack import daemon
+from tests.servers import wait_for
 from ucloud import quota
 from ucloud.config import Settings
 from ucloud.models import VM, Desired, Image, Network, Status
@@ -234,34 +230,6 @@ def test_recount_leaves_a_record_changed_after_its_list(client, alice, image, st
 
 
 # --- the real API under parallel requests -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServedAPI:
-    url: str
-    pid: int  # gunicorn's master
-
-
-@pytest.fixture
-def api(settings: Settings, tmp_path: Path) -> Iterator[ServedAPI]:
-    port = free_port()
-    served = settings.model_copy(
-        update={"api_bind": f"127.0.0.1:{port}", "api_workers": 2, "api_threads": 8}
-    )
-    process = daemon("ucloud.api.main", served, tmp_path / "api.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{url}/openapi.json", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, 30, "the API")
-        yield ServedAPI(url, process.pid)
-    finally:
-        process.stop()
 
 
 def test_parallel_creates_never_exceed_the_limit(api, alice, image, store):

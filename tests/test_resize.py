@@ -9,9 +9,9 @@ import re
 import pytest
 
 from tests.conftest import Account
+from tests.onehost import Cluster
 from tests.servers import wait_for
 from tests.stack import Ceph, Libvirtd
-from tests.test_host import Cluster, cluster  # noqa: F401  (the real stack's fixture)
 from ucloud.config import Settings
 from ucloud.models import VM, Host, Image, Specs, Status
 from ucloud.store import Store
@@ -87,7 +87,7 @@ def test_refusals_change_nothing(client, alice, bob, stopped, store, image):
 
 @pytest.mark.slow
 def test_grown_disk_and_cpus_are_what_qemu_gets(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     ceph: Ceph,
     libvirtd: Libvirtd,
 ):

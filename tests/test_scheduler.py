@@ -11,49 +11,12 @@ import threading
 import pytest
 
 from tests.conftest import make_image
+from tests.scheduling import FakeAgent, new_vm, vm_of, wait_status
 from tests.servers import Daemon, Etcd, wait_for
 from ucloud.config import Settings
-from ucloud.models import VM, AdminState, Alive, Desired, Host, HostStatus, Specs, Status
+from ucloud.models import VM, AdminState, Desired, Host, HostStatus, Specs, Status
 from ucloud.scheduler.daemon import Scheduler
-from ucloud.store import Store, Unavailable
-
-
-class FakeAgent:
-    """What a host agent does for liveness: a host record, and an alive key on a lease.
-    (The real agent is ucloud-host; these tests drive the scheduler alone.)"""
-
-    def __init__(
-        self, store: Store, name: str, cpu: int = 4, ram: float = 8, register: bool = True
-    ):
-        self.store, self.name = store, name
-        if register:
-            store.create(Host(name=name, capacity=Specs(cpu=cpu, ram=ram)))
-        self.keepalive = store.hold_lease(store.settings.host_lease_ttl, lambda: None)
-        store.put_owned(Alive(name=name), self.keepalive.lease)
-
-    def die(self) -> None:
-        """Stop renewing: the alive key goes when the lease expires."""
-        self.keepalive.stop()
-
-
-def new_vm(store: Store, cpu: int = 1, ram: float = 1, name: str = "vm") -> VM:
-    vm = VM(
-        name=name, owner="alice", owner_realm="users", specs=Specs(cpu=cpu, ram=ram), image="img"
-    )
-    store.create(vm)
-    return vm
-
-
-def vm_of(store: Store, vm: VM) -> VM:
-    return store.get(VM, vm.uuid).value
-
-
-def wait_status(store: Store, vm: VM, status: Status, timeout: float = 10) -> VM:
-    return wait_for(
-        lambda: (v := vm_of(store, vm)).status == status and v,
-        timeout,
-        f"VM {vm.name} to be {status}",
-    )
+from ucloud.store import Store, Unavailable, edited
 
 
 def test_places_a_new_vm_on_a_live_host(store, scheduler):
@@ -139,6 +102,47 @@ def test_spreads_over_equal_hosts_and_skips_maintenance(store, scheduler):
     vms = [new_vm(store, name=f"vm{i}") for i in range(3)]
     placed = sorted(wait_status(store, vm, Status.SCHEDULED).hostname for vm in vms)
     assert placed == ["a", "b", "c"]
+
+
+def test_a_vm_created_as_its_host_enters_maintenance_never_lands_there(store, scheduler):
+    """Hosts and VMs reach the scheduler on two watches, so it may handle a VM before a change
+    of its host that etcd made first. Each round puts the host it prefers (the bigger one) in
+    maintenance and creates a VM in one transaction (as close as two writes can be), after
+    the scheduler has seen the host back UP: a placement from its view of the host before
+    the maintenance must fail and be made again, on the other host."""
+    FakeAgent(store, "big", cpu=64, ram=256)
+    FakeAgent(store, "small", cpu=4, ram=8)
+
+    def seen(admin: AdminState) -> bool:  # by the scheduler, with both hosts UP
+        hosts = [scheduler.hosts.get(n) for n in ("big", "small")]
+        return all(h and h.value.status == HostStatus.UP for h in hosts) and (
+            hosts[0].value.admin_state == admin
+        )
+
+    def set_admin(admin: AdminState):
+        return lambda h: setattr(h, "admin_state", admin)
+
+    landed: list[str] = []
+    for i in range(ROUNDS):
+        wait_for(lambda: seen(AdminState.UP), 10, "the scheduler to see big UP")
+        vm = VM(
+            name=f"r{i}", owner="alice", owner_realm="users", specs=Specs(cpu=1, ram=1), image="i"
+        )
+
+        def together(vm: VM = vm) -> bool:  # the scheduler writes hosts too (drain records)
+            big = store.get(Host, "big")
+            closed = edited(big, set_admin(AdminState.MAINTENANCE))
+            return store.commit(create=[vm], swap=[(closed, big)]) is not None
+
+        wait_for(together, 10, "the maintenance and the VM written together", interval=0)
+        placed = wait_status(store, vm, Status.SCHEDULED)
+        landed.append(placed.hostname)
+        store.delete(store.get(VM, vm.uuid))
+        store.update(Host, "big", set_admin(AdminState.UP))
+    assert landed == ["small"] * ROUNDS, f"placed on big in maintenance: {landed.count('big')}"
+
+
+ROUNDS = 100
 
 
 def test_pending_with_reason_then_placed_when_a_host_is_added(store, scheduler):
@@ -231,12 +235,12 @@ class LosesEtcdOnce(Store):
         self.written = written
         self.armed = True
 
-    def swap_many(self, writes, guard=None):
-        if not self.armed or not isinstance(writes[0][0], VM):
-            return super().swap_many(writes, guard)
+    def commit(self, **writes):
+        if not self.armed or not writes.get("unchanged"):  # a placement compares its hosts
+            return super().commit(**writes)
         self.armed = False
         if self.written:
-            super().swap_many(writes, guard)
+            super().commit(**writes)
         raise Unavailable("lost mid-call")
 
 

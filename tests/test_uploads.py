@@ -15,8 +15,7 @@ import pytest
 
 from tests.conftest import Account
 from tests.servers import wait_for
-from tests.stack import daemon
-from tests.test_quota import ServedAPI, api  # noqa: F401  (the real API, gunicorn)
+from tests.stack import ServedAPI, daemon
 from ucloud import auth
 from ucloud.cli.main import main
 from ucloud.config import Settings
@@ -112,7 +111,7 @@ def workers(master: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_2_gib_sparse_file_streams_through_the_api(
-    api: ServedAPI,  # noqa: F811
+    api: ServedAPI,
     settings,
     store,
     alice,
@@ -180,7 +179,7 @@ def raw_upload(served: ServedAPI, account: Account, name: str, body: bytes, send
 
 
 def test_slow_and_broken_uploads_through_the_real_api(
-    api: ServedAPI,  # noqa: F811
+    api: ServedAPI,
     settings,
     alice,
 ):

@@ -322,6 +322,17 @@ class VM(Stored):
         return placed + tuple(k for p in self.ports for k in port_claims(self.uuid, p))
 
     @property
+    def migrating_to(self) -> str:
+        """The host a migration of this VM holds its specs on besides its own host: its
+        target, from when the scheduler chose it (SCHEDULED) until the migration is over (the
+        VM is then placed there, or stays where it was); empty: none. What the scheduler's
+        ledger and the API's allocated figures count."""
+        m = self.migration
+        if m is None or m.phase == MigrationPhase.REQUESTED:
+            return ""
+        return m.target
+
+    @property
     def networks(self) -> list[str]:
         """The uuids of the networks its NICs are on."""
         return [p.network for p in self.ports]

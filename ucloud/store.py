@@ -429,21 +429,7 @@ class Store:
         MAX_TXN_OPS operations: a batch of VMs that move is at most MAX_TXN_OPS // 2 long."""
         if not writes:
             return None
-        t = self.client.transactions
-        # etcd compares a missing key's mod_revision as 0.
-        compare = [
-            t.mod(self.key_of(obj)) == (was.mod_revision if was else 0) for obj, was in writes
-        ]
-        if guard is not None:
-            compare.append(guard.compare(t))
-        # The objects first: the first answer's header is the transaction's revision.
-        success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in writes]
-        for obj, was in writes:
-            success += self._index_ops(was.value if was else None, obj)
-        assert len(compare) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
-        assert len(success) <= MAX_TXN_OPS, "split batches below etcd's --max-txn-ops"
-        ok, responses = self.client.transaction(compare=compare, success=success, failure=[])
-        return responses[0].response_put.header.revision if ok else None
+        return self._transaction(swap=writes, guard=guard)
 
     @_etcd_call
     def commit(
@@ -454,15 +440,32 @@ class Store:
         delete: Sequence[Versioned[Any]] = (),
         unchanged: Sequence[Versioned[Any]] = (),
         absent: Sequence[str] = (),
+        guard: Guard | None = None,
     ) -> int | None:
         """Several objects in one transaction: ``create`` (their keys must not exist),
         ``swap`` (each written over the object as read; as swap_many, a ``was`` of None
         creates), ``delete`` (as read), if every
-        object of ``unchanged`` is still as read and no index entry of ``absent`` (paths below
-        the prefix) exists. Index entries follow as in swap_many. For writes whose
-        uniqueness an index entry guarantees (a network's VXLAN id, a port's IPv4 address)
-        and that depend on another object staying as read (the network a port is on). The new
-        revision, or None if any compare failed (nothing written)."""
+        object of ``unchanged`` is still as read, no index entry of ``absent`` (paths below
+        the prefix) exists, and ``guard`` holds. Index entries follow as in swap_many. For
+        writes whose uniqueness an index entry guarantees (a network's VXLAN id, a port's
+        IPv4 address), and writes decided from other objects that must still be as read
+        (the network a port is on; the hosts a scheduler placed VMs on, as it saw them).
+        The new revision, or None if any compare failed (nothing written)."""
+        return self._transaction(
+            create=create, swap=swap, delete=delete, unchanged=unchanged, absent=absent, guard=guard
+        )
+
+    def _transaction(
+        self,
+        *,
+        create: Sequence[Stored] = (),
+        swap: Sequence[tuple[Stored, Versioned[Any] | None]] = (),
+        delete: Sequence[Versioned[Any]] = (),
+        unchanged: Sequence[Versioned[Any]] = (),
+        absent: Sequence[str] = (),
+        guard: Guard | None = None,
+    ) -> int | None:
+        """The one builder of the store's object transactions (swap_many, commit)."""
         t = self.client.transactions
         compare = [t.version(self.key_of(obj)) == 0 for obj in create]
         # etcd compares a missing key's mod_revision as 0.
@@ -471,6 +474,9 @@ class Store:
         ]
         compare += [t.mod(self.key_of(f.value)) == f.mod_revision for f in (*delete, *unchanged)]
         compare += [t.version(self.index_key(path)) == 0 for path in absent]
+        if guard is not None:
+            compare.append(guard.compare(t))
+        # The objects first: the first answer's header is the transaction's revision.
         success = [t.put(self.key_of(obj), obj.model_dump_json()) for obj in create]
         success += [t.put(self.key_of(obj), obj.model_dump_json()) for obj, _ in swap]
         success += [t.delete(self.key_of(f.value)) for f in delete]
@@ -486,7 +492,7 @@ class Store:
         if not ok or not responses:
             return None
         first = responses[0]
-        return getattr(first, first.WhichOneof("response")).header.revision
+        return int(getattr(first, first.WhichOneof("response")).header.revision)
 
     @_etcd_call
     def delete(self, found: Versioned[M], guard: Guard | None = None) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ucloud.models import Stored
-from ucloud.store import Change, Conflict, Guard, M, Snapshot, Store, Versioned
+from ucloud.store import MAX_TXN_OPS, Change, Conflict, Guard, M, Snapshot, Store, Versioned
 
 
 @dataclass
@@ -132,6 +132,14 @@ class MemStore:
         entry = self.keys.get(guard.key)
         return entry is not None and entry.create_revision == guard.create_revision
 
+    def elect(self, name: str = "scheduler") -> Guard:
+        """Hold election ``name`` (Store.campaign, without its lease): the leader's Guard."""
+        with self._lock:
+            self.revision += 1
+            key = f"{self.prefix}/election/{name}"
+            self._put(key, "{}", self.revision)
+            return Guard(key, self.revision)
+
     # --- reads ---------------------------------------------------------------------------------
 
     def get(self, kind: type[M], id: str) -> Versioned[M] | None:
@@ -184,6 +192,10 @@ class MemStore:
         # reader of this double follows an index.)
         if not writes:
             return None
+        self._check_size(
+            len(writes) + (guard is not None),
+            [(was.value if was else None, o) for o, was in writes],
+        )
         with self._lock:
             if not self._holds(guard):
                 return None
@@ -196,6 +208,59 @@ class MemStore:
             for obj, _ in writes:
                 self._put(self.key_of(obj), obj.model_dump_json(), self.revision)
             return self.revision
+
+    def commit(
+        self,
+        *,
+        create: Sequence[Stored] = (),
+        swap: Sequence[tuple[Stored, Versioned[Any] | None]] = (),
+        delete: Sequence[Versioned[Any]] = (),
+        unchanged: Sequence[Versioned[Any]] = (),
+        absent: Sequence[str] = (),
+        guard: Guard | None = None,
+    ) -> int | None:
+        # This double keeps no index entries, so it cannot honour ``absent``: a test that needs
+        # it needs the real store.
+        if absent:
+            raise NotImplementedError("MemStore keeps no index entries")
+        self._check_size(
+            len(create) + len(swap) + len(delete) + len(unchanged) + (guard is not None),
+            [
+                *((None, o) for o in create),
+                *((was.value if was else None, o) for o, was in swap),
+                *((f.value, None) for f in delete),
+            ],
+        )
+        with self._lock:
+            if not self._holds(guard):
+                return None
+            if any(self.key_of(obj) in self.keys for obj in create):
+                return None
+            compared = [(obj, was.mod_revision if was else 0) for obj, was in swap]
+            compared += [(f.value, f.mod_revision) for f in (*delete, *unchanged)]
+            if any(self._mod(self.key_of(obj)) != revision for obj, revision in compared):
+                return None
+            if not (create or swap or delete):
+                return None  # etcd: nothing to answer with a revision
+            self.revision += 1
+            for obj in [*create, *(obj for obj, _ in swap)]:
+                self._put(self.key_of(obj), obj.model_dump_json(), self.revision)
+            for f in delete:
+                if self.key_of(f.value) in self.keys:
+                    self._remove(self.key_of(f.value), self.revision)
+            return self.revision
+
+    @staticmethod
+    def _check_size(compares: int, writes: Sequence[tuple[Stored | None, Stored | None]]) -> None:
+        """Refuse what etcd would (its --max-txn-ops), counting index entries as the real
+        store writes them (it keeps them in the object's transaction; this double does not)."""
+        success = len(writes)
+        for old, new in writes:
+            before = set(old.index_keys()) if old is not None else set()
+            after = set(new.index_keys()) if new is not None else set()
+            success += len(before ^ after)
+        assert compares <= MAX_TXN_OPS, f"{compares} compares: split batches"
+        assert success <= MAX_TXN_OPS, f"{success} operations: split batches"
 
     def delete(self, found: Versioned[Any], guard: Guard | None = None) -> bool:
         with self._lock:

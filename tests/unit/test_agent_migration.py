@@ -1,15 +1,15 @@
 """The host agents' part of live migrations (ucloud/host/migration.py), one reconcile pass at a
-time, on the fakes of test_agent.py: the target prepares and keeps its incoming domain; a
+time, on the fakes of agentbed.py: the target prepares and keeps its incoming domain; a
 migration nobody drives any more is settled from what both libvirtds have. That a VM really
 moves is tests/test_migration.py's, on the bed."""
 
-# ruff: noqa: F811  (fixtures imported from test_agent.py, used by name)
+# ruff: noqa: F811  (fixtures imported from agentbed.py, used by name)
 from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.unit.test_agent import (  # noqa: F401  (fixtures)
+from tests.unit.agentbed import (  # noqa: F401  (fixtures)
     HERE,
     Hypervisor,
     agent,

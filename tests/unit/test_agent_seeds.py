@@ -1,6 +1,6 @@
-# ruff: noqa: F811  (the fixtures imported from test_agent are parameters here)
+# ruff: noqa: F811  (the fixtures imported from agentbed are parameters here)
 """The host agent and first-boot seeds (ucloud/host/seeds.py), on the fake hypervisor and the
-store double of tests/unit/test_agent.py: a seed is written before every start, removed when
+store double of tests/unit/agentbed.py: a seed is written before every start, removed when
 the VM leaves the host, and a VM recorded before seeds existed gets none."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.seedfiles import read_seed
-from tests.unit.test_agent import (  # noqa: F401  (fixtures)
+from tests.unit.agentbed import (  # noqa: F401  (fixtures)
     agent,
     ask,
     clock,

@@ -8,7 +8,7 @@ import os
 
 from prometheus_client import REGISTRY
 
-from tests.unit.test_metrics import scrape
+from tests.unit.scrape import scrape
 from ucloud.console.metrics import Events, Meter, sessions_gauge
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
+from tests.unit.agentbed import Storage
 from tests.unit.memstore import MemStore
-from tests.unit.test_agent import Storage
 from ucloud.config import load_settings
 from ucloud.models import (
     VM,

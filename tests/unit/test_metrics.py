@@ -9,13 +9,12 @@ import time
 
 import pytest
 from flask import Flask
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import REGISTRY
 
 from tests.servers import free_port
+from tests.unit.agentbed import Storage
 from tests.unit.memstore import MemStore
-from tests.unit.test_agent import Storage
+from tests.unit.scrape import scrape
 from ucloud.api import metrics as api_metrics
 from ucloud.config import load_settings
 from ucloud.host.hypervisor import DomainStats, stats_from_record
@@ -27,17 +26,6 @@ from ucloud.scheduler.metrics import SchedulerCollector
 from ucloud.store import Store, Unavailable
 
 GIB = 1 << 30
-
-
-def scrape(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_scheduler_exports_vms_hosts_and_capacity_from_its_mirrors():

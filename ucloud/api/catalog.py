@@ -93,7 +93,8 @@ class Catalog:
             return listing
 
     def allocated(self) -> dict[str, Specs]:
-        """What the VMs placed on each host are given, by host name (``host list``)."""
+        """What the VMs placed on each host are given, by host name (``host list``), counting
+        a VM migrating to a host there too, as the scheduler does (``VM.migrating_to``)."""
         if self._vms.live:
             with self._lock:
                 vms = [v.value for v in self._vms.mirror.items.values()]
@@ -101,8 +102,9 @@ class Catalog:
             vms = [v.value for v in self.store.list(VM)[0].values()]
         by_host: dict[str, Specs] = {}
         for vm in vms:
-            if vm.hostname:
-                by_host[vm.hostname] = by_host.get(vm.hostname, ZERO) + vm.specs
+            for host in (vm.hostname, vm.migrating_to):
+                if host:
+                    by_host[host] = by_host.get(host, ZERO) + vm.specs
         return by_host
 
     def vm_names(self, owner: Owner) -> set[str]:

@@ -46,8 +46,8 @@ def create(body: HostCreate, user: Principal) -> Reply:
     bp,
     "/host/list",
     "GET",
-    summary="Every host with its state, and its allocated (placed VMs' specs) and used "
-    "(measured by its agent; null if none) capacity",
+    summary="Every host with its state, and its allocated (placed and incoming VMs' specs) "
+    "and used (measured by its agent; null if none) capacity",
     admin=True,
     reply=replies.HostList,
 )

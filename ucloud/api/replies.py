@@ -48,7 +48,7 @@ class HostUsed(BaseModel):
 
 
 class ListedHost(Host):
-    allocated: Specs  # the specs of the VMs placed on it, summed
+    allocated: Specs  # the specs of the VMs placed on it and of those migrating to it, summed
     used: HostUsed | None  # None: not measured (its agent is not running)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, ZERO, Alive, Host, MigrationPhase, Specs
+from ucloud.models import VM, ZERO, Alive, Host, Specs
 from ucloud.scheduler import placement
 from ucloud.scheduler.placement import HostState
 
@@ -43,7 +43,8 @@ class Ledger:
             self.changed = True
         # A migration holds the VM's specs on its target too, from when the scheduler chose
         # the target until it is over (the VM is then placed there, or stays where it was).
-        held, holds = incoming(old), incoming(new)
+        held = old.migrating_to if old is not None else ""
+        holds = new.migrating_to if new is not None else ""
         if held:
             self._use(held, -1, old.specs)  # type: ignore[union-attr]
         if holds:
@@ -109,16 +110,10 @@ class Ledger:
                 if self.placed.get(name):
                     self.unknown[name] = used
                 continue
-            state = HostState.of(found.value, name in self.alive.items, self.settings)
+            state = HostState.of(
+                found.value, name in self.alive.items, self.settings, found.mod_revision
+            )
             state.used = used
             self.states[name] = state
         self.stale.clear()
         self.pool = None
-
-
-def incoming(vm: VM | None) -> str:
-    """The host a migration of ``vm`` holds capacity on besides its own (its target, once
-    chosen); empty: none."""
-    if vm is None or vm.migration is None or vm.migration.phase == MigrationPhase.REQUESTED:
-        return ""
-    return vm.migration.target

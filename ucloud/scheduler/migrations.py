@@ -138,7 +138,8 @@ class Migrations:
             )
             vm.record(ME, f"migration scheduled: {m.source} -> {target}")
 
-        if self.writes.vm(found, scheduled):
+        # Only while the target is as chosen (not put in maintenance meanwhile: see Writes).
+        if self.writes.vm(found, scheduled, [chosen.as_read]):
             log.info("VM %s: migration %s -> %s scheduled", vm.uuid, m.source, target)
             metrics.migration_counted("scheduled")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ucloud.config import SchedulerSettings
 from ucloud.models import VM, AdminState, Host, HostStatus, Specs
+from ucloud.store import Versioned
 
 
 @dataclass
@@ -25,13 +26,19 @@ class HostState:
     alive: bool
     limit: Specs  # capacity x allocation ratios
     used: Specs = field(default_factory=lambda: Specs(cpu=0, ram=0))
+    # The host record's mod_revision as read: a placement from this view compares it, so a
+    # placement decided from a record that changed meanwhile (a maintenance, DEAD) fails.
+    revision: int = 0
 
     @classmethod
-    def of(cls, host: Host, alive: bool, settings: SchedulerSettings) -> HostState:
+    def of(
+        cls, host: Host, alive: bool, settings: SchedulerSettings, revision: int = 0
+    ) -> HostState:
         c = host.capacity
         return cls(
             host=host,
             alive=alive,
+            revision=revision,
             limit=Specs.model_construct(
                 cpu=int(c.cpu * settings.cpu_allocation_ratio),
                 ram=c.ram * settings.ram_allocation_ratio,
@@ -43,6 +50,11 @@ class HostState:
     @property
     def name(self) -> str:
         return self.host.name
+
+    @property
+    def as_read(self) -> Versioned[Host]:
+        """The host record this state was made from, for a compare-and-swap to compare."""
+        return Versioned(self.host, self.revision)
 
 
 HostFilter = Callable[[HostState], bool]

@@ -16,10 +16,11 @@ import time
 
 from ucloud.config import SchedulerSettings
 from ucloud.mirror import Mirror
-from ucloud.models import VM, Status
+from ucloud.models import VM, Host, Status
 from ucloud.scheduler import metrics, placement
 from ucloud.scheduler.ledger import Ledger
-from ucloud.scheduler.writes import BATCH, Edit, Writes
+from ucloud.scheduler.placement import HostState
+from ucloud.scheduler.writes import Edit, Writes, fits
 from ucloud.store import Unavailable, Versioned, edited
 
 log = logging.getLogger(__name__)
@@ -79,36 +80,43 @@ class Placer:
             return
         pool = self.ledger.candidates()
         batch: list[tuple[VM, Versioned[VM]]] = []
+        hosts: dict[str, Versioned[Host]] = {}  # the batch's hosts, as this pass saw them
         waited: list[float] = []  # by each VM of the batch, for the latency metric
         for id in list(self.pending):
             found = self.vms.get(id)
-            if found is None or not found.value.wants_host:
-                self.pending.pop(id, None)
-                continue
-            vm = found.value
-            host, reason = placement.choose(vm, pool)
             self.pending.pop(id, None)
+            if found is None or not found.value.wants_host:
+                continue
+            host = self.choose(found, pool)
+            if host is not None and not fits(len(batch) + 1, len(hosts) + (host.name not in hosts)):
+                if not self.commit(batch, hosts, waited):
+                    pool = self.ledger.candidates()  # with the hosts read again
+                    host = self.choose(found, pool)
+                batch, hosts, waited = [], {}, []
             if host is None:
-                self.unfit.add(id)
-                self.mark_unplaceable(found, reason)
                 continue
             placed = edited(found, placed_on(host.name))
             batch.append((placed, found))
+            hosts[host.name] = host.as_read
             waited.append(time.monotonic() - self.wanting.get(id, time.monotonic()))
             # Count it against the host now, so the next VM of this pass sees it.
             self.writes.on_vm(self.vms.put_local(id, placed, 0))
-            if len(batch) == BATCH:
-                self.commit(batch, waited)
-                batch, waited = [], []
-        self.commit(batch, waited)
+        self.commit(batch, hosts, waited)
 
-    def commit(self, batch: list[tuple[VM, Versioned[VM]]], waited: list[float]) -> None:
+    def commit(
+        self,
+        batch: list[tuple[VM, Versioned[VM]]],
+        hosts: dict[str, Versioned[Host]],
+        waited: list[float],
+    ) -> bool:
+        """Write a batch of placements while each VM and each of their hosts is still as this
+        pass saw it (hosts come on a watch of their own: one may have been put in maintenance
+        after the pass's view of it, and before a VM's change this pass saw). False if it
+        lost a race (nothing written)."""
         if not batch:
-            return
+            return True
         try:
-            revision = self.writes.store.swap_many(
-                [(vm, was) for vm, was in batch], self.writes.guard
-            )
+            revision = self.writes.transaction(batch, list(hosts.values()))
         except Unavailable:
             # Unknown whether it was written. Believe it was not: if it was, the watch brings
             # each placement with its revision, and the mirror takes it over this guess.
@@ -121,9 +129,9 @@ class Placer:
                 log.debug("placed VM %s on %s", vm.uuid, vm.hostname)
             metrics.placed(waited)
             log.info("placed %d VM(s)", len(batch))
-            return
-        self.writes.check_guard()
-        # Some VM changed meanwhile: take etcd's word for each, and let the loop try again.
+            return True
+        # A VM or a host changed meanwhile (the hosts are read again already): take etcd's
+        # word for each VM, which puts those that still want a host back in line.
         for vm, _ in batch:
             fresh = self.writes.store.get(VM, vm.uuid)
             if fresh is None:
@@ -132,6 +140,15 @@ class Placer:
                 diff = self.vms.put_local(vm.uuid, fresh.value, fresh.mod_revision)
             if diff is not None:
                 self.writes.on_vm(diff)
+        return False
+
+    def choose(self, found: Versioned[VM], pool: placement.Candidates) -> HostState | None:
+        """The host for a VM, or None (it waits, with the reason, until capacity changes)."""
+        host, reason = placement.choose(found.value, pool)
+        if host is None:
+            self.unfit.add(found.value.uuid)
+            self.mark_unplaceable(found, reason)
+        return host
 
     def mark_unplaceable(self, found: Versioned[VM], reason: str) -> None:
         vm = found.value

@@ -2,6 +2,11 @@
 
 Every write carries the leadership Guard, so a deposed scheduler cannot write. A write that
 loses a race is dropped: the watch brings what changed, and the part that wrote looks again.
+
+A write decided from hosts (a placement, a migration's target) also compares each host's record
+as the scheduler read it: hosts and VMs come on two watches, so a VM may be seen before a change
+of its host that etcd made first (a maintenance, a DEAD status). Such a write fails, and the
+hosts are read again from etcd at once, so the next try decides from the host as it is.
 """
 
 from __future__ import annotations
@@ -14,8 +19,15 @@ from ucloud.store import MAX_TXN_OPS, Guard, IndexFix, M, Store, Versioned, edit
 
 # VMs a transaction: each is a put and, when its host changes, one placement index entry put or
 # deleted (the scheduler never moves a VM from one host straight to another: that would be a
-# third operation). One compare more is the leadership guard.
+# third operation). One compare more is the leadership guard, and one for each host a batch of
+# placements was decided from (see fits).
 BATCH = MAX_TXN_OPS // 2
+
+
+def fits(vms: int, hosts: int) -> bool:
+    """Whether a transaction of ``vms`` VMs written, compared with ``hosts`` host records as
+    read and the guard, stays within etcd's operations a transaction."""
+    return vms <= BATCH and vms + hosts + 1 <= MAX_TXN_OPS
 
 
 Edit = Callable[[M], object]  # changes an object in place (see ucloud.store.edited)
@@ -42,17 +54,45 @@ class Writes:
         self.on_vm = on_vm
         self.on_host = on_host
 
-    def vm(self, was: Versioned[VM], edit: Edit[VM]) -> bool:
-        """Change a VM as read (Store.swap_edited, guarded) and mirror it."""
-        return self._vm(edited(was, edit), was)
+    def vm(self, was: Versioned[VM], edit: Edit[VM], hosts: Sequence[Versioned[Host]] = ()) -> bool:
+        """Change a VM as read (Store.swap_edited, guarded) and mirror it; if ``hosts`` are
+        given (the change was decided from them), only while they are still as read."""
+        return self._vm(edited(was, edit), was, hosts)
 
-    def _vm(self, vm: VM, was: Versioned[VM]) -> bool:
-        revision = self.store.swap_many([(vm, was)], self.guard)
+    def _vm(self, vm: VM, was: Versioned[VM], hosts: Sequence[Versioned[Host]] = ()) -> bool:
+        revision = self.transaction([(vm, was)], hosts)
         if revision is None:
-            self.check_guard()
             return False
         self.on_vm(self.vms.put_local(vm.uuid, vm, revision))
         return True
+
+    def transaction(
+        self, writes: Sequence[tuple[VM, Versioned[VM]]], hosts: Sequence[Versioned[Host]] = ()
+    ) -> int | None:
+        """VMs written over as read, guarded, in one transaction, while every host of ``hosts``
+        is still as read; the new revision (nothing mirrored yet), or None if anything changed.
+        Then the hosts are read again (a changed one is mirrored and told as a change): the
+        watch may bring it later than the caller's next try. Raises Deposed."""
+        revision = self.store.commit(swap=writes, unchanged=hosts, guard=self.guard)
+        if revision is None:
+            self.check_guard()
+            self.reread_hosts(hosts)
+        return revision
+
+    def reread_hosts(self, hosts: Sequence[Versioned[Host]]) -> None:
+        """Take etcd's word for each host that changed since it was read as in ``hosts``."""
+        for was in hosts:
+            name = was.value.name
+            fresh = self.store.get(Host, name)
+            if fresh is not None and fresh.mod_revision == was.mod_revision:
+                continue
+            mirrored = self.hosts.get(name)
+            if fresh is None:
+                if self.hosts.drop_local(name) is not None:
+                    self.on_host(name)
+            elif mirrored is None or mirrored.mod_revision < fresh.mod_revision:
+                self.hosts.put_local(name, fresh.value, fresh.mod_revision)
+                self.on_host(name)
 
     def vms_in_batches(self, changes: Sequence[tuple[Versioned[VM], Edit[VM]]]) -> None:
         """Many VMs changed as read, BATCH to a transaction; a batch that loses a race is
