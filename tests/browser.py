@@ -39,6 +39,12 @@ def web_fixture(browser, request: pytest.FixtureRequest) -> Iterator[object]:
     """A fresh browser context (no cookies) per test; screenshots kept if the test fails."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     context.set_default_timeout(30_000)
+    # What the browser saw go wrong, printed with a failed test's screenshots: a page's error
+    # ("failed to fetch a module") rarely says which request failed, or why.
+    seen: list[str] = []
+    context.on("requestfailed", lambda r: seen.append(f"request failed: {r.url}: {r.failure}"))
+    context.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
+    context.on("weberror", lambda e: seen.append(f"page error: {e.error}"))
     try:
         yield context
     finally:
@@ -46,6 +52,8 @@ def web_fixture(browser, request: pytest.FixtureRequest) -> Iterator[object]:
         if report is not None and report.failed:
             ARTIFACTS.mkdir(exist_ok=True)
             name = re.sub(r"[^\w.-]", "_", request.node.nodeid)
+            for line in seen:
+                print(f"browser: {line}")
             for i, page in enumerate(context.pages):
                 path = ARTIFACTS / f"{name}-{i}.png"
                 page.screenshot(path=str(path), full_page=True)

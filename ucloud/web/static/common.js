@@ -39,7 +39,13 @@ function closer(close) {
 
 // The display of a VM in `element`, through ucloud-console (noVNC). Returns what closes it.
 export async function openVnc(element, url) {
-  const { default: RFB } = await import('/console/assets/novnc/core/rfb.js');
+  let RFB;
+  try {
+    ({ default: RFB } = await import('/console/assets/novnc/core/rfb.js'));
+  } catch (e) {
+    // A browser keeps a failed module load for the page's life: only a reload tries again.
+    throw new Error(`The console's scripts did not load (${e.message}): reload the page.`);
+  }
   element.replaceChildren();
   element.dataset.state = 'connecting';
   element.dataset.kind = 'vnc';
