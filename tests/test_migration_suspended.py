@@ -7,35 +7,13 @@ moved again (409): on QEMU 7.2 that migration fails and takes its QEMU with it."
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
-from tests.bed import Bed, BedCluster
+from tests.bed import BOOTED, Bed, BedCluster, console_all, heartbeats, maintenance, vm_now
 from tests.failover_stack import disk_clients
 from tests.servers import wait_for
 from tests.stack import Ceph
 from ucloud.models import VM, Drain, Status
-
-BOOTED = "UCLOUD-LINUX-BOOT-OK"
-HEARTBEAT = re.compile(r"UCLOUD-HEARTBEAT (\d+)")
-
-
-def vm_now(c: BedCluster, id: str) -> VM:
-    found = c.store.get(VM, id)
-    assert found is not None
-    return found.value
-
-
-def console_all(c: BedCluster, id: str) -> str:
-    """The serial console as every host wrote it (a migrated VM's goes on on its target)."""
-    paths = [Path(s.state_dir) / "console" / f"{id}.log" for s in c.hosts.values()]
-    return "".join(p.read_text(errors="replace") for p in paths if p.exists())
-
-
-def heartbeats(c: BedCluster, id: str) -> list[int]:
-    return [int(x) for x in HEARTBEAT.findall(console_all(c, id))]
 
 
 def act(c: BedCluster, id: str, action: str, want: Status) -> VM:
@@ -44,12 +22,6 @@ def act(c: BedCluster, id: str, action: str, want: Status) -> VM:
     return wait_for(
         lambda: (v := vm_now(c, id)).status == want and v, 120, f"{id} {want}", interval=0.5
     )
-
-
-def maintenance(c: BedCluster, host: str, on: bool) -> None:
-    body = c.users["root"].creds(hostname=host, maintenance=on)
-    r = c.client.post("/host/maintenance", json=body)
-    assert r.status_code == 200, r.json
 
 
 def drain_shown(c: BedCluster, host: str) -> str:
@@ -92,7 +64,7 @@ def migrate(c: BedCluster, id: str, to: str) -> tuple[int, dict]:
 def no_reboot(c: BedCluster, id: str) -> list[int]:
     """Its heartbeat counter (in guest memory) went 5, 10, 15 ... once each: never back to 5
     (a reboot), and no beat missing; one boot on its consoles."""
-    beats = heartbeats(c, id)
+    beats = heartbeats(console_all(c, id))
     assert sorted(beats) == list(range(5, max(beats) + 5, 5)), beats
     assert console_all(c, id).count(BOOTED) == 1
     return beats
@@ -109,10 +81,15 @@ def test_a_suspended_guest_is_drained_and_migrated_paused_and_resumes_where_it_w
     r = c.client.post("/vm/create", json=body)
     assert r.status_code == 202, r.json
     id = r.json["uuid"]
-    wait_for(lambda: len(heartbeats(c, id)) >= 2, 300, "the guest to run and beat", interval=1)
+    wait_for(
+        lambda: len(heartbeats(console_all(c, id))) >= 2,
+        300,
+        "the guest to run and beat",
+        interval=1,
+    )
     first = act(c, id, "suspend", Status.SUSPENDED).hostname
     other = next(h.name for h in bed.hosts if h.name != first)
-    last = max(heartbeats(c, id))
+    last = max(heartbeats(console_all(c, id)))
 
     # Its host goes into maintenance: the drain moves it, paused, still SUSPENDED.
     maintenance(c, first, True)
@@ -133,20 +110,20 @@ def test_a_suspended_guest_is_drained_and_migrated_paused_and_resumes_where_it_w
 
     # Resumed, it goes on where it was: the next beat is the one after its last.
     act(c, id, "resume", Status.RUNNING)
-    wait_for(lambda: max(heartbeats(c, id)) > last, 60, "a heartbeat after resuming")
+    wait_for(lambda: max(heartbeats(console_all(c, id))) > last, 60, "a heartbeat after resuming")
     beats = no_reboot(c, id)
     print(f"resumed on {other}: last beat before {last}, now {beats[-3:]}")
 
     # Suspended again (it has run since), an administrator's migration moves it paused.
     act(c, id, "suspend", Status.SUSPENDED)
-    last = max(heartbeats(c, id))
+    last = max(heartbeats(console_all(c, id)))
     code, reply = migrate(c, id, first)
     assert code == 202, reply
     vm = moved(c, id, first)
     assert vm.log[-1].message.startswith(f"migrated from {other} to {first}"), vm.log[-3:]
     paused_only_on(bed, c, bed_ceph, id, first)
-    assert max(heartbeats(c, id)) == last  # it never ran while suspended
+    assert max(heartbeats(console_all(c, id))) == last  # it never ran while suspended
     print("migrated:", vm.log[-1].message)
     act(c, id, "resume", Status.RUNNING)
-    wait_for(lambda: max(heartbeats(c, id)) > last, 60, "a heartbeat after resuming")
+    wait_for(lambda: max(heartbeats(console_all(c, id))) > last, 60, "a heartbeat after resuming")
     no_reboot(c, id)
