@@ -21,6 +21,16 @@ if TYPE_CHECKING:  # (conftest imports this module)
 CLIENT_KEYS = ("UCLOUD_API_URL", "UCLOUD_USER", "UCLOUD_REALM", "UCLOUD_SEED")
 
 
+def shown(out: str, field: str) -> str:
+    """The value of ``field`` in a ``vm status``-like listing ("name:   value"), whatever
+    the column it is aligned to."""
+    for line in out.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name == field:
+            return value.strip()
+    raise AssertionError(f"no field {field!r} in:\n{out}")
+
+
 @pytest.fixture
 def api_url(app) -> Iterator[str]:
     port = free_port()

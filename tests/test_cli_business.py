@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import CLIENT_KEYS
+from tests.clirun import CLIENT_KEYS, shown
 from ucloud import websessions
 from ucloud.cli.errors import ExitCode
 from ucloud.config import Settings
@@ -61,7 +61,7 @@ def test_resize_from_the_cli(alice_cli, image, store: Store):
     store.update(VM, vm["uuid"], stopped)
     code, out, err = alice_cli("vm", "resize", "a", "--cpu", "2", "--ram", "2G", "--ssd", "20G")
     assert code == 0, err
-    assert "specs:    2 CPU, 2G RAM, 20G SSD, 0 HDD" in out
+    assert shown(out, "specs") == "2 CPU, 2G RAM, 20G SSD, 0 HDD"
 
 
 def test_accounts_and_hosts_from_the_cli(admin_cli, alice_cli, store: Store, image):
