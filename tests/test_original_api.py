@@ -3,16 +3,12 @@ and ``specs`` alone gets a generated name and the cluster's default image."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-
 import pyotp
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from tests.conftest import Account, make_image
-from tests.servers import free_port, wait_for
+from tests.servers import wait_for
 from ucloud.config import Settings
 from ucloud.models import VM, Image
 from ucloud.store import Store
@@ -97,17 +93,6 @@ def test_no_default_image_is_a_clear_400(settings, store, alice, default, messag
     assert r.status_code == 400
     assert message in r.json["error"]
     assert store.list(VM)[0] == {}
-
-
-@pytest.fixture
-def api_url(app) -> Iterator[str]:
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    thread.join(10)
 
 
 def test_a_script_of_the_original_documents_creates_inspects_and_deletes(api_url, alice, scheduler):
