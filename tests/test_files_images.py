@@ -667,3 +667,48 @@ def test_image_scanner_killed_mid_conversion_finishes_once_with_no_temporary_cop
         timeout=120,
     )
     assert not any(p.stat().st_size >= 64 * MIB for p in scanners.temp.rglob("*"))
+
+
+def test_an_import_removes_an_image_its_killed_importer_left_half_created(
+    settings: Settings, ceph: Ceph, tmp_path
+):
+    """An importer killed inside ``rbd create`` leaves the image's id object and no header:
+    the image cannot be opened, yet every create of its name fails ("File exists"). The next
+    import must clear it (CI saw an image scanner retry such an import for ever)."""
+    import rados
+    import rbd
+
+    from ucloud.storage.rbd import RBDStorage
+
+    storage = RBDStorage(
+        settings.model_copy(
+            update={
+                "ceph_conf": str(ceph.conf),
+                "ceph_keyring": str(ceph.keyring),
+                "ceph_pool": ceph.pool,
+                "image_pool": ceph.pool,
+            }
+        )
+    )
+    name = f"half-{os.getpid()}-{time.monotonic_ns()}"
+    image_id = b"0123456789ab"
+    cluster = rados.Rados(
+        conffile=str(ceph.conf), rados_id="ucloud", conf={"keyring": str(ceph.keyring)}
+    )
+    cluster.connect()
+    try:
+        with cluster.open_ioctx(ceph.pool) as ioctx:
+            # What librbd's create writes first: the id object (a length-prefixed string).
+            ioctx.write_full(f"rbd_id.{name}", len(image_id).to_bytes(4, "little") + image_id)
+            with pytest.raises(rbd.ImageNotFound):
+                rbd.Image(ioctx, name).close()
+            with pytest.raises(rbd.ImageExists):
+                rbd.RBD().create(ioctx, name, 1 << 20)
+
+            source = imagefiles.sparse_qcow2(tmp_path / "small.qcow2", "1G", data_mib=2)
+            assert storage.import_image(name, str(source)) == 1 << 30
+            assert storage.image_exists(name)
+            storage.delete_image(name)
+            assert name not in rbd.RBD().list(ioctx)
+    finally:
+        cluster.shutdown()

@@ -108,7 +108,9 @@ class RBDStorage:
         exclusive lock, or just open: its watch lingers for 30 s (osd_client_watch_timeout),
         during which a removal fails. Breaking the lock and block-listing the watchers ends
         that at once. No live client has it open: imports are the image scanner's, one image
-        at a time, and nothing clones a half-made image."""
+        at a time, and nothing clones a half-made image. An importer killed inside its
+        ``rbd create`` may have left the image's id but no header yet: it cannot be opened
+        (ImageNotFound), yet every create fails ("File exists") until it is removed."""
         with self._ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, image) as img:
@@ -119,7 +121,7 @@ class RBDStorage:
                 for addr in self._block_list_watchers(ioctx, image):
                     log.warning("block-listed %s, which had half-made image %s open", addr, image)
             except rbd.ImageNotFound:
-                return
+                pass  # none, or one whose creation died before its header: removed below
         self.delete_image(image, pool=pool)
 
     def delete_image(self, image: str, *, pool: str = "") -> None:
@@ -130,6 +132,9 @@ class RBDStorage:
                         if img.is_protected_snap(snap["name"]):
                             img.unprotect_snap(snap["name"])
                         img.remove_snap(snap["name"])
+            except rbd.ImageNotFound:
+                pass  # none, or half-created (an id, no header): remove() clears what is left
+            try:
                 rbd.RBD().remove(ioctx, image)
             except rbd.ImageNotFound:
                 pass
