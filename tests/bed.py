@@ -37,7 +37,7 @@ from tests.stack import (
     run_script,
 )
 from ucloud.config import Settings, load_settings, settings_env
-from ucloud.models import VM, Host, HostStatus, Status
+from ucloud.models import VM, Drain, Host, HostStatus, Status
 from ucloud.storage.rbd import RBDStorage
 from ucloud.store import Store
 
@@ -324,6 +324,14 @@ def console_all(c: BedCluster, id: str) -> str:
 
 def heartbeats(text: str) -> list[int]:
     return [int(x) for x in HEARTBEAT.findall(text)]
+
+
+def drain_shown(c: BedCluster, host: str) -> str:
+    """What `ucloud host list` shows in its DRAIN column (the API's host list)."""
+    r = c.client.get("/host/list", json=c.users["root"].creds())
+    assert r.status_code == 200, r.json
+    (h,) = [h for h in r.json["hosts"] if h["name"] == host]
+    return Drain.model_validate(h["drain"]).describe() if h["drain"] else "-"
 
 
 def maintenance(c: BedCluster, host: str, on: bool) -> None:

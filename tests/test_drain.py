@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bed import BOOTED, Bed, BedCluster, console_all, heartbeats, maintenance, vm_now
+from tests.bed import (
+    BOOTED,
+    Bed,
+    BedCluster,
+    console_all,
+    drain_shown,
+    heartbeats,
+    maintenance,
+    vm_now,
+)
 from tests.servers import wait_for
-from ucloud.models import VM, Drain, Host, Specs, Status
+from ucloud.models import VM, Host, Specs, Status
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
-
-
-def drain_shown(c: BedCluster, host: str) -> str:
-    """What `ucloud host list` shows in its DRAIN column (the API's host list)."""
-    r = c.client.get("/host/list", json=c.users["root"].creds())
-    assert r.status_code == 200, r.json
-    (h,) = [h for h in r.json["hosts"] if h["name"] == host]
-    return Drain.model_validate(h["drain"]).describe() if h["drain"] else "-"
 
 
 def set_capacity(c: BedCluster, host: str, ram: float) -> None:

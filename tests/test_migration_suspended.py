@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bed import BOOTED, Bed, BedCluster, console_all, heartbeats, maintenance, vm_now
+from tests.bed import (
+    BOOTED,
+    Bed,
+    BedCluster,
+    console_all,
+    drain_shown,
+    heartbeats,
+    maintenance,
+    vm_now,
+)
 from tests.failover_stack import disk_clients
 from tests.servers import wait_for
 from tests.stack import Ceph
-from ucloud.models import VM, Drain, Status
+from ucloud.models import VM, Status
 
 
 def act(c: BedCluster, id: str, action: str, want: Status) -> VM:
@@ -22,13 +31,6 @@ def act(c: BedCluster, id: str, action: str, want: Status) -> VM:
     return wait_for(
         lambda: (v := vm_now(c, id)).status == want and v, 120, f"{id} {want}", interval=0.5
     )
-
-
-def drain_shown(c: BedCluster, host: str) -> str:
-    r = c.client.get("/host/list", json=c.users["root"].creds())
-    assert r.status_code == 200, r.json
-    (h,) = [h for h in r.json["hosts"] if h["name"] == host]
-    return Drain.model_validate(h["drain"]).describe() if h["drain"] else "-"
 
 
 def moved(c: BedCluster, id: str, to: str) -> VM:
