@@ -20,6 +20,7 @@ from tests.failover_stack import disk_clients
 from tests.servers import Etcd, wait_for
 from tests.stack import FIRST_BOOT, FIRST_BOOT_BEFORE, SCRIPTS, Ceph, daemon
 from ucloud.models import VM, Host, HostStatus, Status
+from ucloud.store import Unavailable
 
 BOOTED = "UCLOUD-LINUX-BOOT-OK"
 HEARTBEAT = re.compile(r"UCLOUD-HEARTBEAT (\d+)")
@@ -43,6 +44,14 @@ def vm_now(c: BedCluster, vm: VM) -> VM:
     found = c.store.get(VM, vm.uuid)
     assert found is not None
     return found.value
+
+
+def answers(c: BedCluster) -> bool:
+    try:
+        c.store.get(Host, "-")
+    except Unavailable:
+        return False
+    return True
 
 
 def domains(bed: Bed, host: str) -> str:
@@ -318,6 +327,9 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     bed_etcd.stop(signal.SIGKILL)
     time.sleep(3)
     bed_etcd.start()
+    # The test's own client, like a daemon's, reaches etcd again within its reconnect back-off
+    # (etcd_reconnect_max), not at once: until then a read is Unavailable, as a daemon retries.
+    wait_for(lambda: answers(c), 30, "the test's etcd client to reach etcd again", interval=0.2)
     over(c, vm)
     now = settled(bed, c, bed_ceph, vm)
     print("etcd restarted:", now.hostname, now.log[-1].message)
