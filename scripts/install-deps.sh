@@ -80,7 +80,10 @@ if [ -f pyproject.toml ] && [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# noVNC and xterm.js for the console page, exactly as package-lock.json pins them.
-if [ ! -d node_modules/@novnc/novnc ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# noVNC and xterm.js for the console page, exactly as package-lock.json pins them; npm ci also
+# bundles noVNC into the one module the page loads (package.json's prepare script, esbuild).
+bundle=node_modules/.ucloud/novnc/rfb.js
+if [ ! -f "$bundle" ] || [ package-lock.json -nt node_modules/.package-lock.json ] ||
+  [ package.json -nt "$bundle" ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi

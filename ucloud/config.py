@@ -395,8 +395,8 @@ class ConsoleSettings(_Group):
     )
     web_assets_dir: str = Field(
         "",
-        description="node_modules with @novnc/novnc and @xterm/xterm (npm ci); empty: the one "
-        "beside the ucloud package",
+        description="the node_modules that `npm ci` made from ucloud's package.json (xterm.js, "
+        "and noVNC bundled into one module); empty: the one beside the ucloud package",
     )
 
 

@@ -22,8 +22,10 @@ from ucloud.config import Settings
 
 SESSION_COOKIE = "ucloud_console"
 
-# The npm packages the page serves (installed by `npm ci` from package-lock.json).
-ASSETS = {"novnc": "@novnc/novnc", "xterm": "@xterm/xterm"}
+# What the page serves, under the node_modules that `npm ci` makes from package-lock.json:
+# xterm.js as its package ships it; noVNC (some 50 ES modules) as the one module that `npm ci`
+# bundles it into (package.json's build script), one request instead of 50.
+ASSETS = {"novnc": ".ucloud/novnc", "xterm": "@xterm/xterm"}
 
 
 def assets_dir(settings: Settings) -> Path:

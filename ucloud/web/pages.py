@@ -60,7 +60,7 @@ def _configured() -> None:
 @bp.after_request
 def _headers(response: Response) -> Response:
     # Pages and their answers are the user's own: never cached, never framed by another site.
-    # Scripts and styles are the same for everyone (noVNC is some 40 modules): cached a while.
+    # Scripts and styles are the same for everyone: cached a while.
     static = request.endpoint in ("web.static", "web.asset")
     response.headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
     response.headers["X-Frame-Options"] = "DENY"

@@ -37,11 +37,15 @@ function closer(close) {
   return handle;
 }
 
+// noVNC, bundled into one module when it was installed (package.json): loaded on the first
+// console a page opens, not with every page.
+const NOVNC = '/console/assets/novnc/rfb.js';
+
 // The display of a VM in `element`, through ucloud-console (noVNC). Returns what closes it.
 export async function openVnc(element, url) {
   let RFB;
   try {
-    ({ default: RFB } = await import('/console/assets/novnc/core/rfb.js'));
+    ({ default: RFB } = await import(NOVNC));
   } catch (e) {
     // A browser keeps a failed module load for the page's life: only a reload tries again.
     throw new Error(`The console's scripts did not load (${e.message}): reload the page.`);
