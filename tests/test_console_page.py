@@ -186,6 +186,32 @@ def test_switching_consoles_on_a_vms_page_shows_no_error(web, stack: ConsoleStac
     switch("#open-serial", "vnc", "serial")
 
 
+def test_the_display_loads_its_script_in_one_request_and_again_if_that_one_fails(
+    web, stack: ConsoleStack
+):
+    """noVNC comes as one module, bundled when it was installed; a fetch of it that fails (here
+    the first: its connection reset) is made again, and the display opens without a reload."""
+    vmid = stack.vms["boot"]
+    stack.wait(vmid, Status.RUNNING)
+    page = log_in(web, stack, stack.alice)
+    page.goto(f"{stack.api_url}/console/vm/{vmid}")
+    fetched: list[str] = []
+
+    def first_one_fails(route) -> None:
+        fetched.append(route.request.url)
+        if len(fetched) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/console/assets/novnc/**", first_one_fails)
+    page.click("#open-vnc")
+    page.locator("#console[data-state=connected][data-kind=vnc]").wait_for()
+    page.locator("#console canvas").wait_for()
+    assert page.text_content("#message") == ""
+    assert fetched == [f"{stack.api_url}/console/assets/novnc/rfb.js"] * 2
+
+
 def session_of(stack: ConsoleStack, account: Account) -> tuple[requests.Session, str]:
     """A logged-in HTTP session and its CSRF token, as the page's script has them."""
     s = requests.Session()

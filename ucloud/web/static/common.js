@@ -40,16 +40,27 @@ function closer(close) {
 // noVNC, bundled into one module when it was installed (package.json): loaded on the first
 // console a page opens, not with every page.
 const NOVNC = '/console/assets/novnc/rfb.js';
+const NOVNC_RETRY_MS = [500, 2000];
+
+// noVNC's RFB class. A fetch that fails once (a connection lost on the way) is tried again:
+// browsers that follow whatwg/html#10327 (Chromium does) fetch a failed module anew on the next
+// import; older ones keep the failure, and then only a reload helps.
+async function loadNoVnc() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return (await import(NOVNC)).default;
+    } catch (e) {
+      if (attempt >= NOVNC_RETRY_MS.length) {
+        throw new Error(`The console's scripts did not load (${e.message}): reload the page.`);
+      }
+      await new Promise((resolve) => { setTimeout(resolve, NOVNC_RETRY_MS[attempt]); });
+    }
+  }
+}
 
 // The display of a VM in `element`, through ucloud-console (noVNC). Returns what closes it.
 export async function openVnc(element, url) {
-  let RFB;
-  try {
-    ({ default: RFB } = await import(NOVNC));
-  } catch (e) {
-    // A browser keeps a failed module load for the page's life: only a reload tries again.
-    throw new Error(`The console's scripts did not load (${e.message}): reload the page.`);
-  }
+  const RFB = await loadNoVnc();
   element.replaceChildren();
   element.dataset.state = 'connecting';
   element.dataset.kind = 'vnc';
