@@ -31,7 +31,7 @@ def log_in(web, stack: ConsoleStack, account: Account, token: str | None = None)
     assert page.url.endswith("/console/login")  # no session: the login page
     page.fill("input[name=name]", account.name)
     page.fill("input[name=realm]", account.realm)
-    page.fill("input[name=token]", token or auth.current_token(account.secret))
+    page.fill("input[name=token]", token or account.login_token())
     page.click("button[type=submit]")
     return page
 
@@ -197,7 +197,7 @@ def session_of(stack: ConsoleStack, account: Account) -> tuple[requests.Session,
         data={
             "name": account.name,
             "realm": account.realm,
-            "token": auth.current_token(account.secret),
+            "token": account.login_token(),
             "csrf": login_csrf.group(1),
         },
         timeout=30,
