@@ -22,7 +22,7 @@ from flask import (
 from pydantic import ValidationError
 from werkzeug.wrappers import Response as BaseResponse
 
-from ucloud import websessions
+from ucloud import sshkeys, websessions
 from ucloud.api import errors
 from ucloud.api.consoles import open_console, websocket_base
 from ucloud.api.endpoint import Principal, context, verified_user
@@ -215,7 +215,9 @@ def vm_page(vmid: str) -> Any:
     if user is None:
         return redirect(url_for("web.login"))
     vm = owned_vm(vmid, user).value
-    return _page("vm.html", vm=vm)
+    # As `ucloud vm status` shows them: compare with what ssh shows when it first connects.
+    host_keys = [sshkeys.host_key_label(k) for k in vm.host_keys]
+    return _page("vm.html", vm=vm, host_keys=host_keys)
 
 
 @bp.get("/vnc")
