@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
+import pyotp
 import pytest
 
 from tests.bed import bed, bed_ceph, bed_cluster, bed_etcd  # noqa: F401  (the test bed)
@@ -60,6 +62,19 @@ class Account:
 
     def __init__(self, name: str, realm: str, secret: str) -> None:
         self.name, self.realm, self.secret = name, realm, secret
+        self.login_step = -1  # the 30 s step of its last console-page login's token
+
+    def login_token(self) -> str:
+        """A token for a console-page login, which takes each 30 s step once: now's, or a
+        step after its last login's. The API takes the next step's too (totp_valid_window 1);
+        a later one is waited for."""
+        totp = pyotp.TOTP(self.secret)
+        step = max(totp.timecode(time.time()), self.login_step + 1)
+        wait = (step - 1) * totp.interval - time.time()
+        if wait > 0:
+            time.sleep(wait + 0.1)
+        self.login_step = step
+        return totp.generate_otp(step)
 
     def creds(self, **fields: object) -> dict[str, object]:
         return {

@@ -193,11 +193,13 @@ def stack_fixture(
             s.wait(vmid, Status.RUNNING)
         yield s
     finally:
-        for vmid in store.list(VM)[0]:
-            store.update(VM, vmid, lambda vm: setattr(vm, "desired", "deleted"))
-        wait_for(lambda: not store.list(VM)[0], 90, "the console tests' VMs to be deleted")
-        for d in s.daemons.values():
-            d.stop()
+        try:
+            for vmid in store.list(VM)[0]:
+                store.update(VM, vmid, lambda vm: setattr(vm, "desired", "deleted"))
+            wait_for(lambda: not store.list(VM)[0], 90, "the console tests' VMs to be deleted")
+        finally:  # stopped even if the clean-up failed: nothing of them may run on
+            for d in s.daemons.values():
+                d.stop()
         for image in images.values():
             storage.delete_image(image.uuid)
         store.close()

@@ -1,6 +1,7 @@
-"""What tests do with a Store on a several-member etcd cluster: send its next call to one
-member, retry a call that met a dead or cut-off member, and record what a Follower delivered.
-Shared by the cluster tests (members killed) and the partition tests (a member cut off)."""
+"""What tests do with their own Store on an etcd they kill, restart or cut off: send its next
+call to one member, retry a call that met a dead or cut-off member, wait until it reaches an
+etcd brought back, and record what a Follower delivered. Shared by the cluster tests (members
+killed), the partition tests (a member cut off) and every test that restarts etcd."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tests.servers import EtcdCluster
-from ucloud.models import Stored
+from ucloud.models import Host, Stored
 from ucloud.store import Change, Conflict, Snapshot, Store, Unavailable
 
 T = TypeVar("T")
@@ -33,6 +34,16 @@ def retrying(call: Callable[[], T], timeout: float = 15) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def reconnected(store: Store, timeout: float = 30) -> None:
+    """Return once ``store`` answers again after the test brought its etcd back (restarted).
+
+    Its channel reconnects within its back-off (etcd_reconnect_max, plus gRPC's jitter), not
+    at once: until then every call is Unavailable, as the daemons expect and retry. A test's
+    own call right after ``Etcd.start()`` must wait that out too; one that still fails after
+    ``timeout`` raises."""
+    retrying(lambda: store.get(Host, "-"), timeout)  # any read: the key need not exist
 
 
 def create(store: Store, obj: Stored, timeout: float = 15) -> None:

@@ -176,23 +176,27 @@ def pair_fixture(
     try:
         yield p
     finally:
-        for vmid in store.list(VM)[0]:
-            client.post("/vm/delete", json=alice.creds(vmid=vmid))
-        for name in NODES:  # every host up, so that each can remove what it holds
-            if name not in p.agents or not p.agents[name].alive():
-                p.start_agent(name)
-        if not p.scheduler.alive():  # a test may have killed it
-            p.start_scheduler()
-        wait_for(lambda: not store.list(VM)[0], 90, "the test's VMs to be deleted")
-        # Nothing of this test may run on in the shared libvirtds. A restarted agent removes
-        # the domains of deleted VMs once it has listed them: wait for it.
-        for name, lv in libvirtds.items():
-            wait_for(
-                lambda lv=lv: not lv.virsh("list", "--all", "--name").split(),
-                30,
-                f"{name}'s libvirtd to hold no domain",
-            )
-        for agent in p.agents.values():
-            agent.stop()
-        p.scheduler.stop()
+        try:
+            for vmid in store.list(VM)[0]:
+                client.post("/vm/delete", json=alice.creds(vmid=vmid))
+            for name in NODES:  # every host up, so that each can remove what it holds
+                if name not in p.agents or not p.agents[name].alive():
+                    p.start_agent(name)
+            if not p.scheduler.alive():  # a test may have killed it
+                p.start_scheduler()
+            wait_for(lambda: not store.list(VM)[0], 90, "the test's VMs to be deleted")
+            # Nothing of this test may run on in the shared libvirtds. A restarted agent
+            # removes the domains of deleted VMs once it has listed them: wait for it.
+            for name, lv in libvirtds.items():
+                wait_for(
+                    lambda lv=lv: not lv.virsh("list", "--all", "--name").split(),
+                    30,
+                    f"{name}'s libvirtd to hold no domain",
+                )
+        finally:
+            # Stopped even if the clean-up failed: an agent left running would destroy the
+            # next test's domains in the shared libvirtds (not placed on its host).
+            for agent in p.agents.values():
+                agent.stop()
+            p.scheduler.stop()
         storage.delete_image(image.uuid)

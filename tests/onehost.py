@@ -94,11 +94,15 @@ def cluster(
     try:
         yield c
     finally:
-        # Delete what the test left, through the system itself, then stop the daemons.
-        for vmid, v in store.list(VM)[0].items():
-            if v.value.status != Status.DELETING:
-                store.update(VM, vmid, lambda vm: setattr(vm, "desired", "deleted"))
-        wait_for(lambda: not store.list(VM)[0], 60, "the test's VMs to be deleted")
-        c.agent.stop()
-        scheduler.stop()
+        # Delete what the test left, through the system itself, then stop the daemons: those
+        # too if the deletion fails, or the agent would go on destroying, in the session's
+        # libvirtd, the domains of the tests after it (not placed on its host).
+        try:
+            for vmid, v in store.list(VM)[0].items():
+                if v.value.status != Status.DELETING:
+                    store.update(VM, vmid, lambda vm: setattr(vm, "desired", "deleted"))
+            wait_for(lambda: not store.list(VM)[0], 60, "the test's VMs to be deleted")
+        finally:
+            c.agent.stop()
+            scheduler.stop()
         storage.delete_image(image.uuid)

@@ -9,9 +9,10 @@ import pyotp
 import pytest
 
 from tests.conftest import SPECS, Account, create_vm, make_account, make_image
+from tests.etcdclients import reconnected
 from tests.servers import Etcd, wait_for
 from ucloud.models import VM, Action, Desired, Image, Migration, MigrationPhase, Specs, Status
-from ucloud.store import Store, Unavailable
+from ucloud.store import Store
 
 
 def all_vms(store: Store) -> dict:
@@ -173,14 +174,8 @@ def test_reads_during_an_etcd_outage_fail_instead_of_going_stale(tmp_path, setti
         assert client.get("/vm/list", json=alice.creds()).status_code == 503
 
         own.start()  # returns once it answers; the store's channel follows within moments
-
-        def changed() -> bool:
-            try:
-                return store.update(VM, vmid, lambda vm: setattr(vm, "hostname", "h9")) is not None
-            except Unavailable:
-                return False
-
-        wait_for(changed, 10, "a write once etcd is back")
+        reconnected(store)
+        assert store.update(VM, vmid, lambda vm: setattr(vm, "hostname", "h9")) is not None
         wait_for(
             lambda: (
                 client.get("/vm/status", json=alice.creds(id=vmid)).json.get("hostname") == "h9"

@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 
 from tests.clirun import CLI, shown
 from tests.conftest import Account
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 from ucloud.cli.errors import ExitCode
 from ucloud.models import VM, Alive, Desired, Drain, Host, Image, Specs, Status
 
@@ -457,7 +457,7 @@ def test_an_administrator_names_a_networks_router(admin_cli, store):
 # --- migration --------------------------------------------------------------------------------
 
 
-def test_migrate_waits_and_shows_progress(alice_cli, admin_cli, image, store):
+def test_migrate_waits_and_shows_progress(alice_cli, admin_cli, image, store, app):
     from ucloud.models import Alive, Host, HostStatus, MigrationPhase, Specs
 
     for name in ("h1", "h2"):
@@ -484,13 +484,32 @@ def test_migrate_waits_and_shows_progress(alice_cli, admin_cli, image, store):
         else:
             v.migration = v.migration.model_copy(update={"progress": progress})
 
+    # Each step stays until the CLI was answered with it: the CLI polls every second, and on a
+    # loaded machine a poll can come later than a step of fixed length would last.
+    answered: list[dict] = []  # the migration in each /vm/status answer, in order
+    served = app.wsgi_app
+
+    def recording(environ, start_response):
+        body = b"".join(served(environ, start_response))
+        if environ["PATH_INFO"] == "/vm/status":
+            answered.append(json.loads(body).get("migration") or {})
+        return [body]
+
+    app.wsgi_app = recording
+    showing = {
+        None: lambda m: m.get("phase") == "migrating",
+        40.0: lambda m: m.get("progress") == 40,
+    }
+
     def agents() -> None:
         """What the scheduler and the agents would write, in steps."""
         while (found := store.get(VM, vm["uuid"])) is None or found.value.migration is None:
             time.sleep(0.1)
         for progress in (None, 40.0, "over"):
-            time.sleep(1.5)
             store.update(VM, vm["uuid"], lambda v, p=progress: step(v, p))
+            if progress in showing:
+                seen = lambda p=progress: any(showing[p](m) for m in answered)  # noqa: E731
+                wait_for(seen, 20, f"the CLI to be answered with step {progress}")
 
     helper = threading.Thread(target=agents, daemon=True)
     helper.start()

@@ -1,5 +1,6 @@
 """The console page in a real headless Chromium: log in with a TOTP token, see and act on one's
-VMs, open a VM's display (noVNC) and serial port (xterm.js); and what it refuses."""
+VMs, see a VM's SSH host keys, open its display (noVNC) and serial port (xterm.js); and what it
+refuses."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import pyotp
 import requests
 
 from tests.browser import browser_fixture, web_fixture  # noqa: F401  (fixtures)
+from tests.clirun import CLI
 from tests.conftest import Account
 from tests.console_stack import (  # noqa: F401  (fixtures)
     ConsoleStack,
     console_libvirtds_fixture,
     stack_fixture,
 )
+from tests.keyfiles import fingerprint, keygen
 from tests.rfb import first_frame, over_socket
 from tests.servers import wait_for
 from ucloud import auth, consoles, websessions
-from ucloud.models import Status
+from ucloud.models import VM, Status
 
 BAND = 16  # the guest's first text line: "UCLOUD-BOOT-OK", which stays put
 
@@ -31,7 +34,7 @@ def log_in(web, stack: ConsoleStack, account: Account, token: str | None = None)
     assert page.url.endswith("/console/login")  # no session: the login page
     page.fill("input[name=name]", account.name)
     page.fill("input[name=realm]", account.realm)
-    page.fill("input[name=token]", token or auth.current_token(account.secret))
+    page.fill("input[name=token]", token or account.login_token())
     page.click("button[type=submit]")
     return page
 
@@ -148,6 +151,39 @@ def test_the_vms_screen_in_the_browser(web, stack: ConsoleStack):
     assert sum(1 for p in expected if any(p)) > 200  # there is text in the band
 
 
+def test_a_vms_page_shows_its_ssh_host_keys_as_the_cli_does(
+    web, stack: ConsoleStack, cli: CLI, tmp_path
+):
+    """What to compare with what ssh shows at the first connection. The keys are recorded in
+    etcd as the host agent records them from a guest's console at first boot (the test bed's
+    Linux guest prints none; tests/test_firstboot.py has a Debian guest's)."""
+    vmid = stack.vms["linux"]
+    page = log_in(web, stack, stack.alice)
+    page.goto(f"{stack.api_url}/console/vm/{vmid}")
+    assert page.text_content("#host-keys") == (
+        "none seen on its console yet (reload this page after its first boot)"
+    )
+
+    pubs = [keygen(tmp_path, "ed25519", "-t", "ed25519"), keygen(tmp_path, "ecdsa", "-t", "ecdsa")]
+    lines = [p.read_text().strip() for p in pubs]
+    stack.store.update(VM, vmid, lambda vm: setattr(vm, "host_keys", lines))
+    alice = cli.as_user(stack.api_url, stack.alice)
+
+    def cli_shows() -> list[str]:
+        code, out, err = alice("vm", "status", vmid)
+        assert code == 0, err
+        return [line.strip() for line in out.partition("host keys:")[2].splitlines()[: len(pubs)]]
+
+    from_cli = wait_for(
+        lambda: (shown := cli_shows())[0].startswith("SHA256:") and shown, 30, "the keys"
+    )
+    page.reload()
+    on_page = page.locator("#host-keys .host-key").all_text_contents()
+    assert on_page == from_cli
+    # What ssh-keygen -l says of the guest's keys, as ssh shows them: fingerprint (type).
+    assert on_page == [f"{fingerprint(p)} ({p.read_text().split()[0]})" for p in pubs]
+
+
 def test_the_serial_console_in_the_browser(web, stack: ConsoleStack):
     vmid = stack.vms["linux"]
     wait_for(lambda: "UCLOUD-LINUX-BOOT-OK" in stack.console_log(vmid), 120, "the Linux guest")
@@ -223,7 +259,7 @@ def session_of(stack: ConsoleStack, account: Account) -> tuple[requests.Session,
         data={
             "name": account.name,
             "realm": account.realm,
-            "token": auth.current_token(account.secret),
+            "token": account.login_token(),
             "csrf": login_csrf.group(1),
         },
         timeout=30,

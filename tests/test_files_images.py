@@ -215,19 +215,21 @@ def test_file_scanner_killed_mid_hash_registers_the_file_once(
 
     scanner = start()
     try:
+        # Each start and the hash take seconds on a loaded machine: a start took 8 s and the
+        # hash 11 s at load 9.
         wait_for(
-            lambda: "hashing alice/big.raw" in scanner.output(), 20, "the scanner to hash big.raw"
+            lambda: "hashing alice/big.raw" in scanner.output(), 60, "the scanner to hash big.raw"
         )
         scanner.stop(signal.SIGKILL)
         assert files(store, name="big.raw") == []
 
         scanner = start()
-        record = wait_file(store, timeout=30, name="big.raw")
+        record = wait_file(store, timeout=120, name="big.raw")
         assert record.sha512 == imagefiles.sha512(big)
-        time.sleep(1)
+        wait_file(store, name="small.img")  # by this scanner or the first: before the kill
         scanner.stop(signal.SIGKILL)
         scanner = start()  # once more: what is registered is not registered again
-        wait_for(lambda: scanner.output().count("for users of realm") == 3, 10, "a third start")
+        wait_for(lambda: scanner.output().count("for users of realm") == 3, 60, "a third start")
         time.sleep(2)
         assert [f.uuid for f in files(store, name="big.raw")] == [record.uuid]
         assert len(files(store, name="small.img")) == 1

@@ -142,14 +142,16 @@ def two_hosts(
             )
         yield h
     finally:
-        for name in NODES:
-            h.maintenance(name, False)
-        for vmid in store.list(VM)[0]:
-            client.post("/vm/delete", json=alice.creds(vmid=vmid))
-        wait_for(lambda: not store.list(VM)[0], 120, "the test's VMs to be deleted")
-        for agent in agents.values():
-            agent.stop()
-        scheduler.stop()
+        try:
+            for name in NODES:
+                h.maintenance(name, False)
+            for vmid in store.list(VM)[0]:
+                client.post("/vm/delete", json=alice.creds(vmid=vmid))
+            wait_for(lambda: not store.list(VM)[0], 120, "the test's VMs to be deleted")
+        finally:  # stopped even if the clean-up failed (the libvirtds are shared)
+            for agent in agents.values():
+                agent.stop()
+            scheduler.stop()
 
 
 @pytest.fixture

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.clirun import CLI
 from tests.conftest import Account
+from tests.keyfiles import fingerprint, keygen
 from ucloud.cli.errors import ExitCode
 from ucloud.models import VM, SSHKey
 from ucloud.store import Store
 
 SPECS = {"cpu": 1, "ram": 1, "ssd": 4}
-
-
-def keygen(folder: Path, name: str, *args: str) -> Path:
-    path = folder / name
-    subprocess.run(
-        ["ssh-keygen", "-q", *args, "-N", "", "-C", f"{name}@laptop", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path.with_suffix(".pub")
-
-
-def fingerprint(pub: Path) -> str:
-    return subprocess.run(
-        ["ssh-keygen", "-l", "-f", str(pub)], check=True, capture_output=True, text=True
-    ).stdout.split()[1]
 
 
 @pytest.fixture(scope="module")

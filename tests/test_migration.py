@@ -15,15 +15,23 @@ import time
 
 import pytest
 
-from tests.bed import Bed, BedCluster, BedHost, make_guest, make_network
+from tests.bed import (
+    BOOTED,
+    Bed,
+    BedCluster,
+    BedHost,
+    bed_host,
+    console_all,
+    heartbeats,
+    make_guest,
+    make_network,
+    vm_now,
+)
+from tests.etcdclients import reconnected
 from tests.failover_stack import disk_clients
 from tests.servers import Etcd, wait_for
 from tests.stack import FIRST_BOOT, FIRST_BOOT_BEFORE, SCRIPTS, Ceph, daemon
 from ucloud.models import VM, Host, HostStatus, Status
-from ucloud.store import Unavailable
-
-BOOTED = "UCLOUD-LINUX-BOOT-OK"
-HEARTBEAT = re.compile(r"UCLOUD-HEARTBEAT (\d+)")
 
 # Configure eth0 (IPv4 given) and, with PEER set, ping it once a second for ever, printing
 # one line per ping: "UCLOUD-P 1" (answered) or "UCLOUD-P 0" (lost).
@@ -40,29 +48,14 @@ done
 """
 
 
-def vm_now(c: BedCluster, vm: VM) -> VM:
-    found = c.store.get(VM, vm.uuid)
-    assert found is not None
-    return found.value
-
-
-def answers(c: BedCluster) -> bool:
-    try:
-        c.store.get(Host, "-")
-    except Unavailable:
-        return False
-    return True
-
-
 def domains(bed: Bed, host: str) -> str:
     """`virsh list --all` of a bed host: every domain its libvirtd has, running or not."""
-    h = next(h for h in bed.hosts if h.name == host)
-    return h.libvirtd.virsh("list", "--all", "--name")
+    return bed_host(bed, host).libvirtd.virsh("list", "--all", "--name")
 
 
 def persistent(bed: Bed, host: str, vm: VM) -> bool:
-    h = next(h for h in bed.hosts if h.name == host)
-    return "Persistent:     yes" in h.libvirtd.virsh("dominfo", f"ucloud-{vm.uuid}")
+    info = bed_host(bed, host).libvirtd.virsh("dominfo", f"ucloud-{vm.uuid}")
+    return "Persistent:     yes" in info
 
 
 def pings(text: str) -> list[int]:
@@ -75,26 +68,15 @@ def migrate(c: BedCluster, vm: VM, to: str = "") -> VM:
     assert r.status_code == 202, r.json
 
     def over() -> VM | None:
-        now = vm_now(c, vm)
+        now = vm_now(c, vm.uuid)
         return now if now.migration is None else None
 
     return wait_for(over, 180, f"VM {vm.uuid}'s migration to end", interval=0.5)
 
 
-def console_all(c: BedCluster, vm: VM) -> str:
-    """The serial console as every host wrote it (a migrated VM's log goes on on its target)."""
-    from pathlib import Path
-
-    return "".join(
-        (Path(s.state_dir) / "console" / f"{vm.uuid}.log").read_text(errors="replace")
-        for s in c.hosts.values()
-        if (Path(s.state_dir) / "console" / f"{vm.uuid}.log").exists()
-    )
-
-
 def check_in_one_place(bed: Bed, c: BedCluster, ceph: Ceph, vm: VM) -> VM:
     """The VM runs on the host its record names, and nowhere else; one client on its disk."""
-    now = vm_now(c, vm)
+    now = vm_now(c, vm.uuid)
     assert now.status == Status.RUNNING and now.migration is None, now
     for h in bed.hosts:
         names = domains(bed, h.name)
@@ -127,7 +109,7 @@ def test_a_running_guest_migrates_and_back_while_pinged(
     )
 
     def running() -> list[VM] | None:
-        vms = [vm_now(c, v) for v in (moving, pinger)]
+        vms = [vm_now(c, v.uuid) for v in (moving, pinger)]
         assert not [v.reason for v in vms if v.status == Status.ERROR]
         return vms if all(v.status == Status.RUNNING for v in vms) else None
 
@@ -141,7 +123,7 @@ def test_a_running_guest_migrates_and_back_while_pinged(
         interval=1,
     )
     first, other = moving.hostname, pinger.hostname
-    before = vm_now(c, moving)
+    before = vm_now(c, moving.uuid)
 
     for to in (other, first):  # onto the pinger's host, then back across VXLAN
         sent_before = len(pings(c.console(pinger)))
@@ -152,9 +134,9 @@ def test_a_running_guest_migrates_and_back_while_pinged(
         assert "migrated from" in after.log[-1].message, after.log[-3:]
         check_in_one_place(bed, c, bed_ceph, moving)
         # The heartbeat goes on on the target (the console log is the target's now).
-        beats = len(HEARTBEAT.findall(c.console(after)))
+        beats = len(heartbeats(c.console(after)))
         wait_for(
-            lambda after=after, beats=beats: len(HEARTBEAT.findall(c.console(after))) > beats,
+            lambda after=after, beats=beats: len(heartbeats(c.console(after))) > beats,
             60,
             "a heartbeat on the target",
             interval=1,
@@ -172,11 +154,11 @@ def test_a_running_guest_migrates_and_back_while_pinged(
         print(f"  its log: {after.log[-1].message}")
         assert lost <= 5, seen
 
-    final = vm_now(c, moving)
+    final = vm_now(c, moving.uuid)
     assert [(p.mac, p.ipv4, p.ipv6) for p in final.ports] == [
         (p.mac, p.ipv4, p.ipv6) for p in before.ports
     ]
-    text = console_all(c, moving)
+    text = console_all(c, moving.uuid)
     assert text.count(BOOTED) == 1, text[-3000:]
     assert text.count(FIRST_BOOT + " ") == 1 and FIRST_BOOT_BEFORE not in text
 
@@ -195,7 +177,7 @@ def settled(bed: Bed, c: BedCluster, ceph: Ceph, vm: VM, timeout: float = 90) ->
     try:
         return wait_for(attempt, timeout, "the VM in exactly one place", interval=1)
     except AssertionError as e:
-        raise AssertionError(f"{e}: {last}; log: {vm_now(c, vm).log[-6:]}") from None
+        raise AssertionError(f"{e}: {last}; log: {vm_now(c, vm.uuid).log[-6:]}") from None
 
 
 def begin(c: BedCluster, vm: VM, to: str) -> VM:
@@ -204,7 +186,7 @@ def begin(c: BedCluster, vm: VM, to: str) -> VM:
     assert r.status_code == 202, r.json
 
     def reached() -> VM | None:
-        now = vm_now(c, vm)
+        now = vm_now(c, vm.uuid)
         assert now.migration is not None, now.log[-3:]
         return now if now.migration.phase == "migrating" else None
 
@@ -216,7 +198,7 @@ def over(c: BedCluster, vm: VM, timeout: float = 240) -> tuple[VM, float]:
     progress = [0.0]
 
     def ended() -> VM | None:
-        now = vm_now(c, vm)
+        now = vm_now(c, vm.uuid)
         if now.migration is not None:
             progress.append(now.migration.progress)
         return now if now.migration is None else None
@@ -272,16 +254,16 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     r = c.client.post("/vm/create", json=body)
     assert r.status_code == 202, r.json
     vm = VM.model_validate(r.json["vm"])
-    wait_for(lambda: vm_now(c, vm).status == Status.RUNNING, 240, "the guest to run")
-    wait_for(lambda: BOOTED in c.console(vm_now(c, vm)), 240, "the guest to boot", interval=1)
-    assert "vdb" in c.console(vm_now(c, vm)) and vm_now(c, vm).hdd_disk  # its HDD disk
+    wait_for(lambda: vm_now(c, vm.uuid).status == Status.RUNNING, 240, "the guest to run")
+    wait_for(lambda: BOOTED in c.console(vm_now(c, vm.uuid)), 240, "the guest to boot", interval=1)
+    assert "vdb" in c.console(vm_now(c, vm.uuid)) and vm_now(c, vm.uuid).hdd_disk  # its HDD disk
     hosts = {h.name: h for h in bed.hosts}
 
     def other(vm: VM) -> str:
-        return next(n for n in hosts if n != vm_now(c, vm).hostname)
+        return next(n for n in hosts if n != vm_now(c, vm.uuid).hostname)
 
     # An administrator's abort: it stays on its source.
-    source, target = vm_now(c, vm).hostname, other(vm)
+    source, target = vm_now(c, vm.uuid).hostname, other(vm)
     begin(c, vm, target)
     r = c.client.post("/vm/migrate/abort", json=c.users["root"].creds(vmid=vm.uuid))
     assert r.status_code == 202, r.json
@@ -291,7 +273,7 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     print("abort:", after.log[-1].message)
 
     # The target's libvirtd killed mid-migration: the VM stays on its source.
-    source, target = vm_now(c, vm).hostname, other(vm)
+    source, target = vm_now(c, vm.uuid).hostname, other(vm)
     begin(c, vm, target)
     kill_libvirtd(hosts[target])
     over(c, vm)
@@ -300,7 +282,7 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     print("target's libvirtd killed:", now.hostname, now.log[-1].message)
 
     # The source's agent SIGKILLed mid-migration, and started again.
-    source, target = vm_now(c, vm).hostname, other(vm)
+    source, target = vm_now(c, vm.uuid).hostname, other(vm)
     begin(c, vm, target)
     c.agents[source].stop(signal.SIGKILL)
     time.sleep(2)
@@ -311,7 +293,7 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
 
     # The scheduler SIGKILLed mid-migration: the agents carry on without it, and the new one
     # (its ledger and index repair rebuilt from etcd) leaves the migration alone.
-    source, target = vm_now(c, vm).hostname, other(vm)
+    source, target = vm_now(c, vm.uuid).hostname, other(vm)
     begin(c, vm, target)
     c.scheduler.stop(signal.SIGKILL)
     c.scheduler = daemon("ucloud.scheduler.main", c.settings, c.tmp / "scheduler.log")
@@ -322,20 +304,19 @@ def test_faults_mid_migration_leave_the_vm_in_one_place(
     print("scheduler killed:", now.hostname, now.log[-1].message)
 
     # etcd restarted mid-migration.
-    source, target = vm_now(c, vm).hostname, other(vm)
+    source, target = vm_now(c, vm.uuid).hostname, other(vm)
     begin(c, vm, target)
     bed_etcd.stop(signal.SIGKILL)
     time.sleep(3)
     bed_etcd.start()
-    # The test's own client, like a daemon's, reaches etcd again within its reconnect back-off
-    # (etcd_reconnect_max), not at once: until then a read is Unavailable, as a daemon retries.
-    wait_for(lambda: answers(c), 30, "the test's etcd client to reach etcd again", interval=0.2)
+    # The test's own client, like a daemon's, reaches etcd again within its reconnect back-off.
+    reconnected(c.store)
     over(c, vm)
     now = settled(bed, c, bed_ceph, vm)
     print("etcd restarted:", now.hostname, now.log[-1].message)
 
     # None of it rebooted the guest, and its heartbeat goes on where it runs.
-    text = console_all(c, vm)
+    text = console_all(c, vm.uuid)
     assert text.count(BOOTED) == 1, text[-3000:]
-    beats = len(HEARTBEAT.findall(c.console(now)))
-    wait_for(lambda: len(HEARTBEAT.findall(c.console(now))) > beats, 60, "a heartbeat", interval=1)
+    beats = len(heartbeats(c.console(now)))
+    wait_for(lambda: len(heartbeats(c.console(now))) > beats, 60, "a heartbeat", interval=1)

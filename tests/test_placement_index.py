@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.etcdclients import reconnected
 from tests.scheduling import FakeAgent, new_vm, vm_of, wait_status
 from tests.servers import Etcd, wait_for
 from ucloud.config import Settings
@@ -328,9 +329,10 @@ def test_many_vms_placed_at_once_reach_their_host(store: Store, follow):
 
 
 def _slow_retry(store: Store) -> Store:
-    """A store whose watches wait 3 s before they resume: room to write while they are away
-    (a follower's back-off is capped at etcd_reconnect_max)."""
-    update = {"retry_initial": 3.0, "etcd_reconnect_max": 3.0}
+    """A store whose watches wait 10 s before they resume (a follower's back-off is capped at
+    etcd_reconnect_max): room, on a loaded machine too, for etcd to start again, for the
+    test's own client to reach it and for the test to write while they are away."""
+    update = {"retry_initial": 10.0, "etcd_reconnect_max": 10.0}
     return Store(store.settings.model_copy(update=update))
 
 
@@ -347,6 +349,7 @@ def test_host_follower_loses_nothing_across_an_etcd_restart(
         assert seen.here("h1") == {a.uuid}
         etcd.stop()
         etcd.start()  # same data and ports; the follower waits before it watches again
+        reconnected(store)
         moved(store, a.uuid, "h2")
         moved(store, b.uuid, "h1")
         moved(store, c.uuid, "h1")
@@ -361,7 +364,7 @@ def test_host_follower_loses_nothing_across_an_etcd_restart(
                 and seen.value(c.uuid).desired == Desired.SUSPENDED
                 and seen.value(a.uuid).desired == Desired.STOPPED
             ),
-            20,
+            30,  # the follower's next attempt, or the one after (2 x 10 s)
             "every change made while the follower was away",
         )
         assert seen.snapshots() == (2 if compact else 1)  # compacted: listed again
@@ -443,6 +446,7 @@ def test_agent_runs_its_vms_only_and_destroys_one_moved_off(
         # etcd restarts: the agent's follower resumes, and answers the next request.
         etcd.stop()
         etcd.start()
+        reconnected(store)
         store.update(VM, mine, lambda v: v.apply(Action.RESUME, "test"))
         status(mine, Status.RUNNING, timeout=20)
         assert power(mine) == Power.RUNNING

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from tests.conftest import make_image
+from tests.etcdclients import reconnected
 from tests.scheduling import FakeAgent, new_vm, vm_of, wait_status
 from tests.servers import Daemon, Etcd, wait_for
 from ucloud.config import Settings
@@ -298,6 +299,7 @@ def test_etcd_restart_under_a_running_scheduler_loses_no_event(tmp_path, setting
 
         own.stop()
         own.start()  # same data and ports: like a restarted member
+        reconnected(store)
         FakeAgent(store, "h2", cpu=64, ram=256)  # a new lease: the old one may have lapsed
         burst = [new_vm(store, name=f"after{i}") for i in range(20)]
         for vm in burst:

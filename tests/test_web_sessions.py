@@ -1,13 +1,16 @@
 """The console page's sessions and login form, through Flask's test client against a real etcd:
 a session ends for every copy of its cookie when its user logs out, is deleted or gets a new
 TOTP seed, when an administrator ends it, and when its lifetime is over; a login POST without
-the login form's token, or sent by another site, is refused and makes no session."""
+the login form's token, or sent by another site, is refused and makes no session; a TOTP token
+logs in once."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -21,6 +24,7 @@ from ucloud.web import SESSION_COOKIE
 from ucloud.web.guard import LOGIN_COOKIE
 
 LIFETIME = 4
+RACERS = 8  # logins sent at once with one token
 
 
 @pytest.fixture
@@ -51,14 +55,14 @@ def login_form(client) -> str:
     return found.group(1)
 
 
-def log_in(client, account: Account, **headers: str):
-    """The login POST as the login page's form sends it (a fresh form each time)."""
-    token = login_form(client)
+def log_in(client, account: Account, token: str = "", **headers: str):
+    """The login POST as the login page's form sends it (a fresh form each time), with
+    ``token``, else a token of a step the account has not logged in with."""
     form = {
         "name": account.name,
         "realm": account.realm,
-        "token": auth.current_token(account.secret),
-        "csrf": token,
+        "token": token or account.login_token(),
+        "csrf": login_form(client),
     }
     return client.post("/console/login", data=form, headers=headers)
 
@@ -87,9 +91,19 @@ def answers(client) -> int:
     return client.get("/console/api/vms").status_code
 
 
-def wait_user_seen(web_app, who: str) -> None:
+def wait_user_seen(web_app, who: str, seed: str = "") -> None:
+    """Until the catalog has the user (with this seed, if given)."""
     catalog = web_app.extensions["ucloud"].catalog
-    wait_for(lambda: catalog.user(who) is not None, 30, f"the catalog to see {who}")
+
+    def seen() -> bool:
+        user = catalog.user(who)
+        return user is not None and seed in ("", user.totp_secret)
+
+    wait_for(seen, 30, f"the catalog to see {who}")
+
+
+def sessions(store: Store, who: str = "users/carol") -> int:
+    return len(websessions.of_user(store, who))
 
 
 @pytest.fixture
@@ -145,6 +159,11 @@ def test_a_new_totp_seed_ends_the_users_sessions(web_app, user, root):
     assert r.status_code == 200, r.text
     assert answers(with_cookie(web_app, first)) == 401
     assert answers(with_cookie(web_app, second)) == 401
+    # The new seed's token of now logs in, though the old seed's logins took this step and
+    # the next: the steps taken were the old seed's.
+    reseeded = Account(user.name, user.realm, r.json["seed"])
+    wait_user_seen(web_app, "users/carol", reseeded.secret)
+    logged_in(web_app, reseeded)
 
 
 def test_a_session_opened_with_an_old_seed_is_refused(web_app, user, store):
@@ -168,11 +187,14 @@ def test_deleting_the_user_ends_their_sessions(web_app, user, root, store):
     _, session_id, _ = logged_in(web_app, user)
     copy = with_cookie(web_app, session_id)
     assert answers(copy) == 200
+    assert store.get(websessions.LoginStep, "users/carol") is not None
     client = web_app.test_client()
     r = client.post("/user/delete", json=root.creds(user="carol", user_realm="users"))
     assert r.status_code == 202, r.text
     assert answers(copy) == 401
     assert not store.list(websessions.WebSession)[0]
+    # The record of the user's last login goes with the user.
+    assert not store.list(websessions.LoginStep)[0]
 
 
 def test_an_administrator_lists_and_ends_a_users_sessions(web_app, user, root):
@@ -267,14 +289,17 @@ def test_a_login_another_site_sends_is_refused(web_app, user, store, headers):
     assert not store.list(websessions.WebSession)[0]
 
 
-def test_a_login_from_the_page_itself_is_let_through(web_app, user):
-    for headers in (
+@pytest.mark.parametrize(
+    "headers",
+    [
         {"Sec-Fetch-Site": "same-origin"},
         {"Origin": "http://localhost"},
         {"Referer": "http://localhost/console/login"},
-    ):
-        r = log_in(web_app.test_client(), user, **headers)
-        assert r.status_code == 302, (headers, r.text)
+    ],
+)
+def test_a_login_from_the_page_itself_is_let_through(web_app, user, headers):
+    r = log_in(web_app.test_client(), user, **headers)
+    assert r.status_code == 302, r.text
 
 
 def test_a_wrong_totp_token_makes_no_session_and_a_good_one_then_works(web_app, user, store):
@@ -287,8 +312,43 @@ def test_a_wrong_totp_token_makes_no_session_and_a_good_one_then_works(web_app, 
     # The refusal's page has a fresh form token, which works.
     token = re.search(r'name="csrf" value="([^"]+)"', r.text)
     assert token
-    form.update(token=auth.current_token(user.secret), csrf=token.group(1))
+    form.update(token=user.login_token(), csrf=token.group(1))
     assert client.post("/console/login", data=form).status_code == 302
+
+
+def test_a_token_logs_in_once(web_app, user, store):
+    """RFC 6238 §5.2: a token that logged in (seen over a shoulder, or in a proxy's log) does
+    not log in again while it is still valid; a token of a later step does."""
+    token = user.login_token()
+    assert log_in(web_app.test_client(), user, token).status_code == 302
+    again = web_app.test_client()
+    r = log_in(again, user, token)
+    assert r.status_code == 401
+    assert "this token was used already: log in with the next one" in r.text
+    assert again.get_cookie(SESSION_COOKIE, path="/console") is None
+    assert sessions(store) == 1
+    # The next step's token logs in; then the first one is older than the last login's.
+    assert log_in(again, user).status_code == 302
+    assert sessions(store) == 2
+    assert log_in(web_app.test_client(), user, token).status_code == 401
+    assert sessions(store) == 2
+
+
+def test_logins_racing_with_one_token_make_exactly_one_session(web_app, user, store):
+    token = user.login_token()
+    clients = [web_app.test_client() for _ in range(RACERS)]
+    forms = [login_form(c) for c in clients]  # each browser's own login form
+    start = threading.Barrier(RACERS)
+
+    def post(i: int) -> int:
+        form = {"name": user.name, "realm": user.realm, "token": token, "csrf": forms[i]}
+        start.wait()
+        return clients[i].post("/console/login", data=form).status_code
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        codes = sorted(pool.map(post, range(RACERS)))
+    assert codes == [302] + [401] * (RACERS - 1)
+    assert sessions(store) == 1
 
 
 def test_behind_tls_the_cookies_are_secure_httponly_strict_and_last_the_lifetime(
@@ -309,7 +369,7 @@ def test_behind_tls_the_cookies_are_secure_httponly_strict_and_last_the_lifetime
         data = {
             "name": user.name,
             "realm": user.realm,
-            "token": auth.current_token(user.secret),
+            "token": user.login_token(),
             "csrf": form.group(1),
         }
         r = client.post("/console/login", data=data, **https)

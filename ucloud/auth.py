@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+import time
+
 import pyotp
 
 
@@ -13,10 +16,17 @@ def current_token(secret: str) -> str:
     return pyotp.TOTP(secret).now()
 
 
-def verify(secret: str, token: str, window: int) -> bool:
-    """True if ``token`` is the secret's password for now, or up to ``window`` 30-second steps
-    before or after now (clock drift). Older tokens are refused."""
+def token_step(secret: str, token: str, window: int, at: float | None = None) -> int | None:
+    """The 30-second step (RFC 6238's counter T) whose password ``token`` is: now's, or one up
+    to ``window`` steps before or after it (clock drift); None if it is none of them (older
+    tokens are refused). A login that must not take a token twice (RFC 6238 §5.2) remembers
+    the step."""
     try:
-        return pyotp.TOTP(secret).verify(token, valid_window=window)
+        totp = pyotp.TOTP(secret)
+        now = totp.timecode(time.time() if at is None else at)
+        for step in range(now - window, now + window + 1):
+            if hmac.compare_digest(token.encode(), totp.generate_otp(step).encode()):
+                return step
     except ValueError:  # a secret that is not base32
-        return False
+        return None
+    return None

@@ -175,6 +175,16 @@ class HostKeysError(ValueError):
     """A host key block that ucloud does not take (too many keys...); the message says why."""
 
 
+def host_key_label(line: str) -> str:
+    """A recorded host key (``VM.host_keys``) as ssh shows it when it asks: fingerprint and
+    type. What ``ucloud vm status`` and the console page's VM page show."""
+    try:
+        key = parse(line)
+    except InvalidKey:
+        return line[:40]
+    return f"{key.fingerprint} ({key.type})"
+
+
 def host_keys_from_console(text: str) -> list[PublicKey]:
     """The host keys of the first complete host key block in ``text`` (a console log), in the
     order printed; [] if there is no complete block yet (the guest may still be booting).

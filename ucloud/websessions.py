@@ -8,6 +8,11 @@ up, ``expires`` is what counts. A request's session is one read of that key (``f
 linearizable get: a session ended on one ``ucloud-api`` is refused by every other at once.
 The session's CSRF token is derived from its id (``csrf_token``), so it is bound to that
 session and never stored.
+
+A login takes each TOTP step once (RFC 6238 §5.2: a code seen by an eavesdropper or a
+shoulder-surfer must not log in again while it is valid): ``<prefix>/web-login-step/<realm>/
+<name>`` = {the step of the user's last login, a digest of the seed it was a step of}, moved
+forward by compare-and-swap (``take_step``), so of two logins with one code exactly one wins.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ucloud.models import Stored, User, now
-from ucloud.store import Store, Versioned
+from ucloud.models import PerUser, Stored, User, now
+from ucloud.store import Conflict, Store, Versioned
 
 SESSION_BYTES = 32
 LEASE_SLACK = 60  # seconds the lease outlives `expires`: it only cleans up
 MAX_SESSION_ID = 100  # a cookie longer than that is no session id of ours
+TAKE_ATTEMPTS = 20  # compare-and-swaps a login tries before it gives up (as Store.update)
 
 
 class WebSession(Stored):
@@ -54,6 +60,16 @@ class WebSession(Stored):
         }
 
 
+class LoginStep(PerUser):
+    """The TOTP step of the user's last console-page login: a code of that step or an earlier
+    one does not log in again. Deleted with the user (``/user/delete``)."""
+
+    kind: ClassVar[str] = "web-login-step"
+
+    step: int
+    seed: str  # SHA-256 of the seed the step was of: a new seed's codes start afresh
+
+
 def digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
@@ -77,6 +93,26 @@ def begin(
     )
     store.create(record, lease=store.lease(lifetime + LEASE_SLACK))
     return session_id, record
+
+
+def take_step(store: Store, user: User, step: int) -> bool:
+    """Record that a code of ``step`` logs ``user`` (as the code was verified against) in;
+    False if a login of this step or a later one was recorded for the same seed (the code was
+    used already: a replay, or the other of two logins with one code), or the user is no longer
+    as verified (deleted, or given a new seed meanwhile). Written only while the user's record
+    is as read, so a user's deletion cannot leave a record behind."""
+    seed = seed_digest(user)
+    for _ in range(TAKE_ATTEMPTS):
+        current = store.get(User, user.id)
+        if current is None or not hmac.compare_digest(seed_digest(current.value), seed):
+            return False
+        was = store.get(LoginStep, user.id)
+        if was is not None and was.value.seed == seed and was.value.step >= step:
+            return False
+        taken = LoginStep(name=user.name, realm=user.realm, step=step, seed=seed)
+        if store.commit(swap=[(taken, was)], unchanged=[current]) is not None:
+            return True
+    raise Conflict(f"the login step of {user.id} kept changing; gave up")
 
 
 def find(store: Store, session_id: str, at: float | None = None) -> WebSession | None:

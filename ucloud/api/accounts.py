@@ -8,8 +8,9 @@ too (the image scanner removes them from storage once no disk is cloned from the
 removed from the user's upload directory (with their records), SSH keys are deleted, networks
 are marked ``deleted`` (deleted at once if no VM is on them, else by the scheduler when their
 last VM, one of the user's being deleted, goes); then the user's quota records and the user
-go. Owned things are listed again after the user is gone, so a request that was
-already authenticated when the deletion began cannot leave a VM behind.
+go, and the record of their last console-page login. Owned things are listed again after the
+user is gone, so a request that was already authenticated when the deletion began cannot leave
+a VM behind.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def delete_user(body: UserDelete, user: Principal) -> Reply:
     deleted = delete_owned(owned, owner, user)
     # The user goes, then what they own is looked at again: a request authenticated before
     # the user went may have created something meanwhile.
-    for kind in (User, Quota, Usage):
+    # The login step last: no login records one once the user is gone (websessions.take_step).
+    for kind in (User, Quota, Usage, websessions.LoginStep):
         # Compared with the record as read: one changed meanwhile (a seed reset) is read again.
         while (record := ctx.store.get(kind, who)) is not None and not ctx.store.delete(record):
             pass

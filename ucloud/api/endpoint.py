@@ -154,16 +154,25 @@ def _request_data() -> dict[str, Any]:
 
 
 def authenticate(body: Credentials) -> Principal:
+    user, _ = verified_user(body)
+    return Principal(user.name, user.realm, admin=user.realm == context().settings.admin_realm)
+
+
+def verified_user(body: Credentials) -> tuple[User, int]:
+    """The user the credentials are of (the catalog's record their token was checked against),
+    and the 30-second step the token is from: for a login that takes each step once (the
+    console page's). 401 if the user is unknown or the token wrong."""
     ctx = context()
     found = None
     if _plain(body.name) and _plain(body.realm):
         found = ctx.catalog.user(f"{body.realm}/{body.name}")
-    if found is None or not auth.verify(
-        found.totp_secret, body.token, ctx.settings.totp_valid_window
-    ):
+    step = None
+    if found is not None:
+        step = auth.token_step(found.totp_secret, body.token, ctx.settings.totp_valid_window)
+    if found is None or step is None:
         # One message for both: do not tell a guesser which user names exist.
         raise Unauthorized("unknown user, or the token is wrong or expired")
-    return Principal(body.name, body.realm, admin=body.realm == ctx.settings.admin_realm)
+    return found, step
 
 
 def _plain(part: str) -> bool:

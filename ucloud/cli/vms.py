@@ -119,7 +119,7 @@ def describe(vm: dict[str, Any]) -> str:
         # What the guest printed on its console at first boot: compare with what ssh shows.
         (
             "host keys",
-            "\n           ".join(_host_key_label(k) for k in vm.get("host_keys") or [])
+            "\n           ".join(sshkeys.host_key_label(k) for k in vm.get("host_keys") or [])
             or "- (not seen on its console yet)",
         ),
     ]
@@ -155,15 +155,6 @@ def _key_label(line: str) -> str:
     except sshkeys.InvalidKey:
         return line[:40]
     return f"{key.fingerprint} {key.comment}".rstrip()
-
-
-def _host_key_label(line: str) -> str:
-    """A host key as ssh shows it when it asks: type and fingerprint."""
-    try:
-        key = sshkeys.parse(line)
-    except sshkeys.InvalidKey:
-        return line[:40]
-    return f"{key.fingerprint} ({key.type})"
 
 
 def act(s: Session, args: argparse.Namespace) -> int:

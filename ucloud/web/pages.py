@@ -22,10 +22,10 @@ from flask import (
 from pydantic import ValidationError
 from werkzeug.wrappers import Response as BaseResponse
 
-from ucloud import websessions
+from ucloud import sshkeys, websessions
 from ucloud.api import errors
 from ucloud.api.consoles import open_console, websocket_base
-from ucloud.api.endpoint import Principal, authenticate, context
+from ucloud.api.endpoint import Principal, context, verified_user
 from ucloud.api.schemas import Credentials
 from ucloud.api.vms import apply, owned_vm
 from ucloud.consoles import Console
@@ -44,6 +44,7 @@ bp = Blueprint(
 CSRF_HEADER = "X-CSRF-Token"
 WEB_ACTIONS = (Action.START, Action.STOP, Action.SUSPEND, Action.RESUME, Action.REBOOT)
 LOGIN_FAILED = "unknown user, or the token is wrong or expired"
+LOGIN_CODE_USED = "this token was used already: log in with the next one"
 LOGIN_FORM_STALE = "the login form expired or was not sent from this page: log in again"
 
 
@@ -173,12 +174,12 @@ def login_post() -> Any:
         creds = Credentials.model_validate(
             {"name": name, "realm": realm, "token": form.get("token", "")}
         )
-        principal = authenticate(creds)
+        user, step = verified_user(creds)
     except (ValidationError, errors.APIError):
         return _login_page(401, LOGIN_FAILED, name, realm)
-    user = ctx.catalog.user(f"{principal.realm}/{principal.name}")
-    if user is None:  # deleted in the instant since
-        return _login_page(401, LOGIN_FAILED, name, realm)
+    if not websessions.take_step(ctx.store, user, step):
+        # Used already (or the user was deleted or given a new seed in the instant since).
+        return _login_page(401, LOGIN_CODE_USED, name, realm)
     old = request.cookies.get(SESSION_COOKIE, "")
     if old:
         websessions.end(ctx.store, old)  # a new login replaces this browser's session
@@ -214,7 +215,9 @@ def vm_page(vmid: str) -> Any:
     if user is None:
         return redirect(url_for("web.login"))
     vm = owned_vm(vmid, user).value
-    return _page("vm.html", vm=vm)
+    # As `ucloud vm status` shows them: compare with what ssh shows when it first connects.
+    host_keys = [sshkeys.host_key_label(k) for k in vm.host_keys]
+    return _page("vm.html", vm=vm, host_keys=host_keys)
 
 
 @bp.get("/vnc")
