@@ -19,6 +19,8 @@ class Mirror(Generic[M]):
     def __init__(self) -> None:
         self.items: dict[str, Versioned[M]] = {}
         self.floor = 0  # events at or below this revision are already in a snapshot
+        # Until its first snapshot an empty mirror knows nothing, which is not "no objects".
+        self.loaded = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,4 +73,5 @@ class Mirror(Generic[M]):
                 self.items[id] = after
                 diffs.append((id, before, after))
         self.floor = snapshot.revision
+        self.loaded = True
         return diffs

@@ -40,6 +40,8 @@ def test_scheduler_exports_vms_hosts_and_capacity_from_its_mirrors():
     scheduler = Scheduler(store, settings, storage=Storage())  # type: ignore[arg-type]
     collector = SchedulerCollector()
     assert scrape(collector) == {}  # not leading: nothing to say
+    collector.scheduler = scheduler
+    assert scrape(collector) == {}  # leading, but etcd not listed yet: not "no VMs"
 
     scheduler.start()
     scheduler.drain(0.1)

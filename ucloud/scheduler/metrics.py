@@ -92,7 +92,7 @@ def pending_reason(vm: VM) -> str:
 
 
 class SchedulerCollector(StateCollector):
-    """Reads ``scheduler`` (None while this process does not lead)."""
+    """Reads ``scheduler`` (None while this process does not lead), once it has listed etcd."""
 
     def __init__(self) -> None:
         super().__init__("scheduler", self.families)
@@ -100,7 +100,9 @@ class SchedulerCollector(StateCollector):
 
     def families(self) -> Iterable[Metric]:
         s = self.scheduler
-        if s is None:
+        if s is None or not (s.vms.loaded and s.hosts.loaded):
+            # A scheduler that has just taken the lead has not listed etcd yet: its empty
+            # mirrors would say the cluster has no VMs and no hosts.
             return []
         return [*vm_families(list(s.vms.items.values())), *host_families(s)]
 
