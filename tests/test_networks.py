@@ -169,6 +169,18 @@ def test_another_users_network_is_a_404_and_a_shared_one_is_usable(
     assert {n["name"] for n in listed} == {"private", "public"}
     assert next(n for n in listed if n["name"] == "public")["attached"] == [bob_vm["uuid"]]
 
+    # Sharing a network shares none of its VMs: each user sees their own attached, its owner
+    # (the administrator) all of them.
+    alice_vm = make_vm(client, alice, image, "public", name="alices")
+
+    def attached(user: Account) -> list[str]:
+        listed = client.get("/network/list", json=user.creds()).json["networks"]
+        return next(n for n in listed if n["name"] == "public")["attached"]
+
+    assert attached(bob) == [bob_vm["uuid"]]
+    assert attached(alice) == [alice_vm["uuid"]]
+    assert attached(admin) == sorted([bob_vm["uuid"], alice_vm["uuid"]])
+
 
 def test_a_vm_names_each_network_once(client, alice, image):
     net = make_network(client, alice)

@@ -57,6 +57,7 @@ class World:
 
     vm: str
     network: str
+    shared: str  # an administrator's shared network, alice's VM attached to it
     image: str
     file: str
     key: str
@@ -89,15 +90,19 @@ def put(client, account: Account, name: str, data: bytes):
 
 
 @pytest.fixture
-def world(client, store: Store, alice, intruder, tmp_path: Path) -> World:
+def world(client, store: Store, admin, alice, intruder, tmp_path: Path) -> World:
     image = make_image(store, "alices-image", owner=alice, public=False)
     r = client.post("/network/create", json=alice.creds(network_name="alices-net"))
     assert r.status_code == 201, r.json
     network = r.json["network"]["uuid"]
+    # A network every user may attach VMs to: its being shared shares none of them.
+    r = client.post("/network/create", json=admin.creds(network_name="lan", shared=True))
+    assert r.status_code == 201, r.json
+    shared = r.json["network"]["uuid"]
     public_key = keygen(tmp_path, "laptop", "-t", "ed25519").read_text()
     r = client.post("/key/add", json=alice.creds(key_name="alices-key", public_key=public_key))
     assert r.status_code == 201, r.json
-    vm = create_vm(client, alice, image, networks=["alices-net"], ssh_keys=["alices-key"])
+    vm = create_vm(client, alice, image, networks=["alices-net", "lan"], ssh_keys=["alices-key"])
     # Uploaded through the API; registered as the file scanner does once it sees it.
     assert put(client, alice, "alices.iso", CONTENT).status_code == 201
     file = File(
@@ -123,11 +128,21 @@ def world(client, store: Store, alice, intruder, tmp_path: Path) -> World:
     their_network = r.json["network"]["uuid"]
     their_vm = create_vm(client, intruder, public)
     w = World(
-        vm, network, image.uuid, file.uuid, "alices-key", public_key, token, their_vm, their_network
+        vm,
+        network,
+        shared,
+        image.uuid,
+        file.uuid,
+        "alices-key",
+        public_key,
+        token,
+        their_vm,
+        their_network,
     )
     w.missing = {
         vm: str(uuid.uuid4()),
         network: str(uuid.uuid4()),
+        shared: str(uuid.uuid4()),
         image.uuid: str(uuid.uuid4()),
         file.uuid: str(uuid.uuid4()),
         "alices-net": "nobodys-net",
@@ -207,6 +222,7 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ("post", "/network/delete"): [
         (lambda w: {"network": w.network}, 404),
         (lambda w: {"network": "alices-net"}, 404),
+        (lambda w: {"network": w.shared}, 404),  # seen by all, deleted by its owner
     ],
     ("post", "/network/router"): [(lambda w: {"network": w.network, "router": "h1"}, ADMIN_ONLY)],
     ("post", "/vm/network/attach"): [
@@ -216,6 +232,7 @@ PROBES: dict[tuple[str, str], list[Probe]] = {
     ],
     ("post", "/vm/network/detach"): [
         (lambda w: {"vmid": w.vm, "network": w.network}, 404),
+        (lambda w: {"vmid": w.vm, "network": w.shared}, 404),
         (lambda w: {"vmid": w.intruders_vm, "network": w.network}, 409),  # "not attached"
     ],
     # Administrators' operations on users and hosts.

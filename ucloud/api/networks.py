@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from pydantic import Field
 
 from ucloud import quota
 from ucloud.api import errors, replies, vms
@@ -23,7 +24,10 @@ bp = Blueprint("network", __name__)
 class NetworkInfo(Network):
     """A network as the API shows it: with the VMs attached to it."""
 
-    attached: list[str]
+    attached: list[str] = Field(
+        description="the uuids of the VMs attached: all of them for the network's owner, "
+        "the caller's own on a shared network of someone else's"
+    )
 
 
 class NetworkDone(replies.Reply):
@@ -80,7 +84,7 @@ def create(body: NetworkCreate, user: Principal) -> Reply:
         raise errors.BadRequest(str(e)) from e
     except Conflict as e:
         raise errors.Conflict(str(e)) from e
-    return {"message": "network created", "network": network_json(made[0])}, 201
+    return {"message": "network created", "network": network_json(made[0], user)}, 201
 
 
 @endpoint(
@@ -98,7 +102,7 @@ def list_networks(body: Listing, user: Principal) -> Reply:
         if (v.value.shared or user.owns(v.value)) and not v.value.deleted
     ]
     visible.sort(key=lambda n: n.created)
-    return {"networks": [network_json(n) for n in visible]}, 200
+    return {"networks": [network_json(n, user) for n in visible]}, 200
 
 
 @endpoint(
@@ -131,7 +135,7 @@ def delete(body: NetworkRef, user: Principal) -> Reply:
         return Plan([], Amounts() - quota.of_network(now.value), deletes=[now])
 
     charged((marked.value.owner_realm, marked.value.owner), plan)
-    return {"message": "network deleted", "network": network_json(found.value)}, 200
+    return {"message": "network deleted", "network": network_json(found.value, user)}, 200
 
 
 @endpoint(
@@ -169,7 +173,7 @@ def set_router(body: NetworkRouter, user: Principal) -> Reply:
     if written is None:
         raise errors.NotFound(f"no network {body.network}")
     message = f"network {written.value.name} is routed by {body.router}"
-    return {"message": message, "network": network_json(written.value)}, 200
+    return {"message": message, "network": network_json(written.value, user)}, 200
 
 
 def check_router(name: str) -> None:
@@ -274,7 +278,14 @@ def find_network(ref: str, user: Principal) -> Versioned[Network]:
     return found
 
 
-def network_json(network: Network) -> dict[str, Any]:
+def network_json(network: Network, user: Principal) -> dict[str, Any]:
     data = network.model_dump(mode="json", exclude={"deleting", "deleted"})
-    data["attached"] = ports.attached_vms(context().store, network.uuid)
+    attached = ports.attached_vms(context().store, network.uuid)
+    if not user.owns(network):
+        # A shared network is everyone's to use, not to see who else uses it: the others'
+        # VMs are as invisible here as everywhere (a VM not yet in this worker's catalog is
+        # left out until it is).
+        catalog = context().catalog
+        attached = [u for u in attached if (vm := catalog.vm(u)) and user.owns(vm.value)]
+    data["attached"] = attached
     return data
