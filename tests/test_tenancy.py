@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import SPECS, Account, create_vm, make_account, make_image
 from tests.keyfiles import keygen
 from tests.servers import wait_for
-from tests.test_web_sessions import logged_in
+from tests.webclient import logged_in
 from ucloud import auth
 from ucloud.config import Settings
 from ucloud.models import VM, File, Network, Status

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import Account, make_account
 from tests.servers import wait_for
+from tests.webclient import log_in, logged_in, login_form
 from ucloud import auth, websessions
 from ucloud.config import Settings
 from ucloud.models import User
@@ -45,39 +46,6 @@ def web_app(web_settings: Settings, store: Store):
     app = create_app(web_settings, store)
     yield app
     app.extensions["ucloud"].catalog.stop()
-
-
-def login_form(client) -> str:
-    r = client.get("/console/login")
-    assert r.status_code == 200
-    found = re.search(r'name="csrf" value="([^"]+)"', r.text)
-    assert found, r.text
-    return found.group(1)
-
-
-def log_in(client, account: Account, token: str = "", **headers: str):
-    """The login POST as the login page's form sends it (a fresh form each time), with
-    ``token``, else a token of a step the account has not logged in with."""
-    form = {
-        "name": account.name,
-        "realm": account.realm,
-        "token": token or account.login_token(),
-        "csrf": login_form(client),
-    }
-    return client.post("/console/login", data=form, headers=headers)
-
-
-def logged_in(web_app, account: Account):
-    """A test client logged in as ``account``: the client, its session cookie, its CSRF token."""
-    client = web_app.test_client()
-    r = log_in(client, account)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/console/"), r.text
-    cookie = client.get_cookie(SESSION_COOKIE, path="/console")
-    assert cookie is not None
-    page = client.get("/console/")
-    found = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
-    assert found, page.text
-    return client, cookie.value, found.group(1)
 
 
 def with_cookie(web_app, session_id: str):
